@@ -1,0 +1,387 @@
+//! The job contract between the operator and the `pomona` runner.
+//!
+//! Both sides read and write the same objects under a run's output prefix, and the operator
+//! learns a pod's counts from the one-line summary the pod leaves as its termination message.
+//! Everything they agree on is defined here, once: the output layout, the shard manifest line,
+//! the plan document, the pod summary and the exit codes.
+
+use serde::{Deserialize, Serialize};
+
+/// Width of the zero-padded shard number in file names (`part-00042.parquet`).
+pub const SHARD_DIGITS: usize = 5;
+
+/// Largest number of shards in one run: the Indexed Job limit on `completions` when
+/// `backoffLimitPerIndex` is set.
+pub const MAX_SHARDS: u32 = 100_000;
+
+/// Where the runner writes the one-line summary for Kubernetes to pick up as the container's
+/// termination message.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Kubernetes keeps at most this many bytes of a termination message.
+pub const TERMINATION_MESSAGE_MAX: usize = 4096;
+
+/// Exit codes of the `pomona` runner. The operator's pod failure policy retries a shard on
+/// [`exit::RETRYABLE`] (and on anything else unexpected, such as an OOM kill) and fails the
+/// shard at once on the codes in [`exit::PERMANENT`].
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A failure that may pass on a retry: network, throttling, a 5xx from S3.
+    pub const RETRYABLE: i32 = 1;
+    /// The command line was wrong (clap's usage error code).
+    pub const USAGE: i32 = 2;
+    /// A failure no retry can fix: access denied, missing bucket or manifest, wrong model
+    /// checksum, a PCA fitted for another model, accounting that does not close.
+    pub const PERMANENT_ERROR: i32 = 3;
+    /// Exit codes that fail a shard without retrying it.
+    pub const PERMANENT: [i32; 2] = [USAGE, PERMANENT_ERROR];
+}
+
+/// One line of a shard manifest (`manifests/shard-NNNNN.jsonl`): one image to process.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Path of the image relative to the plan's source URI (`Training/Banana 1/3_100.jpg`).
+    pub key: String,
+    /// Size in bytes when listed.
+    pub size: u64,
+    /// ETag (S3) or a modification stamp (local files) when listed, so that a changed object
+    /// can be told apart from the listed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The image's label (its parent folder for `ParentDirectory`), empty for none.
+    pub label: String,
+}
+
+/// The plan of a run (`manifests/plan.json`), written once before any shard runs so that a
+/// restart never re-plans a run differently.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Version of this document's format.
+    pub format: u32,
+    /// The source URI every manifest key is relative to (ends with `/`).
+    pub source: String,
+    /// Images listed.
+    pub images: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Images per shard (the last shard takes the rest).
+    pub images_per_shard: u32,
+    /// Number of shards (`manifests/shard-00000.jsonl` …).
+    pub shards: u32,
+}
+
+impl Plan {
+    /// The current version of the plan format.
+    pub const FORMAT: u32 = 1;
+
+    /// Number of images in shard `shard` of this plan.
+    pub fn shard_len(&self, shard: u32) -> u64 {
+        let start = u64::from(shard) * u64::from(self.images_per_shard);
+        self.images
+            .saturating_sub(start)
+            .min(u64::from(self.images_per_shard))
+    }
+}
+
+/// What a runner pod reports when it ends, as one line of JSON on stdout and in
+/// [`TERMINATION_LOG`]: the operator sums these into the resource's status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PodSummary {
+    /// The step the pod ran.
+    pub step: Step,
+    /// The shard, for an extract pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+    /// Images in the pod's input (the shard manifest, or every shard for reduce).
+    pub images: u64,
+    /// Images turned into features.
+    pub processed: u64,
+    /// Images dead-lettered.
+    pub failed: u64,
+    /// Wall-clock seconds the step took.
+    pub seconds: f64,
+    /// Why the step failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The two steps of a run that execute as pods.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// `pomona extract`: one shard's images to features.
+    Extract,
+    /// `pomona reduce`: the PCA over all shards.
+    Reduce,
+}
+
+impl PodSummary {
+    /// The summary as one line of JSON, shortened (by cutting `error`) to fit in a termination
+    /// message.
+    pub fn to_line(&self) -> String {
+        let line = serde_json::to_string(self).expect("a summary serializes");
+        if line.len() <= TERMINATION_MESSAGE_MAX {
+            return line;
+        }
+        let mut short = self.clone();
+        let error = short.error.take().unwrap_or_default();
+        let room = TERMINATION_MESSAGE_MAX
+            .saturating_sub(serde_json::to_string(&short).map_or(0, |s| s.len()))
+            .saturating_sub(32);
+        let mut cut = room.min(error.len());
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        short.error = Some(format!("{}…", &error[..cut]));
+        serde_json::to_string(&short).expect("a summary serializes")
+    }
+
+    /// Reads a summary from a termination message: the last line that parses, so that a log
+    /// line printed before it does not hide it.
+    pub fn from_message(message: &str) -> Option<Self> {
+        message
+            .lines()
+            .rev()
+            .find_map(|line| serde_json::from_str(line.trim()).ok())
+    }
+}
+
+/// The objects of one run, as functions of its output prefix.
+///
+/// ```text
+/// <output>/manifests/plan.json            the plan
+/// <output>/manifests/shard-00000.jsonl    one ManifestEntry per line
+/// <output>/features/part-00000.parquet    path, label, etag, features
+/// <output>/stats/part-00000.safetensors   partial PCA statistics of the shard
+/// <output>/deadletter/part-00000.parquet  path, reason, bytes
+/// <output>/pca/                           the fitted PCA
+/// <output>/reduced/part-00000.parquet     path, label, pca
+/// <output>/reduced.csv                    path, label, pc1..pcK (when asked for)
+/// <output>/report/                        pictures and summary.json
+/// <output>/_SUCCESS                       written last
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputLayout {
+    root: String,
+}
+
+impl OutputLayout {
+    /// The layout under `root`: an `s3://` URI or a local directory. A missing trailing `/` is
+    /// added, so `s3://b/run` and `s3://b/run/` are the same run.
+    pub fn new(root: &str) -> Self {
+        let mut root = root.to_string();
+        if !root.ends_with('/') {
+            root.push('/');
+        }
+        Self { root }
+    }
+
+    /// The output prefix, ending with `/`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn join(&self, rel: &str) -> String {
+        format!("{}{rel}", self.root)
+    }
+
+    fn part(&self, dir: &str, shard: u32, ext: &str) -> String {
+        self.join(&format!("{dir}/part-{shard:0SHARD_DIGITS$}.{ext}"))
+    }
+
+    /// Prefix of the plan and the shard manifests.
+    pub fn manifests(&self) -> String {
+        self.join("manifests/")
+    }
+    /// The plan document.
+    pub fn plan(&self) -> String {
+        self.join("manifests/plan.json")
+    }
+    /// The manifest of one shard.
+    pub fn manifest(&self, shard: u32) -> String {
+        self.join(&format!("manifests/shard-{shard:0SHARD_DIGITS$}.jsonl"))
+    }
+    /// Prefix of the feature files.
+    pub fn features_dir(&self) -> String {
+        self.join("features/")
+    }
+    /// The feature file of one shard.
+    pub fn features(&self, shard: u32) -> String {
+        self.part("features", shard, "parquet")
+    }
+    /// Prefix of the dead-letter files.
+    pub fn deadletter_dir(&self) -> String {
+        self.join("deadletter/")
+    }
+    /// The dead-letter file of one shard.
+    pub fn deadletter(&self, shard: u32) -> String {
+        self.part("deadletter", shard, "parquet")
+    }
+    /// Prefix of the partial PCA statistics.
+    pub fn stats_dir(&self) -> String {
+        self.join("stats/")
+    }
+    /// The partial PCA statistics of one shard.
+    pub fn stats(&self, shard: u32) -> String {
+        self.part("stats", shard, "safetensors")
+    }
+    /// Prefix of the fitted PCA.
+    pub fn pca_dir(&self) -> String {
+        self.join("pca/")
+    }
+    /// Prefix of the reduced vectors.
+    pub fn reduced_dir(&self) -> String {
+        self.join("reduced/")
+    }
+    /// The reduced vectors of one shard.
+    pub fn reduced(&self, shard: u32) -> String {
+        self.part("reduced", shard, "parquet")
+    }
+    /// The reduced vectors as one CSV.
+    pub fn csv(&self) -> String {
+        self.join("reduced.csv")
+    }
+    /// Prefix of the report (pictures, summary).
+    pub fn report_dir(&self) -> String {
+        self.join("report/")
+    }
+    /// The marker written last, when the whole run is complete.
+    pub fn success(&self) -> String {
+        self.join("_SUCCESS")
+    }
+
+    /// The shard number of a per-shard file name (`part-00042.parquet` or
+    /// `shard-00042.jsonl`), wherever it sits.
+    pub fn shard_of(path: &str) -> Option<u32> {
+        let name = path.rsplit('/').next()?;
+        let stem = name.split('.').next()?;
+        let digits = stem
+            .strip_prefix("part-")
+            .or_else(|| stem.strip_prefix("shard-"))?;
+        if digits.len() < SHARD_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_names_every_output_under_the_prefix() {
+        let s3 = OutputLayout::new("s3://fruits/runs/a");
+        assert_eq!(s3.root(), "s3://fruits/runs/a/");
+        assert_eq!(s3, OutputLayout::new("s3://fruits/runs/a/"));
+        assert_eq!(s3.plan(), "s3://fruits/runs/a/manifests/plan.json");
+        assert_eq!(
+            s3.manifest(7),
+            "s3://fruits/runs/a/manifests/shard-00007.jsonl"
+        );
+        assert_eq!(
+            s3.features(7),
+            "s3://fruits/runs/a/features/part-00007.parquet"
+        );
+        assert_eq!(
+            s3.deadletter(0),
+            "s3://fruits/runs/a/deadletter/part-00000.parquet"
+        );
+        assert_eq!(
+            s3.stats(12345),
+            "s3://fruits/runs/a/stats/part-12345.safetensors"
+        );
+        assert_eq!(
+            s3.reduced(3),
+            "s3://fruits/runs/a/reduced/part-00003.parquet"
+        );
+        assert_eq!(s3.success(), "s3://fruits/runs/a/_SUCCESS");
+        let local = OutputLayout::new("/tmp/out");
+        assert_eq!(local.features(1), "/tmp/out/features/part-00001.parquet");
+        assert_eq!(local.csv(), "/tmp/out/reduced.csv");
+        assert_eq!(local.report_dir(), "/tmp/out/report/");
+    }
+
+    #[test]
+    fn shard_numbers_round_trip_through_file_names() {
+        let l = OutputLayout::new("s3://b/r/");
+        for shard in [0, 1, 99_999] {
+            assert_eq!(OutputLayout::shard_of(&l.features(shard)), Some(shard));
+            assert_eq!(OutputLayout::shard_of(&l.manifest(shard)), Some(shard));
+            assert_eq!(OutputLayout::shard_of(&l.stats(shard)), Some(shard));
+        }
+        for other in [
+            "plan.json",
+            "part-12.parquet",
+            "part-0000x.parquet",
+            "_SUCCESS",
+            "",
+        ] {
+            assert_eq!(OutputLayout::shard_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn shard_lengths_cover_the_plan_exactly() {
+        let plan = Plan {
+            format: Plan::FORMAT,
+            source: "s3://b/p/".into(),
+            images: 1260,
+            bytes: 1,
+            images_per_shard: 500,
+            shards: 3,
+        };
+        let lens: Vec<u64> = (0..plan.shards).map(|s| plan.shard_len(s)).collect();
+        assert_eq!(lens, [500, 500, 260]);
+        assert_eq!(plan.shard_len(3), 0);
+    }
+
+    #[test]
+    fn summary_is_one_line_that_fits_a_termination_message() {
+        let summary = PodSummary {
+            step: Step::Extract,
+            shard: Some(4),
+            images: 2000,
+            processed: 1998,
+            failed: 2,
+            seconds: 41.5,
+            error: None,
+        };
+        let line = summary.to_line();
+        assert_eq!(
+            line,
+            r#"{"step":"extract","shard":4,"images":2000,"processed":1998,"failed":2,"seconds":41.5}"#
+        );
+        let message = format!("some log line\n{line}\n");
+        assert_eq!(PodSummary::from_message(&message), Some(summary.clone()));
+        assert_eq!(PodSummary::from_message("no summary here"), None);
+
+        let long = PodSummary {
+            error: Some("é".repeat(5000)),
+            ..summary
+        };
+        let line = long.to_line();
+        assert!(line.len() <= TERMINATION_MESSAGE_MAX, "{}", line.len());
+        assert!(!line.contains('\n'));
+        let back = PodSummary::from_message(&line).expect("the shortened line still parses");
+        assert!(back.error.unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn manifest_line_format_is_stable() {
+        let entry = ManifestEntry {
+            key: "Training/Banana 1/3_100.jpg".into(),
+            size: 3673,
+            etag: Some("\"0ec64a\"".into()),
+            label: "Banana 1".into(),
+        };
+        let line = serde_json::to_string(&entry).unwrap();
+        assert_eq!(
+            line,
+            r#"{"key":"Training/Banana 1/3_100.jpg","size":3673,"etag":"\"0ec64a\"","label":"Banana 1"}"#
+        );
+        assert_eq!(serde_json::from_str::<ManifestEntry>(&line).unwrap(), entry);
+    }
+}
