@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (idempotent, from the package registries only)
-# and runs them all — format check, clippy, and every test with nextest.
+# The test command: installs what the tests need (idempotent, from the package registries only;
+# see scripts/tools.sh) and runs them all — format check, clippy, and every test with nextest.
 #
-#   ./scripts/test.sh            everything, as CI runs it
-#   ./scripts/test.sh -E 'package(pomona-crds)'   extra arguments go to `cargo nextest run`
+#   ./scripts/test.sh                               everything, as CI runs it
+#   ./scripts/test.sh -E 'package(pomona-crds)'     extra arguments go to `cargo nextest run`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/tools.sh
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -13,7 +14,10 @@ step "tools"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
-cargo nextest --version
+ensure_onnxruntime   # ORT_DYLIB_PATH: the runtime the runner loads
+ensure_python        # POMONA_PYTHON: onnxruntime + Pillow oracles the preprocessing is checked against
+ensure_s3s_fs        # POMONA_S3S_FS: the S3 server the pipeline tests start on 127.0.0.1
+echo "nextest $(cargo nextest --version | head -1), ORT $ORT_DYLIB_PATH"
 
 step "format"
 cargo fmt --all --check

@@ -1,16 +1,244 @@
-//! The `pomona` command: the runner of every step of a run.
+//! The `pomona` command: every step of a run, on one machine or as a Kubernetes Job pod.
 
-use clap::Parser;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pomona_crds::LabelMode;
+use pomona_crds::contract::{PodSummary, Step};
+use pomona_runner::cli::{self, ModelArgs, S3Args};
+use pomona_runner::{Threads, exit_code};
+use pomona_storage::Storage;
+use pomona_storage::plan::{PlanOptions, load_or_create_plan, read_plan};
 
 /// Turns images into MobileNetV2 features, a PCA and reduced vectors.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!(
-        "pomona {}: no step is built yet (plan, extract, reduce and run arrive with the extractor)",
-        env!("CARGO_PKG_VERSION")
-    );
+#[derive(Subcommand)]
+enum Command {
+    /// List a source and show the plan (images, bytes, shards); with --output, write it there.
+    Plan {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Where to write the plan and shard manifests (a run's output prefix).
+        #[arg(long)]
+        output: Option<String>,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Extract one shard of a planned run: features, dead letters and PCA statistics.
+    Extract {
+        /// The run's output prefix (s3://bucket/prefix/ or a folder).
+        #[arg(long)]
+        output: String,
+        /// The folder of the plan and shard manifests. Default: <output>/manifests/.
+        #[arg(long)]
+        manifest: Option<String>,
+        /// The shard to extract. Default: $JOB_COMPLETION_INDEX (set by an Indexed Job).
+        #[arg(long, env = "JOB_COMPLETION_INDEX")]
+        shard: u32,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Run the whole pipeline on this machine: plan, then extract every shard not yet done.
+    Run {
+        /// The images: s3://bucket/prefix/ or a folder.
+        #[arg(long)]
+        input: String,
+        /// Where the run's outputs go: s3://bucket/prefix/ or a folder.
+        #[arg(long)]
+        output: String,
+        /// Shards extracted at once (the CPUs are shared between them).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[command(flatten)]
+        plan: PlanOptionsArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// The images: s3://bucket/prefix/ or a folder.
+    #[arg(long)]
+    input: String,
+    #[command(flatten)]
+    options: PlanOptionsArgs,
+}
+
+#[derive(Args)]
+struct PlanOptionsArgs {
+    /// Images per shard (one extractor pod each).
+    #[arg(long, default_value_t = 2000)]
+    images_per_shard: u32,
+    /// File-name patterns of the images (case-insensitive); repeat for several.
+    #[arg(long = "include", default_values = ["*.jpg", "*.jpeg", "*.png", "*.webp"])]
+    include: Vec<String>,
+    /// How an image gets its label.
+    #[arg(long, value_enum, default_value_t = Label::ParentDirectory)]
+    label: Label,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Label {
+    /// The name of the folder holding the image.
+    ParentDirectory,
+    /// No label.
+    None,
+}
+
+impl PlanOptionsArgs {
+    fn options(&self) -> PlanOptions {
+        PlanOptions {
+            include: self.include.clone(),
+            label: match self.label {
+                Label::ParentDirectory => LabelMode::ParentDirectory,
+                Label::None => LabelMode::None,
+            },
+            images_per_shard: self.images_per_shard,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pomona: cannot start the async runtime: {e}");
+            return ExitCode::from(pomona_crds::contract::exit::RETRYABLE as u8);
+        }
+    };
+    let started = Instant::now();
+    let (step, shard) = match &cli.command {
+        Command::Extract { shard, .. } => (Some(Step::Extract), Some(*shard)),
+        Command::Run { .. } => (Some(Step::Extract), None),
+        Command::Plan { .. } => (None, None),
+    };
+    let result = runtime.block_on(execute(cli.command));
+    let code = match &result {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("pomona: error: {e:#}");
+            exit_code(e)
+        }
+    };
+    if let Some(step) = step {
+        let counts = result.as_ref().ok().copied().unwrap_or_default();
+        let summary = PodSummary {
+            step,
+            shard,
+            images: counts.0,
+            processed: counts.1,
+            failed: counts.2,
+            seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        };
+        cli::report_summary(&summary);
+    }
+    ExitCode::from(code as u8)
+}
+
+/// Runs a command; returns (images, processed, failed) for the summary.
+async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
+    match command {
+        Command::Plan { plan, output, s3 } => {
+            let config = s3.config();
+            let source = Storage::open(&plan.input, &config).await?;
+            let options = plan.options.options();
+            match output {
+                Some(output) => {
+                    let out = Storage::open(&output, &config).await?;
+                    let (plan, created) = load_or_create_plan(&source, &out, &options).await?;
+                    cli::print_plan(&plan);
+                    println!(
+                        "{} {}",
+                        if created {
+                            "written to"
+                        } else {
+                            "already planned in"
+                        },
+                        out.uri()
+                    );
+                }
+                None => {
+                    let entries = pomona_storage::plan::list_images(&source, &options).await?;
+                    let plan = pomona_storage::plan::build_plan(
+                        &source.uri(),
+                        &entries,
+                        options.images_per_shard,
+                    )?;
+                    cli::print_plan(&plan);
+                }
+            }
+            Ok((0, 0, 0))
+        }
+        Command::Extract {
+            output,
+            manifest,
+            shard,
+            model,
+            s3,
+        } => {
+            let config = s3.config();
+            let plan_root = match manifest {
+                Some(m) => cli::run_root_of_manifests(&m)?,
+                None => output.clone(),
+            };
+            let plan_store = Storage::open(&plan_root, &config).await?;
+            let plan = read_plan(&plan_store).await?;
+            let out = Storage::open(&output, &config).await?;
+            let source = Storage::open(&plan.source, &config).await?;
+            let extractor = model
+                .load(&config, Threads::detect(None, None, None))
+                .await?;
+            let done = Arc::new(AtomicU64::new(0));
+            let progress = cli::Progress::start(plan.shard_len(shard), done.clone());
+            let scratch = cli::scratch_dir();
+            let outcome = extractor
+                .extract_shard(&source, &out, &plan, shard, &scratch, done)
+                .await
+                .with_context(|| format!("shard {shard}"))?;
+            progress.finish();
+            Ok((
+                outcome.images,
+                outcome.counts.processed,
+                outcome.counts.failed,
+            ))
+        }
+        Command::Run {
+            input,
+            output,
+            workers,
+            plan,
+            model,
+            s3,
+        } => {
+            let config = s3.config();
+            let source = Storage::open(&input, &config).await?;
+            let out = Storage::open(&output, &config).await?;
+            let (plan, created) = load_or_create_plan(&source, &out, &plan.options()).await?;
+            cli::print_plan(&plan);
+            if !created {
+                eprintln!("pomona: resuming the run planned in {}", out.uri());
+            }
+            cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await
+        }
+    }
 }

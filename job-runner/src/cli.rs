@@ -1,0 +1,356 @@
+//! Pieces of the `pomona` command line shared by its subcommands: S3 and model options, the
+//! one-line summary, progress reporting, and the local executor of `pomona run`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use pomona_crds::contract::{Plan, PodSummary, TERMINATION_LOG};
+use pomona_storage::{S3Config, Storage};
+
+use crate::extract::{Extractor, ModelFile};
+use crate::infer::{ModelOptions, init_runtime};
+use crate::preprocess::{Layout, Preprocess};
+use crate::{Permanent, Threads};
+
+/// Where the model is looked for when `--model` is not given: the shared folder beside the
+/// repository, as laid out for development and CI.
+pub const DEFAULT_MODEL: &str = "../shared/models/mobilenetv2_features.onnx";
+
+/// S3 connection options (each also read from the usual AWS environment variable).
+#[derive(Args, Clone, Debug)]
+pub struct S3Args {
+    /// Region of the buckets.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible service, e.g. http://127.0.0.1:9000.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// Address buckets by path (endpoint/bucket/key). Default: on when --endpoint is set.
+    #[arg(long)]
+    pub path_style: Option<bool>,
+}
+
+impl S3Args {
+    /// The storage configuration; credentials come from the default AWS chain.
+    pub fn config(&self) -> S3Config {
+        S3Config {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            force_path_style: self.path_style,
+            ..S3Config::default()
+        }
+    }
+}
+
+/// Tensor layout on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LayoutArg {
+    /// Channels last.
+    Nhwc,
+    /// Channels first.
+    Nchw,
+}
+
+/// The model, its preprocessing and the extractor's tuning.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// The ONNX model: a path, file:///path or s3://bucket/key.
+    /// Default: ../shared/models/mobilenetv2_features.onnx when that file exists.
+    #[arg(long, env = "POMONA_MODEL")]
+    pub model: Option<String>,
+    /// Expected sha256 of the model; a different file is refused.
+    #[arg(long)]
+    pub model_sha256: Option<String>,
+    /// Name of the model input.
+    #[arg(long, default_value = "input")]
+    pub input_name: String,
+    /// Name of the model output holding the features.
+    #[arg(long, default_value = "features")]
+    pub output_name: String,
+    /// Width and height the images are resized to.
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// Tensor layout of the model input.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Nhwc)]
+    pub layout: LayoutArg,
+    /// Each 0..=255 channel value x becomes x * scale + offset.
+    #[arg(long, default_value_t = 1.0 / 127.5)]
+    pub scale: f32,
+    /// See --scale.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub offset: f32,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
+    #[arg(long, env = "POMONA_THREADS")]
+    pub threads: Option<usize>,
+    /// Images decoded at once. Default: the CPUs available.
+    #[arg(long)]
+    pub decode_threads: Option<usize>,
+    /// Images fetched at once.
+    #[arg(long, default_value_t = 16)]
+    pub fetch_concurrency: usize,
+    /// The ONNX Runtime shared library. Default: $ORT_DYLIB_PATH.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub onnxruntime: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model URI: `--model`, else the shared model when it exists, else a clear error.
+    pub fn model_uri(&self) -> anyhow::Result<String> {
+        if let Some(model) = &self.model {
+            return Ok(model.clone());
+        }
+        if Path::new(DEFAULT_MODEL).is_file() {
+            return Ok(DEFAULT_MODEL.to_string());
+        }
+        Err(Permanent(format!(
+            "no model: pass --model PATH|s3://bucket/key.onnx (or set POMONA_MODEL). \
+             {DEFAULT_MODEL} is the MobileNetV2 feature model when the shared folder sits beside \
+             the repository; any ONNX model with an [N,H,W,3] float input and an [N,D] output works"
+        ))
+        .into())
+    }
+
+    /// Starts ONNX Runtime and loads the model with these options. `threads` gives the defaults
+    /// that the command-line options override.
+    pub async fn load(&self, s3: &S3Config, threads: Threads) -> anyhow::Result<Extractor> {
+        init_runtime(self.onnxruntime.as_deref()).map_err(|e| Permanent(e.to_string()))?;
+        let threads = Threads {
+            inference: self.threads.unwrap_or(threads.inference).max(1),
+            decode: self.decode_threads.unwrap_or(threads.decode).max(1),
+            fetch: self.fetch_concurrency.max(1),
+        };
+        let uri = self.model_uri()?;
+        let (folder, key) = split_object_uri(&uri)?;
+        let storage = Storage::open(&folder, s3).await?;
+        let preprocess = Preprocess::new(self.size, self.size)
+            .map_err(|e| Permanent(e.to_string()))?
+            .with_layout(match self.layout {
+                LayoutArg::Nhwc => Layout::Nhwc,
+                LayoutArg::Nchw => Layout::Nchw,
+            })
+            .with_normalization(self.scale, self.offset);
+        let options = ModelOptions {
+            intra_threads: threads.inference,
+            input_name: self.input_name.clone(),
+            output_name: self.output_name.clone(),
+            input_size: None,
+        };
+        let file = ModelFile {
+            storage: &storage,
+            key: &key,
+            uri: &uri,
+        };
+        Extractor::load(
+            &file,
+            self.model_sha256.as_deref(),
+            preprocess,
+            options,
+            threads,
+            self.batch_size.max(1),
+        )
+        .await
+    }
+}
+
+/// Splits an object URI or path into its folder and file name.
+pub fn split_object_uri(uri: &str) -> anyhow::Result<(String, String)> {
+    match uri.rsplit_once('/') {
+        Some((folder, name)) if !name.is_empty() => Ok((format!("{folder}/"), name.to_string())),
+        Some(_) => bail!("{uri} names a folder, not a file"),
+        None => Ok(("./".to_string(), uri.to_string())),
+    }
+}
+
+/// The run prefix of a manifests folder (`…/run/manifests/` → `…/run/`).
+pub fn run_root_of_manifests(manifests: &str) -> anyhow::Result<String> {
+    let trimmed = manifests.trim_end_matches('/');
+    match trimmed.strip_suffix("manifests") {
+        Some(root) if root.is_empty() || root.ends_with('/') => Ok(if root.is_empty() {
+            "./".into()
+        } else {
+            root.into()
+        }),
+        _ => Err(Permanent(format!(
+            "--manifest must be a run's manifests/ folder (holding plan.json), not {manifests}"
+        ))
+        .into()),
+    }
+}
+
+/// Prints the plan, the dry run users ask for.
+pub fn print_plan(plan: &Plan) {
+    println!(
+        "plan: {} images ({:.1} MiB) under {} in {} shard{} of up to {}",
+        plan.images,
+        plan.bytes as f64 / (1024.0 * 1024.0),
+        plan.source,
+        plan.shards,
+        if plan.shards == 1 { "" } else { "s" },
+        plan.images_per_shard
+    );
+}
+
+/// Prints the one-line summary on stdout and writes it as the container's termination
+/// message when the termination log exists (`POMONA_TERMINATION_LOG` overrides its path).
+pub fn report_summary(summary: &PodSummary) {
+    let line = summary.to_line();
+    println!("{line}");
+    let path = std::env::var_os("POMONA_TERMINATION_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(TERMINATION_LOG));
+    if path.exists()
+        && let Err(e) = std::fs::write(&path, &line)
+    {
+        eprintln!("pomona: cannot write {}: {e}", path.display());
+    }
+}
+
+/// Scratch space for a shard's files before upload: `POMONA_SCRATCH`, else the system's.
+pub fn scratch_dir() -> PathBuf {
+    std::env::var_os("POMONA_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Progress of images written: a bar on a terminal, a log line every 10 s otherwise.
+pub struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// Starts reporting `done` out of `total` images.
+    pub fn start(total: u64, done: Arc<AtomicU64>) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+                )
+                .expect("a valid template"),
+            );
+            let shown = bar.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    shown.set_position(done.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            return Self {
+                task,
+                bar: Some(bar),
+            };
+        }
+        let task = tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let n = done.load(Ordering::Relaxed);
+                let rate = n as f64 / start.elapsed().as_secs_f64();
+                eprintln!("pomona: {n}/{total} images, {rate:.1} images/s");
+            }
+        });
+        Self { task, bar: None }
+    }
+
+    /// Stops reporting.
+    pub fn finish(self) {
+        self.task.abort();
+        if let Some(bar) = self.bar {
+            bar.finish();
+        }
+    }
+}
+
+/// `pomona run`: extracts every shard of `plan` not yet complete, `workers` at a time (the CPUs
+/// are divided between them), and returns (images, processed, failed).
+pub async fn run_shards(
+    plan: &Plan,
+    source: &Storage,
+    output: &Storage,
+    model: &ModelArgs,
+    s3: &S3Config,
+    workers: usize,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let all = Threads::detect(None, None, None);
+    let share = Threads {
+        inference: (all.inference / workers).max(1),
+        decode: (all.decode / workers).max(1),
+        fetch: all.fetch,
+    };
+    let extractor = Arc::new(model.load(s3, share).await?);
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(plan.images, done.clone());
+    let scratch = scratch_dir();
+    let results: Vec<_> = futures::stream::iter(0..plan.shards)
+        .map(|shard| {
+            let extractor = extractor.clone();
+            let done = done.clone();
+            let scratch = scratch.clone();
+            async move {
+                extractor
+                    .extract_shard(source, output, plan, shard, &scratch, done)
+                    .await
+                    .with_context(|| format!("shard {shard}"))
+            }
+        })
+        .buffer_unordered(workers)
+        .collect()
+        .await;
+    progress.finish();
+    let (mut processed, mut failed, mut skipped) = (0, 0, 0);
+    for outcome in results {
+        let outcome = outcome?;
+        processed += outcome.counts.processed;
+        failed += outcome.counts.failed;
+        skipped += u32::from(outcome.skipped);
+    }
+    if skipped > 0 {
+        eprintln!("pomona: {skipped} shard(s) were already complete and were kept");
+    }
+    Ok((plan.images, processed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_uris_split_into_folder_and_name() {
+        let split = |u| split_object_uri(u).unwrap();
+        assert_eq!(
+            split("s3://b/models/m.onnx"),
+            ("s3://b/models/".into(), "m.onnx".into())
+        );
+        assert_eq!(
+            split("../shared/m.onnx"),
+            ("../shared/".into(), "m.onnx".into())
+        );
+        assert_eq!(split("m.onnx"), ("./".into(), "m.onnx".into()));
+        assert_eq!(split("/m.onnx"), ("/".into(), "m.onnx".into()));
+        assert!(split_object_uri("s3://b/models/").is_err());
+    }
+
+    #[test]
+    fn manifests_folder_gives_the_run_root() {
+        assert_eq!(
+            run_root_of_manifests("s3://b/run/manifests/").unwrap(),
+            "s3://b/run/"
+        );
+        assert_eq!(
+            run_root_of_manifests("/tmp/run/manifests").unwrap(),
+            "/tmp/run/"
+        );
+        assert!(run_root_of_manifests("s3://b/run/").is_err());
+        assert!(run_root_of_manifests("s3://b/run/mymanifests").is_err());
+    }
+}

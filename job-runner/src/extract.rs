@@ -1,0 +1,339 @@
+//! `pomona extract`: one shard of a plan to its feature, dead-letter and statistics files.
+//!
+//! The model is read once per process ([`Extractor::load`]); each shard then streams through the
+//! [`pipeline`](crate::pipeline) into scratch files, which are uploaded to their final keys only
+//! when complete: features, then dead letters, then the PCA statistics, last, so that a shard
+//! whose statistics exist is complete and is not redone by a rerun.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use bytes::Bytes;
+use pomona_crds::contract::{OutputLayout, Plan};
+use pomona_storage::{ErrorKind, Storage, StorageError, plan::read_shard};
+
+use crate::infer::{Model, ModelOptions, sha256_hex};
+use crate::parquet_out::{DeadLetterWriter, FeatureWriter, Provenance};
+use crate::pipeline::{
+    self, Counts, FetchError, ImageSource, Input, PipelineOptions, Sink, Written,
+};
+use crate::preprocess::Preprocess;
+use crate::stats::Moments;
+use crate::{Permanent, Threads};
+
+/// Reads images from a [`Storage`]: a missing object is the image's problem (dead letter),
+/// anything else that survives the retries stops the shard.
+struct StorageSource(Storage);
+
+impl ImageSource for StorageSource {
+    async fn fetch(&self, key: &str) -> Result<Bytes, FetchError> {
+        match self.0.get(key).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(FetchError::Image(format!(
+                "object missing (deleted since it was listed): {}",
+                e.message()
+            ))),
+            Err(e) => Err(FetchError::Shard(Box::new(e))),
+        }
+    }
+}
+
+/// Where the model file is: its folder's storage, its key there, and its URI for messages.
+#[derive(Clone, Copy)]
+pub struct ModelFile<'a> {
+    /// Storage opened at the model's folder.
+    pub storage: &'a Storage,
+    /// The file's key in that storage.
+    pub key: &'a str,
+    /// The model URI as the user gave it.
+    pub uri: &'a str,
+}
+
+/// The model and preprocessing of a run, loaded once per process.
+pub struct Extractor {
+    model_bytes: Bytes,
+    options: ModelOptions,
+    preprocess: Arc<Preprocess>,
+    provenance: Provenance,
+    dim: usize,
+    threads: Threads,
+    batch_size: usize,
+}
+
+/// What one shard did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardOutcome {
+    /// Images in the shard's manifest.
+    pub images: u64,
+    /// Counts of features and dead letters.
+    pub counts: Counts,
+    /// The shard was already complete and was not redone.
+    pub skipped: bool,
+}
+
+impl Extractor {
+    /// Reads the model at `uri` (from `storage`, opened at the model's folder), checks its
+    /// sha256 when one is expected, and opens an ONNX Runtime session to learn its shape.
+    pub async fn load(
+        model: &ModelFile<'_>,
+        expected_sha256: Option<&str>,
+        preprocess: Preprocess,
+        options: ModelOptions,
+        threads: Threads,
+        batch_size: usize,
+    ) -> anyhow::Result<Self> {
+        let ModelFile {
+            storage: model_storage,
+            key: model_key,
+            uri: model_uri,
+        } = *model;
+        let model_bytes = model_storage
+            .get(model_key)
+            .await
+            .with_context(|| format!("cannot read the model {model_uri}"))?;
+        let sha256 = sha256_hex(&model_bytes);
+        if let Some(expected) = expected_sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(Permanent(format!(
+                "the model {model_uri} has sha256 {sha256}, not the expected {expected}"
+            ))
+            .into());
+        }
+        let options = ModelOptions {
+            intra_threads: threads.inference,
+            input_size: Some((preprocess.height(), preprocess.width())),
+            ..options
+        };
+        let model = Model::load(&model_bytes[..], options.clone())
+            .map_err(|e| Permanent(format!("cannot open the model {model_uri}: {e}")))?;
+        if model.layout() != preprocess.layout() {
+            return Err(Permanent(format!(
+                "the model {model_uri} takes {:?} input, the preprocessing writes {:?}",
+                model.layout(),
+                preprocess.layout()
+            ))
+            .into());
+        }
+        let provenance = Provenance {
+            model_sha256: sha256,
+            model_uri: model_uri.to_string(),
+            preprocessing: describe(&preprocess),
+            versions: format!(
+                "pomona {}; onnxruntime {}",
+                env!("CARGO_PKG_VERSION"),
+                runtime_version()
+            ),
+        };
+        Ok(Self {
+            dim: model.feature_dim(),
+            model_bytes,
+            options,
+            preprocess: Arc::new(preprocess),
+            provenance,
+            threads,
+            batch_size,
+        })
+    }
+
+    /// The feature dimension of the model.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The provenance written into every output.
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    /// Extracts shard `shard` of `plan` from `source` into `output`, unless its outputs are
+    /// already complete. `done` counts the shard's images as they are written.
+    pub async fn extract_shard(
+        &self,
+        source: &Storage,
+        output: &Storage,
+        plan: &Plan,
+        shard: u32,
+        scratch: &Path,
+        done: Arc<AtomicU64>,
+    ) -> anyhow::Result<ShardOutcome> {
+        let layout = OutputLayout::new(&output.uri());
+        let images = plan.shard_len(shard);
+        if shard_complete(output, &layout, shard).await? {
+            let counts = Counts {
+                processed: parquet_rows(output, &layout.features(shard)).await?,
+                failed: parquet_rows(output, &layout.deadletter(shard)).await?,
+            };
+            done.fetch_add(images, std::sync::atomic::Ordering::Relaxed);
+            return Ok(ShardOutcome {
+                images,
+                counts,
+                skipped: true,
+            });
+        }
+        let entries = read_shard(output, plan, shard).await?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pomona-shard-{shard}-"))
+            .tempdir_in(scratch)
+            .with_context(|| format!("cannot create scratch files in {}", scratch.display()))?;
+        let sink = ShardSink::create(dir.path(), self.dim, &self.provenance)?;
+        let model = Model::load(&self.model_bytes[..], self.options.clone())?;
+        let options = PipelineOptions {
+            batch_size: self.batch_size,
+            fetch_concurrency: self.threads.fetch,
+            decode_threads: self.threads.decode,
+        };
+        let input = Input {
+            entries,
+            root: plan.source.clone(),
+            source: Arc::new(StorageSource(source.clone())),
+        };
+        let (counts, sink) =
+            pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await?;
+        if counts.processed + counts.failed != images {
+            return Err(Permanent(format!(
+                "shard {shard}: {images} images listed but {} processed and {} dead-lettered",
+                counts.processed, counts.failed
+            ))
+            .into());
+        }
+        let (features, deadletter, stats) = sink.finish()?;
+        upload(output, &layout.features(shard), &features).await?;
+        upload(output, &layout.deadletter(shard), &deadletter).await?;
+        output
+            .put(&output.relative(&layout.stats(shard))?, Bytes::from(stats))
+            .await?;
+        Ok(ShardOutcome {
+            images,
+            counts,
+            skipped: false,
+        })
+    }
+}
+
+async fn upload(output: &Storage, uri: &str, file: &Path) -> anyhow::Result<()> {
+    let data = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("cannot read back {}", file.display()))?;
+    output
+        .put(&output.relative(uri)?, Bytes::from(data))
+        .await?;
+    Ok(())
+}
+
+/// Rows of a Parquet object, from its footer.
+async fn parquet_rows(output: &Storage, uri: &str) -> anyhow::Result<u64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let data = output.get(&output.relative(uri)?).await?;
+    let reader = SerializedFileReader::new(data)
+        .with_context(|| format!("{uri} is not a readable Parquet file"))?;
+    Ok(reader.metadata().file_metadata().num_rows() as u64)
+}
+
+/// Whether every output of `shard` is in place (the statistics are written last).
+pub async fn shard_complete(
+    output: &Storage,
+    layout: &OutputLayout,
+    shard: u32,
+) -> Result<bool, StorageError> {
+    for uri in [
+        layout.stats(shard),
+        layout.features(shard),
+        layout.deadletter(shard),
+    ] {
+        if !output.exists(&output.relative(&uri)?).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The writer side of a shard: Parquet files in a scratch folder and the PCA statistics.
+struct ShardSink {
+    features: FeatureWriter<BufWriter<File>>,
+    deadletter: DeadLetterWriter<BufWriter<File>>,
+    moments: Moments,
+    features_path: std::path::PathBuf,
+    deadletter_path: std::path::PathBuf,
+}
+
+impl ShardSink {
+    fn create(dir: &Path, dim: usize, provenance: &Provenance) -> anyhow::Result<Self> {
+        let features_path = dir.join("features.parquet");
+        let deadletter_path = dir.join("deadletter.parquet");
+        let open = |p: &Path| -> anyhow::Result<BufWriter<File>> {
+            Ok(BufWriter::new(File::create(p).with_context(|| {
+                format!("cannot create {}", p.display())
+            })?))
+        };
+        Ok(Self {
+            features: FeatureWriter::new(open(&features_path)?, dim, provenance)?,
+            deadletter: DeadLetterWriter::new(open(&deadletter_path)?, provenance)?,
+            moments: Moments::new(dim),
+            features_path,
+            deadletter_path,
+        })
+    }
+
+    /// Closes the files; returns their paths and the statistics file's bytes.
+    fn finish(self) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)> {
+        use std::io::Write;
+        self.features.finish()?.flush()?;
+        self.deadletter.finish()?.flush()?;
+        Ok((
+            self.features_path,
+            self.deadletter_path,
+            self.moments.to_bytes(),
+        ))
+    }
+}
+
+impl Sink for ShardSink {
+    fn write(&mut self, batch: Written<'_>) -> anyhow::Result<()> {
+        let dim = self.moments.dim();
+        let mut next = 0;
+        for (row, failure) in batch.rows.iter().zip(batch.failures) {
+            match failure {
+                Some(reason) => self.deadletter.push(&row.path, reason, row.bytes)?,
+                None => {
+                    let features = &batch.features[next * dim..(next + 1) * dim];
+                    self.features
+                        .push(&row.path, &row.label, row.etag.as_deref(), features)?;
+                    next += 1;
+                }
+            }
+        }
+        self.moments.add_rows(batch.features);
+        Ok(())
+    }
+}
+
+/// The preprocessing as JSON, recorded in every output file so that features are only ever
+/// compared with features made the same way.
+pub fn describe(p: &Preprocess) -> String {
+    serde_json::json!({
+        "width": p.width(),
+        "height": p.height(),
+        "layout": format!("{:?}", p.layout()).to_uppercase(),
+        "scale": p.scale(),
+        "offset": p.offset(),
+        "resize": "bilinear",
+        "color": "RGB",
+        "alpha": "composited over white",
+        "exifOrientation": true,
+    })
+    .to_string()
+}
+
+/// The ONNX Runtime release in use (`rel-1.32.0`), once the runtime is initialised.
+pub fn runtime_version() -> String {
+    ort::info()
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("git-branch="))
+        .unwrap_or("unknown")
+        .to_string()
+}

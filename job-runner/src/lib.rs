@@ -1,0 +1,81 @@
+//! `pomona-runner`: the data path of pomona, behind the `pomona` binary.
+//!
+//! - [`preprocess`]: image bytes to a normalised tensor (decode, orientation, RGB, resize).
+//! - [`infer`]: the ONNX Runtime session that turns tensors into feature vectors.
+//! - [`pipeline`]: fetch → decode → batched inference → write, bounded at every stage.
+//! - [`extract`]: one shard of a plan to its feature, dead-letter and statistics files.
+//! - [`stats`]: mergeable PCA statistics (count, mean, co-moment) written by every shard.
+//! - [`parquet_out`]: the feature and dead-letter Parquet files of a shard.
+//!
+//! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
+//! operator shares.
+
+pub mod cli;
+pub mod extract;
+mod imgconv;
+pub mod infer;
+pub mod parquet_out;
+pub mod pipeline;
+pub mod preprocess;
+pub mod resize;
+pub mod stats;
+
+use pomona_crds::contract::exit;
+
+pub use infer::{InferError, Model, ModelOptions, ModelSource, init_runtime, sha256_hex};
+pub use preprocess::{ConfigError, DecodeError, Layout, Preprocess};
+
+/// A failure no retry can fix (wrong checksum, unusable model, accounting that does not close):
+/// the pod exits with [`exit::PERMANENT_ERROR`] and the shard is not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
+/// How the work of one process is spread over the CPUs it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threads {
+    /// ONNX Runtime intra-op threads.
+    pub inference: usize,
+    /// Images decoded at once.
+    pub decode: usize,
+    /// Images fetched at once.
+    pub fetch: usize,
+}
+
+impl Threads {
+    /// Sized from the CPUs available to this process (`available_parallelism` honours CPU
+    /// affinity and cgroup quotas, so a pod limited to 2 CPUs gets 2), each overridable.
+    pub fn detect(inference: Option<usize>, decode: Option<usize>, fetch: Option<usize>) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            inference: inference.unwrap_or(cpus).max(1),
+            decode: decode.unwrap_or(cpus).max(1),
+            fetch: fetch.unwrap_or(16).max(1),
+        }
+    }
+}
+
+/// The exit code for a failed step: retryable failures (storage after its retries, the
+/// runtime) exit with [`exit::RETRYABLE`], permanent ones with [`exit::PERMANENT_ERROR`].
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    for cause in error.chain() {
+        if cause.downcast_ref::<Permanent>().is_some() {
+            return exit::PERMANENT_ERROR;
+        }
+        if let Some(e) = cause.downcast_ref::<pomona_storage::StorageError>() {
+            return if e.is_retryable() {
+                exit::RETRYABLE
+            } else {
+                exit::PERMANENT_ERROR
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<pomona_storage::plan::PlanError>() {
+            return if e.is_retryable() {
+                exit::RETRYABLE
+            } else {
+                exit::PERMANENT_ERROR
+            };
+        }
+    }
+    exit::RETRYABLE
+}

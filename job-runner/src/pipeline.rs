@@ -1,0 +1,253 @@
+//! The extractor's pipeline: fetch → decode and preprocess → batched inference → write.
+//!
+//! ```text
+//!  async fetch (bounded: `fetch_concurrency` in flight, in manifest order)
+//!    └─ decode + resize + normalise on blocking threads (at most `decode_threads` at once)
+//!         └─ batches of `batch_size` ──chan(2)──► inference thread (ONNX Runtime)
+//!                                                   └──chan(2)──► writer thread
+//!                                                        (Parquet, dead letters, PCA statistics)
+//! ```
+//!
+//! Every stage is bounded, so a slow stage holds back the ones before it (backpressure) and memory
+//! stays flat whatever the shard size: at most `fetch_concurrency` decoded images plus four
+//! batches exist at once. The model, the slowest stage, always has the next batch ready. Rows keep
+//! their manifest order. An image that cannot be fetched as an image (missing object, corrupt or
+//! absurd file) becomes a dead letter with its reason and never stops the shard; a failure of the
+//! pipeline itself (the model, the writer, storage after its retries) stops it with an error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use pomona_crds::contract::ManifestEntry;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::infer::Model;
+use crate::preprocess::Preprocess;
+
+/// Why an image's bytes could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// This image only: it goes to the dead-letter output with the reason.
+    #[error("{0}")]
+    Image(String),
+    /// The shard cannot go on (storage unreachable after retries, access denied…).
+    #[error(transparent)]
+    Shard(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where the pipeline reads images from.
+pub trait ImageSource: Send + Sync + 'static {
+    /// The bytes of the image at `key` (relative to the source).
+    fn fetch(&self, key: &str) -> impl Future<Output = Result<Bytes, FetchError>> + Send;
+}
+
+/// One image of the shard, as the writer sees it.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Full URI of the image.
+    pub path: String,
+    /// Its label.
+    pub label: String,
+    /// Its ETag when listed.
+    pub etag: Option<String>,
+    /// Its size in bytes when listed.
+    pub bytes: u64,
+}
+
+/// What the writer receives: rows in manifest order, each with features or a dead-letter reason.
+pub struct Written<'a> {
+    /// The rows of one batch.
+    pub rows: &'a [Row],
+    /// For each row, `None` if it has features, else why it failed.
+    pub failures: &'a [Option<String>],
+    /// The features of the rows that have some, one after the other (`dim` values each).
+    pub features: &'a [f32],
+}
+
+/// Receives the pipeline's output on the writer thread.
+pub trait Sink: Send {
+    /// Takes one batch.
+    fn write(&mut self, batch: Written<'_>) -> anyhow::Result<()>;
+}
+
+/// Tuning of the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineOptions {
+    /// Images per inference batch.
+    pub batch_size: usize,
+    /// Images being fetched or decoded at once.
+    pub fetch_concurrency: usize,
+    /// Images being decoded at once.
+    pub decode_threads: usize,
+}
+
+/// Counts of a finished pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Images turned into features.
+    pub processed: u64,
+    /// Images dead-lettered.
+    pub failed: u64,
+}
+
+struct Batch {
+    rows: Vec<Row>,
+    failures: Vec<Option<String>>,
+    tensor: Vec<f32>,
+    ok: usize,
+}
+
+struct Inferred {
+    rows: Vec<Row>,
+    failures: Vec<Option<String>>,
+    features: Vec<f32>,
+}
+
+/// The images a pipeline reads.
+pub struct Input<S> {
+    /// The images, with keys relative to `root`.
+    pub entries: Vec<ManifestEntry>,
+    /// The source URI the keys are relative to (ends with `/`).
+    pub root: String,
+    /// Where the bytes come from.
+    pub source: Arc<S>,
+}
+
+/// Runs the pipeline over the input's images, feeding `sink`. `done` counts images as they are
+/// written, for progress reports.
+pub async fn run<S: ImageSource, K: Sink + 'static>(
+    input: Input<S>,
+    preprocess: Arc<Preprocess>,
+    mut model: Model,
+    mut sink: K,
+    options: PipelineOptions,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<(Counts, K)> {
+    let batch_size = options.batch_size.max(1);
+    let per_image = preprocess.tensor_len();
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
+    let (out_tx, mut out_rx) = mpsc::channel::<Inferred>(2);
+
+    let infer = std::thread::Builder::new()
+        .name("pomona-infer".into())
+        .spawn(move || -> anyhow::Result<()> {
+            while let Some(batch) = batch_rx.blocking_recv() {
+                let features = model.run(&batch.tensor, batch.ok)?.to_vec();
+                let message = Inferred {
+                    rows: batch.rows,
+                    failures: batch.failures,
+                    features,
+                };
+                if out_tx.blocking_send(message).is_err() {
+                    break; // the writer stopped; its error is reported
+                }
+            }
+            Ok(())
+        })?;
+
+    let writer_done = done.clone();
+    let writer = std::thread::Builder::new()
+        .name("pomona-write".into())
+        .spawn(move || -> anyhow::Result<(Counts, K)> {
+            let mut counts = Counts::default();
+            while let Some(out) = out_rx.blocking_recv() {
+                let failed = out.failures.iter().filter(|f| f.is_some()).count() as u64;
+                sink.write(Written {
+                    rows: &out.rows,
+                    failures: &out.failures,
+                    features: &out.features,
+                })?;
+                counts.failed += failed;
+                counts.processed += out.rows.len() as u64 - failed;
+                writer_done.fetch_add(out.rows.len() as u64, Ordering::Relaxed);
+            }
+            Ok((counts, sink))
+        })?;
+
+    let decode_slots = Arc::new(Semaphore::new(options.decode_threads.max(1)));
+    let Input {
+        entries,
+        root,
+        source,
+    } = input;
+    let mut images = futures::stream::iter(entries)
+        .map(|entry| {
+            let source = source.clone();
+            let preprocess = preprocess.clone();
+            let slots = decode_slots.clone();
+            let row = Row {
+                path: format!("{root}{}", entry.key),
+                label: entry.label,
+                etag: entry.etag,
+                bytes: entry.size,
+            };
+            async move {
+                let bytes = match source.fetch(&entry.key).await {
+                    Ok(bytes) => bytes,
+                    Err(FetchError::Image(reason)) => return Ok((row, Err(reason))),
+                    Err(FetchError::Shard(e)) => return Err(anyhow::anyhow!(e)),
+                };
+                let _slot = slots.acquire_owned().await?;
+                let tensor = tokio::task::spawn_blocking(move || {
+                    let image = preprocess.decode(&bytes).map_err(|e| e.to_string())?;
+                    let mut tensor = vec![0f32; preprocess.tensor_len()];
+                    preprocess.to_tensor(&image, &mut tensor);
+                    Ok::<_, String>(tensor)
+                })
+                .await?;
+                anyhow::Ok((row, tensor))
+            }
+        })
+        .buffered(options.fetch_concurrency.max(1));
+
+    let new_batch = || Batch {
+        rows: Vec::with_capacity(batch_size),
+        failures: Vec::with_capacity(batch_size),
+        tensor: Vec::with_capacity(batch_size * per_image),
+        ok: 0,
+    };
+    let mut batch = new_batch();
+    let mut feed_error = None;
+    while let Some(item) = images.next().await {
+        let (row, outcome) = match item {
+            Ok(item) => item,
+            Err(e) => {
+                feed_error = Some(e);
+                break;
+            }
+        };
+        batch.rows.push(row);
+        match outcome {
+            Ok(tensor) => {
+                batch.tensor.extend_from_slice(&tensor);
+                batch.ok += 1;
+                batch.failures.push(None);
+            }
+            Err(reason) => batch.failures.push(Some(reason)),
+        }
+        if batch.rows.len() == batch_size {
+            let full = std::mem::replace(&mut batch, new_batch());
+            if batch_tx.send(full).await.is_err() {
+                break; // inference stopped; its error is reported below
+            }
+        }
+    }
+    if feed_error.is_none() && !batch.rows.is_empty() {
+        let _ = batch_tx.send(batch).await;
+    }
+    drop(batch_tx);
+
+    let infer_result = tokio::task::spawn_blocking(move || infer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    let write_result = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    if let Some(e) = feed_error {
+        return Err(e);
+    }
+    infer_result?;
+    write_result
+}

@@ -1,0 +1,315 @@
+//! Mergeable PCA statistics: count, mean and co-moment matrix of feature vectors, in f64.
+//!
+//! Each extractor shard accumulates these over its rows and writes them next to its features;
+//! the reduce step merges every shard's statistics and eigen-decomposes the covariance
+//! `comoment / (n - 1)`. Fitting is then exact and costs the same whatever the number of images.
+//!
+//! Rows are added a batch at a time: the batch's own mean and centred co-moment (one
+//! matrix product) are combined with the running ones by the parallel formula of Chan, Golub and
+//! LeVeque, which is also how two shards merge:
+//!
+//! ```text
+//! n = na + nb,  δ = mean_b − mean_a
+//! mean = mean_a + δ·nb/n
+//! M2   = M2_a + M2_b + δδᵀ·na·nb/n
+//! ```
+//!
+//! # File format (`stats/part-NNNNN.safetensors`)
+//!
+//! A [safetensors](https://github.com/huggingface/safetensors) file, readable from Python with
+//! `safetensors.numpy.load_file`, holding three little-endian tensors:
+//!
+//! | tensor | dtype | shape | content |
+//! | --- | --- | --- | --- |
+//! | `count` | U64 | `[1]` | rows `n` |
+//! | `mean` | F64 | `[d]` | column means |
+//! | `comoment` | F64 | `[d, d]` | `Σ (x − mean)(x − mean)ᵀ` over the rows (symmetric) |
+//!
+//! and the metadata entry `format = pomona-stats/1`.
+
+use std::collections::HashMap;
+
+use ndarray::{Array1, Array2, ArrayView2, Axis, linalg::general_mat_mul};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+/// The value of the `format` metadata entry.
+pub const FORMAT: &str = "pomona-stats/1";
+
+/// Count, mean and co-moment of a set of `dim`-dimensional rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments {
+    n: u64,
+    mean: Array1<f64>,
+    comoment: Array2<f64>,
+}
+
+/// A statistics file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// Not a safetensors file, or one without the expected tensors.
+    #[error("not a pomona statistics file: {0}")]
+    Format(String),
+    /// Two sets of statistics of different dimensions.
+    #[error("statistics of dimension {0} cannot merge with dimension {1}")]
+    Dimension(usize, usize),
+}
+
+impl Moments {
+    /// No rows yet.
+    pub fn new(dim: usize) -> Self {
+        Self {
+            n: 0,
+            mean: Array1::zeros(dim),
+            comoment: Array2::zeros((dim, dim)),
+        }
+    }
+
+    /// Dimension of the rows.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Number of rows.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    /// Column means.
+    pub fn mean(&self) -> &Array1<f64> {
+        &self.mean
+    }
+
+    /// Co-moment matrix `Σ (x − mean)(x − mean)ᵀ`.
+    pub fn comoment(&self) -> &Array2<f64> {
+        &self.comoment
+    }
+
+    /// Sample covariance `comoment / (n − 1)` (zero for fewer than two rows).
+    pub fn covariance(&self) -> Array2<f64> {
+        if self.n < 2 {
+            return Array2::zeros(self.comoment.raw_dim());
+        }
+        &self.comoment / (self.n - 1) as f64
+    }
+
+    /// Adds `rows.len() / dim` rows stored one after the other.
+    pub fn add_rows(&mut self, rows: &[f32]) {
+        let dim = self.dim();
+        assert_eq!(rows.len() % dim, 0, "rows are whole");
+        let nb = rows.len() / dim;
+        if nb == 0 {
+            return;
+        }
+        let batch = ArrayView2::from_shape((nb, dim), rows).expect("shape checked above");
+        let batch = batch.mapv(f64::from);
+        let mean = batch.mean_axis(Axis(0)).expect("at least one row");
+        let centred = &batch - &mean;
+        let mut comoment = Array2::zeros((dim, dim));
+        general_mat_mul(1.0, &centred.t(), &centred, 0.0, &mut comoment);
+        self.merge_parts(nb as u64, &mean, &comoment);
+    }
+
+    /// Merges the statistics of other rows into these.
+    pub fn merge(&mut self, other: &Moments) -> Result<(), StatsError> {
+        if other.dim() != self.dim() {
+            return Err(StatsError::Dimension(self.dim(), other.dim()));
+        }
+        self.merge_parts(other.n, &other.mean, &other.comoment);
+        Ok(())
+    }
+
+    fn merge_parts(&mut self, nb: u64, mean_b: &Array1<f64>, comoment_b: &Array2<f64>) {
+        if nb == 0 {
+            return;
+        }
+        let na = self.n;
+        let n = na + nb;
+        let delta = mean_b - &self.mean;
+        let weight = (na as f64) * (nb as f64) / (n as f64);
+        self.comoment += comoment_b;
+        if na > 0 {
+            let col = delta.view().insert_axis(Axis(1));
+            let row = delta.view().insert_axis(Axis(0));
+            general_mat_mul(weight, &col, &row, 1.0, &mut self.comoment);
+        }
+        self.mean.scaled_add(nb as f64 / n as f64, &delta);
+        self.n = n;
+    }
+
+    /// The statistics as a safetensors file (see the module docs).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let dim = self.dim();
+        let count = self.n.to_le_bytes();
+        let mean: Vec<u8> = self.mean.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let comoment: Vec<u8> = self.comoment.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensors = [
+            ("count", TensorView::new(Dtype::U64, vec![1], &count)),
+            ("mean", TensorView::new(Dtype::F64, vec![dim], &mean)),
+            (
+                "comoment",
+                TensorView::new(Dtype::F64, vec![dim, dim], &comoment),
+            ),
+        ]
+        .map(|(name, view)| (name, view.expect("shapes match the data")));
+        let metadata = HashMap::from([("format".to_string(), FORMAT.to_string())]);
+        safetensors::serialize(tensors, Some(metadata)).expect("in-memory serialization")
+    }
+
+    /// Reads statistics written by [`Moments::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StatsError> {
+        let bad = |e: &dyn std::fmt::Display| StatsError::Format(e.to_string());
+        let file = SafeTensors::deserialize(bytes).map_err(|e| bad(&e))?;
+        let tensor = |name: &str, dtype: Dtype| {
+            let t = file.tensor(name).map_err(|e| bad(&e))?;
+            if t.dtype() != dtype {
+                return Err(bad(&format!("{name} is {:?}, not {dtype:?}", t.dtype())));
+            }
+            Ok(t)
+        };
+        let f64s = |data: &[u8]| -> Vec<f64> {
+            data.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        };
+        let count = tensor("count", Dtype::U64)?;
+        let n = u64::from_le_bytes(
+            count
+                .data()
+                .try_into()
+                .map_err(|_| bad(&"count is not one u64"))?,
+        );
+        let mean = Array1::from(f64s(tensor("mean", Dtype::F64)?.data()));
+        let dim = mean.len();
+        let comoment = tensor("comoment", Dtype::F64)?;
+        if comoment.shape() != [dim, dim] {
+            return Err(bad(&format!(
+                "comoment has shape {:?}, mean has {dim} values",
+                comoment.shape()
+            )));
+        }
+        let comoment =
+            Array2::from_shape_vec((dim, dim), f64s(comoment.data())).map_err(|e| bad(&e))?;
+        Ok(Self { n, mean, comoment })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic rows with a large common offset, where a naive sum of squares would lose
+    /// digits.
+    fn rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n * dim)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let noise = ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5;
+                (1000.0 + (i % dim) as f64 + noise * 3.0) as f32
+            })
+            .collect()
+    }
+
+    /// Two-pass reference: mean first, then the centred products.
+    fn two_pass(rows: &[f32], dim: usize) -> (Array1<f64>, Array2<f64>) {
+        let n = rows.len() / dim;
+        let x = Array2::from_shape_vec((n, dim), rows.iter().map(|&v| v as f64).collect()).unwrap();
+        let mean = x.mean_axis(Axis(0)).unwrap();
+        let mut m2 = Array2::<f64>::zeros((dim, dim));
+        for row in x.rows() {
+            let c = &row - &mean;
+            for i in 0..dim {
+                for j in 0..dim {
+                    m2[[i, j]] += c[i] * c[j];
+                }
+            }
+        }
+        (mean, m2)
+    }
+
+    fn assert_close(a: &Moments, mean: &Array1<f64>, m2: &Array2<f64>) {
+        let scale = m2.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (x, y) in a.mean().iter().zip(mean) {
+            assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{x} vs {y}");
+        }
+        for (x, y) in a.comoment().iter().zip(m2) {
+            assert!((x - y).abs() <= 1e-10 * scale, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn batches_match_a_two_pass_computation() {
+        let dim = 7;
+        let data = rows(101, dim, 1);
+        let (mean, m2) = two_pass(&data, dim);
+        for batch in [1, 3, 32, 101] {
+            let mut m = Moments::new(dim);
+            for chunk in data.chunks(batch * dim) {
+                m.add_rows(chunk);
+            }
+            assert_eq!(m.count(), 101);
+            assert_close(&m, &mean, &m2);
+        }
+    }
+
+    #[test]
+    fn merging_in_any_grouping_equals_one_pass() {
+        let dim = 5;
+        let data = rows(90, dim, 7);
+        let (mean, m2) = two_pass(&data, dim);
+        // Shards of uneven sizes, merged left to right, right to left, and as a tree.
+        let cuts = [0, 1, 17, 40, 41, 90];
+        let shards: Vec<Moments> = cuts
+            .windows(2)
+            .map(|w| {
+                let mut m = Moments::new(dim);
+                m.add_rows(&data[w[0] * dim..w[1] * dim]);
+                m
+            })
+            .collect();
+        let mut left = Moments::new(dim);
+        for s in &shards {
+            left.merge(s).unwrap();
+        }
+        let mut right = Moments::new(dim);
+        for s in shards.iter().rev() {
+            right.merge(s).unwrap();
+        }
+        let mut a = shards[0].clone();
+        a.merge(&shards[1]).unwrap();
+        let mut b = shards[2].clone();
+        b.merge(&shards[3]).unwrap();
+        b.merge(&shards[4]).unwrap();
+        a.merge(&b).unwrap();
+        for m in [&left, &right, &a] {
+            assert_eq!(m.count(), 90);
+            assert_close(m, &mean, &m2);
+        }
+        let empty = Moments::new(dim);
+        let mut with_empty = left.clone();
+        with_empty.merge(&empty).unwrap();
+        assert_eq!(with_empty, left);
+        assert!(left.merge(&Moments::new(dim + 1)).is_err());
+    }
+
+    #[test]
+    fn covariance_divides_by_n_minus_one() {
+        let mut m = Moments::new(2);
+        m.add_rows(&[1.0, 2.0, 3.0, 6.0]);
+        let cov = m.covariance();
+        assert_eq!(cov, ndarray::arr2(&[[2.0, 4.0], [4.0, 8.0]]));
+        assert_eq!(Moments::new(2).covariance(), Array2::<f64>::zeros((2, 2)));
+    }
+
+    #[test]
+    fn file_round_trips_exactly_and_rejects_other_files() {
+        let mut m = Moments::new(4);
+        m.add_rows(&rows(10, 4, 3));
+        let bytes = m.to_bytes();
+        assert_eq!(Moments::from_bytes(&bytes).unwrap(), m);
+        assert!(Moments::from_bytes(b"not a file").is_err());
+        assert!(Moments::from_bytes(&bytes[..bytes.len() - 8]).is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! Planning a run: which images, with which labels, in which shards.
+//!
+//! The pure steps ([`select`], [`label_of`], [`build_plan`], [`shard_entries`], [`to_jsonl`],
+//! [`from_jsonl`]) are separate from the ones that touch storage ([`create_plan`],
+//! [`load_or_create_plan`], [`read_plan`], [`read_shard`]) so that both the operator and the
+//! runner use the same logic and it is tested without any storage.
+
+use bytes::Bytes;
+use pomona_crds::LabelMode;
+use pomona_crds::contract::{MAX_SHARDS, ManifestEntry, OutputLayout, Plan};
+
+use crate::error::{ErrorKind, StorageError};
+use crate::location::Location;
+use crate::pattern::{PatternError, Patterns};
+use crate::storage::{ObjectMeta, Storage};
+
+/// Shard manifests written at once by [`write_plan`].
+const WRITE_CONCURRENCY: usize = 8;
+
+/// What to plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// File-name patterns of the images (`*.jpg`…), case-insensitive.
+    pub include: Vec<String>,
+    /// How images get their label.
+    pub label: LabelMode,
+    /// Images per shard (the last shard takes the rest).
+    pub images_per_shard: u32,
+}
+
+/// Why a plan could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Listing, reading or writing failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An include pattern is unusable.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// No object of the source matched the include patterns.
+    #[error(
+        "no images to process under {uri}: {listed} objects listed, none matching {patterns:?}"
+    )]
+    Empty {
+        /// The source URI.
+        uri: String,
+        /// Objects listed.
+        listed: usize,
+        /// The include patterns.
+        patterns: Vec<String>,
+    },
+    /// The plan would need more shards than a run may have.
+    #[error(
+        "{images} images at {per_shard} per shard make {shards} shards, more than the limit of \
+         {max}: set imagesPerShard to at least {needed}"
+    )]
+    TooManyShards {
+        /// Images selected.
+        images: u64,
+        /// Images per shard asked for.
+        per_shard: u32,
+        /// Shards that would be needed.
+        shards: u64,
+        /// The limit ([`MAX_SHARDS`]).
+        max: u32,
+        /// The smallest images-per-shard that fits.
+        needed: u64,
+    },
+    /// `images_per_shard` is 0.
+    #[error("imagesPerShard must be at least 1")]
+    ZeroShardSize,
+    /// A plan or manifest object does not hold what it should.
+    #[error("corrupt {key}: {reason}")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl PlanError {
+    /// Whether trying again may help (only for some storage failures).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PlanError::Storage(e) if e.is_retryable())
+    }
+}
+
+/// The label of the image at `key` (relative to the source) under `mode`: for
+/// `ParentDirectory`, the name of the folder holding it (`Training/Banana 1/x.jpg` →
+/// `Banana 1`); for an image at the top of the source, the last folder of `base` (the source
+/// prefix or directory), or `""` if there is none.
+pub fn label_of(key: &str, base: &str, mode: LabelMode) -> String {
+    match mode {
+        LabelMode::None => String::new(),
+        LabelMode::ParentDirectory => match key.rsplit_once('/') {
+            Some((dir, _)) => dir.rsplit('/').next().unwrap_or_default().to_string(),
+            None => base
+                .split('/')
+                .rev()
+                .find(|s| !s.is_empty())
+                .unwrap_or_default()
+                .to_string(),
+        },
+    }
+}
+
+/// The folder part of a location that [`label_of`] falls back on.
+fn label_base(location: &Location) -> String {
+    match location {
+        Location::S3 { prefix, .. } => prefix.clone(),
+        Location::Local { root } => root.to_string_lossy().into_owned(),
+    }
+}
+
+/// The images among `objects`: those whose file name matches `include`, labelled, sorted by
+/// key, without duplicates.
+pub fn select(
+    objects: &[ObjectMeta],
+    include: &Patterns,
+    base: &str,
+    label: LabelMode,
+) -> Vec<ManifestEntry> {
+    let mut entries: Vec<ManifestEntry> = objects
+        .iter()
+        .filter(|o| include.matches(o.key.rsplit('/').next().unwrap_or_default()))
+        .map(|o| ManifestEntry {
+            key: o.key.clone(),
+            size: o.size,
+            etag: o.etag.clone(),
+            label: label_of(&o.key, base, label),
+        })
+        .collect();
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries.dedup_by(|a, b| a.key == b.key);
+    entries
+}
+
+/// The plan of `entries` (already selected and sorted) from `source`, in shards of
+/// `images_per_shard`.
+pub fn build_plan(
+    source: &str,
+    entries: &[ManifestEntry],
+    images_per_shard: u32,
+) -> Result<Plan, PlanError> {
+    if images_per_shard == 0 {
+        return Err(PlanError::ZeroShardSize);
+    }
+    let images = entries.len() as u64;
+    let shards = images.div_ceil(u64::from(images_per_shard));
+    if shards > u64::from(MAX_SHARDS) {
+        return Err(PlanError::TooManyShards {
+            images,
+            per_shard: images_per_shard,
+            shards,
+            max: MAX_SHARDS,
+            needed: images.div_ceil(u64::from(MAX_SHARDS)),
+        });
+    }
+    let mut source = source.to_string();
+    if !source.ends_with('/') {
+        source.push('/');
+    }
+    Ok(Plan {
+        format: Plan::FORMAT,
+        source,
+        images,
+        bytes: entries.iter().map(|e| e.size).sum(),
+        images_per_shard,
+        shards: u32::try_from(shards).unwrap_or(u32::MAX),
+    })
+}
+
+/// The entries of shard `shard` of `plan` (empty past the last shard).
+pub fn shard_entries<'a>(
+    plan: &Plan,
+    entries: &'a [ManifestEntry],
+    shard: u32,
+) -> &'a [ManifestEntry] {
+    let per = plan.images_per_shard as usize;
+    let start = (shard as usize).saturating_mul(per).min(entries.len());
+    &entries[start..start.saturating_add(per).min(entries.len())]
+}
+
+/// A shard manifest: one JSON object per line.
+pub fn to_jsonl(entries: &[ManifestEntry]) -> Bytes {
+    let mut out = Vec::with_capacity(entries.len() * 96);
+    for e in entries {
+        serde_json::to_writer(&mut out, e).expect("a manifest entry serializes");
+        out.push(b'\n');
+    }
+    Bytes::from(out)
+}
+
+/// Parses a shard manifest (`key` names it in errors); blank lines are ignored.
+pub fn from_jsonl(key: &str, data: &[u8]) -> Result<Vec<ManifestEntry>, PlanError> {
+    let text = std::str::from_utf8(data).map_err(|e| PlanError::Corrupt {
+        key: key.to_string(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| PlanError::Corrupt {
+                key: key.to_string(),
+                reason: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Lists `source` and selects its images (see [`select`]).
+pub async fn list_images(
+    source: &Storage,
+    options: &PlanOptions,
+) -> Result<Vec<ManifestEntry>, PlanError> {
+    let include = Patterns::new(&options.include)?;
+    let objects = source.list("").await?;
+    let entries = select(
+        &objects,
+        &include,
+        &label_base(source.location()),
+        options.label,
+    );
+    if entries.is_empty() {
+        return Err(PlanError::Empty {
+            uri: source.uri(),
+            listed: objects.len(),
+            patterns: options.include.clone(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Writes the shard manifests, then (last, so its presence means the plan is whole)
+/// `manifests/plan.json`, under `output`.
+pub async fn write_plan(
+    output: &Storage,
+    plan: &Plan,
+    entries: &[ManifestEntry],
+) -> Result<(), PlanError> {
+    let layout = OutputLayout::new(&output.uri());
+    let mut tasks = tokio::task::JoinSet::new();
+    for shard in 0..plan.shards {
+        if tasks.len() >= WRITE_CONCURRENCY {
+            join_one(&mut tasks).await?;
+        }
+        let key = output.relative(&layout.manifest(shard))?;
+        let body = to_jsonl(shard_entries(plan, entries, shard));
+        let out = output.clone();
+        tasks.spawn(async move { out.put(&key, body).await });
+    }
+    while !tasks.is_empty() {
+        join_one(&mut tasks).await?;
+    }
+    let body = serde_json::to_vec_pretty(plan).expect("a plan serializes");
+    output
+        .put(&output.relative(&layout.plan())?, Bytes::from(body))
+        .await?;
+    Ok(())
+}
+
+async fn join_one(
+    tasks: &mut tokio::task::JoinSet<Result<(), StorageError>>,
+) -> Result<(), PlanError> {
+    match tasks.join_next().await {
+        Some(Ok(r)) => Ok(r?),
+        Some(Err(e)) => Err(StorageError::new(
+            ErrorKind::Other,
+            format!("writing a manifest failed: {e}"),
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Lists `source`, plans the run and writes the plan under `output`.
+pub async fn create_plan(
+    source: &Storage,
+    output: &Storage,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    if options.images_per_shard == 0 {
+        return Err(PlanError::ZeroShardSize);
+    }
+    let entries = list_images(source, options).await?;
+    let plan = build_plan(&source.uri(), &entries, options.images_per_shard)?;
+    write_plan(output, &plan, &entries).await?;
+    Ok(plan)
+}
+
+/// The plan already under `output` if there is one (a restarted run never re-plans), else a
+/// new one from [`create_plan`]; the flag tells whether it was created now.
+pub async fn load_or_create_plan(
+    source: &Storage,
+    output: &Storage,
+    options: &PlanOptions,
+) -> Result<(Plan, bool), PlanError> {
+    let key = output.relative(&OutputLayout::new(&output.uri()).plan())?;
+    if output.exists(&key).await? {
+        return Ok((read_plan(output).await?, false));
+    }
+    Ok((create_plan(source, output, options).await?, true))
+}
+
+/// Reads `manifests/plan.json` under `output`.
+pub async fn read_plan(output: &Storage) -> Result<Plan, PlanError> {
+    let uri = OutputLayout::new(&output.uri()).plan();
+    let data = output.get(&output.relative(&uri)?).await?;
+    let plan: Plan = serde_json::from_slice(&data).map_err(|e| PlanError::Corrupt {
+        key: uri.clone(),
+        reason: e.to_string(),
+    })?;
+    if plan.format != Plan::FORMAT {
+        return Err(PlanError::Corrupt {
+            key: uri,
+            reason: format!(
+                "plan format {} is not the supported {}",
+                plan.format,
+                Plan::FORMAT
+            ),
+        });
+    }
+    Ok(plan)
+}
+
+/// Reads the manifest of shard `shard` under `output`, checking it against `plan`.
+pub async fn read_shard(
+    output: &Storage,
+    plan: &Plan,
+    shard: u32,
+) -> Result<Vec<ManifestEntry>, PlanError> {
+    let uri = OutputLayout::new(&output.uri()).manifest(shard);
+    if shard >= plan.shards {
+        return Err(PlanError::Corrupt {
+            key: uri,
+            reason: format!("shard {shard} is past the plan's {} shards", plan.shards),
+        });
+    }
+    let entries = from_jsonl(&uri, &output.get(&output.relative(&uri)?).await?)?;
+    if entries.len() as u64 != plan.shard_len(shard) {
+        return Err(PlanError::Corrupt {
+            key: uri,
+            reason: format!(
+                "{} entries, the plan says {}",
+                entries.len(),
+                plan.shard_len(shard)
+            ),
+        });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,120 @@
+//! Unit tests of the pure planning steps.
+
+use super::*;
+
+fn obj(key: &str, size: u64) -> ObjectMeta {
+    ObjectMeta {
+        key: key.into(),
+        size,
+        etag: Some(format!("\"{size}\"")),
+    }
+}
+
+fn entries(n: usize) -> Vec<ManifestEntry> {
+    (0..n)
+        .map(|i| ManifestEntry {
+            key: format!("img-{i:06}.jpg"),
+            size: 10,
+            etag: None,
+            label: String::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn labels_come_from_the_parent_folder() {
+    let p = LabelMode::ParentDirectory;
+    assert_eq!(label_of("Training/Banana 1/3_100.jpg", "", p), "Banana 1");
+    assert_eq!(label_of("Banana/x.jpg", "", p), "Banana");
+    assert_eq!(label_of("x.jpg", "", p), "");
+    assert_eq!(label_of("x.jpg", "images/Apple Red 1/", p), "Apple Red 1");
+    assert_eq!(label_of("x.jpg", "/data/Kiwi", p), "Kiwi");
+    assert_eq!(
+        label_of("Training/Banana 1/3_100.jpg", "", LabelMode::None),
+        ""
+    );
+}
+
+#[test]
+fn selection_filters_labels_and_sorts() {
+    let include = Patterns::new(&["*.jpg", "*.png"]).unwrap();
+    let objects = vec![
+        obj("Training/Kiwi/b.JPG", 3),
+        obj("Training/Apple/a.jpg", 1),
+        obj("Training/Apple/notes.txt", 9),
+        obj("README.md", 9),
+        obj("Training/Apple/a.jpg", 1),
+        obj("Test/Kiwi/c.png", 2),
+    ];
+    let got = select(&objects, &include, "", LabelMode::ParentDirectory);
+    let keys: Vec<_> = got
+        .iter()
+        .map(|e| (e.key.as_str(), e.label.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("Test/Kiwi/c.png", "Kiwi"),
+            ("Training/Apple/a.jpg", "Apple"),
+            ("Training/Kiwi/b.JPG", "Kiwi"),
+        ]
+    );
+    assert_eq!(got[1].etag.as_deref(), Some("\"1\""));
+    assert_eq!(got[1].size, 1);
+}
+
+#[test]
+fn plans_split_into_shards_with_the_rest_last() {
+    let e = entries(1260);
+    let plan = build_plan("s3://b/in", &e, 500).unwrap();
+    assert_eq!(plan.source, "s3://b/in/");
+    assert_eq!((plan.images, plan.shards, plan.bytes), (1260, 3, 12600));
+    let lens: Vec<usize> = (0..4).map(|s| shard_entries(&plan, &e, s).len()).collect();
+    assert_eq!(lens, [500, 500, 260, 0]);
+    assert_eq!(shard_entries(&plan, &e, 2)[0].key, "img-001000.jpg");
+    let one = build_plan("/d/", &e[..1], 500).unwrap();
+    assert_eq!((one.shards, one.images), (1, 1));
+    let exact = build_plan("/d/", &e[..1000], 500).unwrap();
+    assert_eq!(exact.shards, 2);
+}
+
+#[test]
+fn plans_refuse_zero_sized_shards_and_too_many_shards() {
+    assert!(matches!(
+        build_plan("/d/", &entries(3), 0),
+        Err(PlanError::ZeroShardSize)
+    ));
+    let e = entries(MAX_SHARDS as usize + 1);
+    let err = build_plan("/d/", &e, 1).unwrap_err();
+    match &err {
+        PlanError::TooManyShards { shards, needed, .. } => {
+            assert_eq!(*shards, u64::from(MAX_SHARDS) + 1);
+            assert_eq!(*needed, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("at least 2"), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        build_plan("/d/", &e, 2).unwrap().shards,
+        MAX_SHARDS.div_ceil(2) + 1
+    );
+}
+
+#[test]
+fn manifests_round_trip_as_json_lines() {
+    let mut e = entries(3);
+    e[1].etag = Some("\"abc\"".into());
+    e[2].label = "Banana 1".into();
+    let body = to_jsonl(&e);
+    let text = std::str::from_utf8(&body).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.ends_with('\n'));
+    assert_eq!(from_jsonl("k", &body).unwrap(), e);
+    assert_eq!(from_jsonl("k", b"").unwrap(), vec![]);
+    let bad = from_jsonl("m.jsonl", b"{\"key\":1}\n").unwrap_err();
+    assert!(
+        bad.to_string().starts_with("corrupt m.jsonl: line 1"),
+        "{bad}"
+    );
+}

@@ -1,0 +1,234 @@
+//! The [`Storage`] every command reads and writes through.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::error::StorageError;
+use crate::local::LocalStore;
+use crate::location::Location;
+use crate::retry::RetryPolicy;
+use crate::s3::S3Store;
+
+/// Objects above this size are uploaded in parts (by default).
+pub const MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
+/// Size of a part of a multipart upload (by default).
+pub const PART_SIZE: u64 = 16 * 1024 * 1024;
+
+/// How to reach S3. Everything unset comes from the default AWS configuration chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Config {
+    /// Region; else `AWS_REGION` / the profile; else `us-east-1` when an endpoint is set.
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); else `AWS_ENDPOINT_URL` or AWS.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); defaults to true when an endpoint is set.
+    pub force_path_style: Option<bool>,
+    /// Static credentials (from a Kubernetes secret, say) instead of the default provider chain
+    /// (environment, profile, IRSA web identity, Pod Identity, instance metadata).
+    pub credentials: Option<StaticCredentials>,
+    /// Retries of retryable failures.
+    pub retry: RetryPolicy,
+    /// Objects larger than this are uploaded in parts.
+    pub multipart_threshold: u64,
+    /// Part size of multipart uploads (at least 5 MiB).
+    pub part_size: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            force_path_style: None,
+            credentials: None,
+            retry: RetryPolicy::default(),
+            multipart_threshold: MULTIPART_THRESHOLD,
+            part_size: PART_SIZE,
+        }
+    }
+}
+
+/// An access key pair. Its `Debug` form hides the secret and the session token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    /// The access key id (not a secret).
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// A session token, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// An object found by a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Key relative to the storage's location, `/`-separated.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// S3 ETag (quoted, as S3 returns it), or a modification stamp for local files.
+    pub etag: Option<String>,
+}
+
+/// The result of [`Storage::list_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// Objects, sorted by key.
+    pub objects: Vec<ObjectMeta>,
+    /// List requests made (pages, for S3).
+    pub requests: u32,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    S3(S3Store),
+    Local(LocalStore),
+}
+
+/// Objects under a [`Location`]: an S3 prefix or a local directory. Cheap to clone and
+/// shareable between tasks. Keys are relative to the location and `/`-separated.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    location: Location,
+    backend: Backend,
+}
+
+impl Storage {
+    /// Storage at `location`; `config` is used for S3 locations only.
+    pub async fn new(location: &Location, config: &S3Config) -> Result<Self, StorageError> {
+        let backend = match location {
+            Location::S3 { bucket, prefix } => {
+                Backend::S3(S3Store::new(bucket, prefix, config).await?)
+            }
+            Location::Local { root } => Backend::Local(LocalStore::new(root.clone())),
+        };
+        Ok(Self {
+            location: location.clone(),
+            backend,
+        })
+    }
+
+    /// Parses `uri` (see [`Location::parse`]) and opens storage there.
+    pub async fn open(uri: &str, config: &S3Config) -> Result<Self, StorageError> {
+        Self::new(&Location::parse(uri)?, config).await
+    }
+
+    /// The location.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The location's URI, ending with `/`.
+    pub fn uri(&self) -> String {
+        self.location.uri()
+    }
+
+    /// The region requests are signed for (S3 only).
+    pub fn region(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::S3(s) => Some(s.region()),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// The key of a full URI under this location (see [`Location::relative`]).
+    pub fn relative(&self, uri: &str) -> Result<String, StorageError> {
+        self.location.relative(uri)
+    }
+
+    /// Every object whose key starts with `prefix` (`""` for all), sorted by key. S3 listings
+    /// follow every page; local listings walk the folders, following symlinks.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        Ok(self.list_with(prefix, None).await?.objects)
+    }
+
+    /// [`Self::list`] with S3 pages of at most `page_size` keys (S3's default is 1,000),
+    /// also telling how many requests were made.
+    pub async fn list_with(
+        &self,
+        prefix: &str,
+        page_size: Option<i32>,
+    ) -> Result<Listing, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.list(prefix, page_size).await,
+            Backend::Local(l) => l.list(prefix).await,
+        }
+    }
+
+    /// The whole content of object `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.get(key).await,
+            Backend::Local(l) => l.get(key).await,
+        }
+    }
+
+    /// Writes object `key`. It appears only when complete: S3 single PUT (or multipart upload,
+    /// completed at the end), local temporary file + fsync + rename.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.put(key, data).await,
+            Backend::Local(l) => l.put(key, data).await,
+        }
+    }
+
+    /// The size and ETag (or stamp) of object `key`, or `None` if there is no such object.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.head(key).await,
+            Backend::Local(l) => l.head(key).await,
+        }
+    }
+
+    /// Whether object `key` exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.head(key).await?.is_some())
+    }
+
+    /// Deletes every object whose key starts with `prefix`; returns how many.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.delete_prefix(prefix).await,
+            Backend::Local(l) => l.delete_prefix(prefix).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_clone_send_sync<T: Clone + Send + Sync + 'static>() {}
+
+    #[test]
+    fn storage_is_clone_send_sync_and_hides_secrets() {
+        assert_clone_send_sync::<Storage>();
+        let c = StaticCredentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "s3cr3t".into(),
+            session_token: Some("tok".into()),
+        };
+        let shown = format!(
+            "{:?}",
+            S3Config {
+                credentials: Some(c),
+                ..S3Config::default()
+            }
+        );
+        assert!(shown.contains("AKID") && !shown.contains("s3cr3t") && !shown.contains("tok\""));
+    }
+}

@@ -1,0 +1,53 @@
+# Sourced by the other scripts: installs, idempotently and from the package registries only,
+# the tools pomona's commands and tests need, under .tools/ (git-ignored).
+#
+#   ensure_onnxruntime   libonnxruntime.so from the PyPI wheel; exports ORT_DYLIB_PATH
+#   ensure_python        a venv with the test oracles (onnxruntime, Pillow, numpy, pyarrow);
+#                        exports POMONA_PYTHON
+#   ensure_s3s_fs        the s3s-fs S3 server for pipeline tests; exports POMONA_S3S_FS
+# shellcheck shell=bash
+
+POMONA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+POMONA_TOOLS=${POMONA_TOOLS:-$POMONA_ROOT/.tools}
+ORT_VERSION=1.32.0          # the ONNX Runtime release pomona is built and tested against
+S3S_FS_VERSION=0.14.1       # 0.15+ needs a newer rustc than the machine's
+export POMONA_TOOLS
+
+ensure_onnxruntime() {
+    local dir="$POMONA_TOOLS/onnxruntime-$ORT_VERSION"
+    local lib="$dir/lib/libonnxruntime.so.$ORT_VERSION"
+    if [ ! -f "$lib" ]; then
+        echo "installing ONNX Runtime $ORT_VERSION (from the PyPI wheel) into $dir" >&2
+        mkdir -p "$dir/lib"
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+            --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 \
+            "onnxruntime==$ORT_VERSION" -d "$dir/wheel"
+        python3 -m zipfile -e "$dir"/wheel/onnxruntime-"$ORT_VERSION"-*.whl "$dir/unpacked"
+        cp "$dir"/unpacked/onnxruntime/capi/libonnxruntime.so* "$dir/lib/"
+        rm -rf "$dir/unpacked" "$dir/wheel"
+    fi
+    export ORT_DYLIB_PATH="$lib"
+}
+
+ensure_python() {
+    local venv="$POMONA_TOOLS/venv"
+    local stamp="$venv/.pomona-oracles-1"
+    if [ ! -f "$stamp" ]; then
+        echo "installing the Python test oracles into $venv" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check \
+            "onnxruntime==$ORT_VERSION" "pillow==13.0.0" "numpy==2.4.6" "pyarrow==26.0.1"
+        touch "$stamp"
+    fi
+    export POMONA_PYTHON="$venv/bin/python"
+}
+
+ensure_s3s_fs() {
+    local bin="$POMONA_TOOLS/bin/s3s-fs"
+    if [ ! -x "$bin" ]; then
+        echo "installing s3s-fs $S3S_FS_VERSION (about 2.5 minutes, once) into $POMONA_TOOLS" >&2
+        cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked \
+            --root "$POMONA_TOOLS" --quiet
+    fi
+    export POMONA_S3S_FS="$bin"
+}
