@@ -102,6 +102,9 @@ pub struct PodSummary {
     pub failed: u64,
     /// Wall-clock seconds the step took.
     pub seconds: f64,
+    /// Peak resident memory of the process, in MiB, where the system tells it.
+    #[serde(default, rename = "peakRssMiB", skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<u64>,
     /// Why the step failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -347,12 +350,13 @@ mod tests {
             processed: 1998,
             failed: 2,
             seconds: 41.5,
+            peak_rss_mib: Some(212),
             error: None,
         };
         let line = summary.to_line();
         assert_eq!(
             line,
-            r#"{"step":"extract","shard":4,"images":2000,"processed":1998,"failed":2,"seconds":41.5}"#
+            r#"{"step":"extract","shard":4,"images":2000,"processed":1998,"failed":2,"seconds":41.5,"peakRssMiB":212}"#
         );
         let message = format!("some log line\n{line}\n");
         assert_eq!(PodSummary::from_message(&message), Some(summary.clone()));

@@ -214,6 +214,14 @@ pub fn report_summary(summary: &PodSummary) {
     }
 }
 
+/// Peak resident memory of this process in MiB (`VmHWM` of `/proc/self/status`, Linux).
+pub fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.div_ceil(1024))
+}
+
 /// Scratch space for a shard's files before upload: `POMONA_SCRATCH`, else the system's.
 pub fn scratch_dir() -> PathBuf {
     std::env::var_os("POMONA_SCRATCH")

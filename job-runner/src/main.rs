@@ -148,6 +148,7 @@ fn main() -> ExitCode {
             processed: counts.1,
             failed: counts.2,
             seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            peak_rss_mib: cli::peak_rss_mib(),
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         };
         cli::report_summary(&summary);
