@@ -111,7 +111,17 @@ impl LocalStore {
     /// syncs the folder: a reader sees the old object or the whole new one, never a part.
     pub(crate) async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         let path = self.path(key)?;
-        blocking(move || write_atomic(&path, &data)).await
+        blocking(move || write_atomic(&path, |f| f.write_all(&data))).await
+    }
+
+    pub(crate) async fn put_file(&self, key: &str, file: &Path) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        let source = file.to_path_buf();
+        blocking(move || {
+            let mut from = fs::File::open(&source).map_err(|e| io_error("read", &source, e))?;
+            write_atomic(&path, |f| std::io::copy(&mut from, f).map(drop))
+        })
+        .await
     }
 
     pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
@@ -140,7 +150,12 @@ impl LocalStore {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StorageError> {
+/// Writes `path` through `fill` into a temporary file beside it, then renames it into place, so
+/// a reader sees the old file or the whole new one, never a part.
+fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<(), StorageError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(|e| io_error("create folder", dir, e))?;
@@ -152,7 +167,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StorageError> {
     ));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
+        fill(&mut f)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     })();

@@ -1,5 +1,6 @@
 //! The S3 backend.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -9,7 +10,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
-use crate::error::{ErrorKind, StorageError};
+use crate::error::{ErrorKind, StorageError, io_error};
 use crate::retry::{RetryPolicy, retry};
 use crate::s3_error::{Context, from_sdk};
 use crate::storage::{Listing, ObjectMeta, S3Config};
@@ -222,7 +223,7 @@ impl S3Store {
 
     pub(crate) async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         if data.len() as u64 > self.multipart_threshold {
-            return self.put_multipart(key, data).await;
+            return self.put_multipart(key, &Parts::Memory(data)).await;
         }
         let full = self.full(key);
         let ctx = self.ctx("s3:PutObject", Some(&full));
@@ -240,9 +241,29 @@ impl S3Store {
         .map(|_| ())
     }
 
+    /// Uploads a local file; above the multipart threshold it is read one part at a time, so
+    /// memory stays at one part whatever the file size.
+    pub(crate) async fn put_file(&self, key: &str, file: &Path) -> Result<(), StorageError> {
+        let size = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| io_error("read", file, e))?
+            .len();
+        if size > self.multipart_threshold {
+            let parts = Parts::File {
+                path: file.to_path_buf(),
+                size,
+            };
+            return self.put_multipart(key, &parts).await;
+        }
+        let data = tokio::fs::read(file)
+            .await
+            .map_err(|e| io_error("read", file, e))?;
+        self.put(key, Bytes::from(data)).await
+    }
+
     /// Multipart upload: the object appears at its key only on CompleteMultipartUpload; on any
     /// failure the upload is aborted so no parts linger.
-    async fn put_multipart(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+    async fn put_multipart(&self, key: &str, data: &Parts) -> Result<(), StorageError> {
         let full = self.full(key);
         let ctx = self.ctx("s3:PutObject", Some(&full));
         let created = retry(&self.retry, "s3:CreateMultipartUpload", || async {
@@ -257,7 +278,7 @@ impl S3Store {
         })
         .await?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let result = self.upload_parts(&full, &upload_id, &data).await;
+        let result = self.upload_parts(&full, &upload_id, data).await;
         if result.is_err() {
             let abort = self
                 .client
@@ -278,16 +299,19 @@ impl S3Store {
         &self,
         full: &str,
         upload_id: &str,
-        data: &Bytes,
+        data: &Parts,
     ) -> Result<(), StorageError> {
         let ctx = self.ctx("s3:PutObject", Some(full));
+        let len = data.len();
         // S3 allows 10,000 parts: grow the part size for very large objects.
-        let part_size = usize::try_from(self.part_size.max(data.len() as u64 / 9_999 + 1))
-            .unwrap_or(usize::MAX);
+        let part_size = self.part_size.max(len / 9_999 + 1);
         let mut parts = Vec::new();
-        for (i, start) in (0..data.len()).step_by(part_size).enumerate() {
+        for (i, start) in (0..len)
+            .step_by(usize::try_from(part_size).unwrap_or(usize::MAX))
+            .enumerate()
+        {
             let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-            let chunk = data.slice(start..(start + part_size).min(data.len()));
+            let chunk = data.part(start, part_size.min(len - start)).await?;
             let out = retry(&self.retry, "s3:UploadPart", || async {
                 self.client
                     .upload_part()
@@ -375,5 +399,37 @@ impl S3Store {
             }
         }
         Ok(listing.objects.len() as u64)
+    }
+}
+
+/// The content of a multipart upload: in memory, or a local file read one part at a time.
+enum Parts {
+    Memory(Bytes),
+    File { path: PathBuf, size: u64 },
+}
+
+impl Parts {
+    fn len(&self) -> u64 {
+        match self {
+            Parts::Memory(data) => data.len() as u64,
+            Parts::File { size, .. } => *size,
+        }
+    }
+
+    async fn part(&self, start: u64, len: u64) -> Result<Bytes, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        match self {
+            Parts::Memory(data) => Ok(data.slice(start as usize..(start + len) as usize)),
+            Parts::File { path, .. } => {
+                let read = async {
+                    let mut file = tokio::fs::File::open(path).await?;
+                    file.seek(std::io::SeekFrom::Start(start)).await?;
+                    let mut buf = vec![0; len as usize];
+                    file.read_exact(&mut buf).await?;
+                    Ok(Bytes::from(buf))
+                };
+                read.await.map_err(|e| io_error("read", path, e))
+            }
+        }
     }
 }

@@ -186,6 +186,15 @@ impl Storage {
         }
     }
 
+    /// Writes object `key` from a local file, with the same all-or-nothing guarantee as
+    /// [`put`](Self::put). Memory stays bounded by one multipart part whatever the file size.
+    pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<(), StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.put_file(key, file).await,
+            Backend::Local(l) => l.put_file(key, file).await,
+        }
+    }
+
     /// The size and ETag (or stamp) of object `key`, or `None` if there is no such object.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         match &self.backend {

@@ -95,6 +95,14 @@ async fn local_put_is_atomic_for_readers() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 1, "temporary files left behind: {names:?}");
+
+    // put_file gives the same guarantee, from a file elsewhere.
+    let source = TempDir::new("local-source");
+    let file = source.path().join("y.bin");
+    std::fs::write(&file, vec![b'z'; size]).unwrap();
+    s.put_file("sub/y.bin", &file).await.unwrap();
+    assert_eq!(s.get("sub/y.bin").await.unwrap(), vec![b'z'; size]);
+    assert_eq!(s.list("").await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use pomona_crds::LabelMode;
 use pomona_storage::plan::{self, PlanOptions};
-use pomona_storage::testing::{self, S3Server, SECRET_KEY};
+use pomona_storage::testing::{self, S3Server, SECRET_KEY, TempDir};
 use pomona_storage::{ErrorKind, S3Config, Storage};
 
 fn options(per_shard: u32) -> PlanOptions {
@@ -88,6 +88,27 @@ async fn large_objects_go_up_in_parts() {
         .etag
         .unwrap_or_default();
     assert!(etag.trim_matches('"').ends_with("-3"), "{etag}");
+
+    // The same content from a file, read one part at a time.
+    let dir = TempDir::new("put-file");
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &data).unwrap();
+    s.put_file("from-file.bin", &file).await.unwrap();
+    assert!(
+        s.get("from-file.bin").await.unwrap() == data,
+        "file upload differs"
+    );
+    let meta = s.head("from-file.bin").await.unwrap().unwrap();
+    assert!(
+        meta.etag
+            .unwrap_or_default()
+            .trim_matches('"')
+            .ends_with("-3")
+    );
+    // A small file goes up in one request.
+    std::fs::write(&file, b"small").unwrap();
+    s.put_file("small.bin", &file).await.unwrap();
+    assert_eq!(&s.get("small.bin").await.unwrap()[..], b"small");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
