@@ -3,11 +3,21 @@
 
 mod common;
 
+use common::corpus::{Format, card, encode, with_exif_orientation};
 use common::*;
-use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::PngEncoder;
-use image::codecs::webp::WebPEncoder;
-use image::{DynamicImage, ExtendedColorType, ImageEncoder, Rgb, RgbImage};
+use image::{DynamicImage, Rgb, RgbImage};
+
+fn png(img: &DynamicImage) -> Vec<u8> {
+    encode(img, Format::Png)
+}
+
+fn jpeg(img: &RgbImage) -> Vec<u8> {
+    encode(&DynamicImage::ImageRgb8(img.clone()), Format::Jpeg)
+}
+
+fn webp_lossless(img: &RgbImage) -> Vec<u8> {
+    encode(&DynamicImage::ImageRgb8(img.clone()), Format::WebP)
+}
 use pomona_runner::{DecodeError, Preprocess};
 
 fn pre() -> Preprocess {
@@ -16,36 +26,6 @@ fn pre() -> Preprocess {
 
 fn real_jpeg() -> Vec<u8> {
     std::fs::read(&sample_images()[0]).unwrap()
-}
-
-fn png(img: &DynamicImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    img.write_with_encoder(PngEncoder::new(&mut out)).unwrap();
-    out
-}
-
-/// 40x20 test card: red 8x8 block at the top-left, blue elsewhere.
-fn card() -> RgbImage {
-    RgbImage::from_fn(40, 20, |x, y| {
-        if x < 8 && y < 8 {
-            Rgb([255, 0, 0])
-        } else {
-            Rgb([0, 0, 255])
-        }
-    })
-}
-
-fn jpeg(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 95)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
 }
 
 fn is_red(p: &Rgb<u8>) -> bool {
@@ -159,46 +139,12 @@ fn grayscale_and_grayscale_alpha_png() {
     assert_eq!(rgb.as_raw(), &[50, 50, 50, 255, 255, 255]);
 }
 
-fn webp_lossless(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    WebPEncoder::new_lossless(&mut out)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
-}
-
 #[test]
 fn webp_lossless_roundtrip() {
     let src = card();
     let bytes = webp_lossless(&src);
     assert_eq!(&bytes[8..12], b"WEBP");
     assert_eq!(pre().decode(&bytes).unwrap(), src);
-}
-
-/// Inserts an APP1/Exif segment with one IFD0 entry, Orientation = `value`,
-/// right after SOI (built by hand: big-endian TIFF header, one SHORT entry).
-fn with_exif_orientation(jpeg: &[u8], value: u16) -> Vec<u8> {
-    let mut tiff = Vec::new();
-    tiff.extend_from_slice(b"MM\x00\x2a\x00\x00\x00\x08"); // header, IFD0 at 8
-    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
-    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
-    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
-    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
-    tiff.extend_from_slice(&value.to_be_bytes());
-    tiff.extend_from_slice(&[0, 0]); // value padding
-    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
-    let payload = [b"Exif\x00\x00".as_slice(), &tiff].concat();
-    let mut out = jpeg[..2].to_vec();
-    out.extend_from_slice(&[0xFF, 0xE1]);
-    out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&jpeg[2..]);
-    out
 }
 
 #[test]

@@ -1,18 +1,24 @@
-//! The `pomona` binary on real images and the real model: the local pipeline, bad files, and
-//! one shard against a real S3 server (s3s-fs on 127.0.0.1, credentials checked).
+//! The `pomona` binary on real images and the real model: the local pipeline, the bad-file
+//! corpus (locally and through S3), an interrupted shard, and one shard against a real S3 server
+//! (s3s-fs on 127.0.0.1, credentials checked). The outputs are read back with arrow and pyarrow.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use arrow_array::{Array, FixedSizeListArray, RecordBatch, StringArray};
+use common::corpus::{Expect, bad_file_corpus};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pomona_crds::contract::{OutputLayout, PodSummary};
 use pomona_storage::testing::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir};
 
-fn pomona(args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// The sha256 of the shared MobileNetV2 feature model (its README).
+const MODEL_SHA256: &str = "5353f63fa16e6c2d25805d6201db45bb040868bad6a3751ed13602136780629a";
+
+fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
     cmd.args(args);
     if matches!(args.first(), Some(&"run") | Some(&"extract")) {
@@ -23,14 +29,37 @@ fn pomona(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run pomona");
+    cmd
+}
+
+fn pomona(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let out = command(args, envs).output().expect("run pomona");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     out
+}
+
+/// `pomona run --input … --output …` plus `extra`; asserts success and returns the summary.
+fn run_local(input: &Path, output: &Path, extra: &[&str]) -> PodSummary {
+    let mut args = vec![
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = pomona(&args, &[]);
+    assert!(out.status.success(), "pomona run failed");
+    summary(&out)
 }
 
 fn summary(out: &Output) -> PodSummary {
     PodSummary::from_message(&String::from_utf8_lossy(&out.stdout))
         .unwrap_or_else(|| panic!("no summary in {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn counts(s: &PodSummary) -> (u64, u64, u64) {
+    (s.images, s.processed, s.failed)
 }
 
 fn read_parquet(path: &Path) -> Vec<RecordBatch> {
@@ -49,6 +78,30 @@ fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
     (0..col.len()).map(|i| col.value(i).to_string()).collect()
 }
 
+fn file_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap().to_string()
+}
+
+/// (file name, reason) of every dead letter in `files`.
+fn dead_letters(files: &[PathBuf]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .flat_map(|f| read_parquet(f))
+        .flat_map(|b| strings(&b, "path").into_iter().zip(strings(&b, "reason")))
+        .map(|(p, r)| (file_name(&p), r))
+        .collect()
+}
+
+/// File names of every feature row in `files`.
+fn featured(files: &[PathBuf]) -> BTreeSet<String> {
+    files
+        .iter()
+        .flat_map(|f| read_parquet(f))
+        .flat_map(|b| strings(&b, "path"))
+        .map(|p| file_name(&p))
+        .collect()
+}
+
 /// Copies the images of `varieties` into `dest/<variety>/`.
 fn copy_varieties(dest: &Path, varieties: &[&str]) -> usize {
     let mut n = 0;
@@ -64,27 +117,52 @@ fn copy_varieties(dest: &Path, varieties: &[&str]) -> usize {
     n
 }
 
+/// Writes the bad-file corpus into `dest/Odd/`; returns what each file must become.
+fn write_corpus(dest: &Path, scratch: &Path) -> Vec<(&'static str, Expect)> {
+    let real = std::fs::read(&common::sample_images()[0]).unwrap();
+    std::fs::create_dir_all(dest.join("Odd")).unwrap();
+    bad_file_corpus(&real, scratch)
+        .into_iter()
+        .map(|(name, bytes, expect)| {
+            std::fs::write(dest.join("Odd").join(name), bytes).unwrap();
+            (name, expect)
+        })
+        .collect()
+}
+
+/// Every corpus file ended as it must: a feature row, or a dead letter with its reason.
+fn assert_corpus_accounted(
+    corpus: &[(&str, Expect)],
+    features: &BTreeSet<String>,
+    dead: &[(String, String)],
+) {
+    for (name, expect) in corpus {
+        let letter = dead.iter().find(|(n, _)| n == name);
+        match expect {
+            Expect::Features => {
+                assert!(features.contains(*name), "{name} has no feature row");
+                assert!(letter.is_none(), "{name} was dead-lettered: {letter:?}");
+            }
+            Expect::DeadLetter(reason) => {
+                let (_, got) = letter.unwrap_or_else(|| panic!("{name} is not dead-lettered"));
+                assert!(
+                    got.starts_with(reason),
+                    "{name}: reason {got:?}, not {reason:?}"
+                );
+                assert!(!features.contains(*name), "{name} also has features");
+            }
+        }
+    }
+}
+
 #[test]
 fn run_on_the_whole_training_sample_labels_every_image() {
     common::init_ort();
     let out_dir = TempDir::new("run-all");
     let input = common::training_dir();
     let output = out_dir.path().join("run");
-    let out = pomona(
-        &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--images-per-shard",
-            "500",
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "pomona run failed");
-    let s = summary(&out);
-    assert_eq!((s.images, s.processed, s.failed), (1260, 1260, 0));
+    let s = run_local(&input, &output, &["--images-per-shard", "500"]);
+    assert_eq!(counts(&s), (1260, 1260, 0));
 
     let layout = OutputLayout::new(output.to_str().unwrap());
     let mut labels = BTreeSet::new();
@@ -110,150 +188,162 @@ fn run_on_the_whole_training_sample_labels_every_image() {
     assert_eq!(rows, 1260);
     assert_eq!(labels.len(), 21);
 
+    // pyarrow, what the product's Python users read the files with, sees the same.
+    let check = format!(
+        r#"
+import pyarrow.parquet as pq, pyarrow as pa
+t = pq.read_table({features:?})
+assert t.num_rows == 500, t.num_rows
+assert t.schema.field("features").type == pa.list_(pa.field("item", pa.float32(), nullable=False), 1280), t.schema
+assert t.schema.field("path").type == pa.string()
+meta = pq.read_metadata({features:?}).metadata
+assert meta[b"pomona.model_sha256"].decode() == {sha:?}, meta
+d = pq.read_table({dead:?})
+assert d.num_rows == 0 and d.column_names == ["path", "reason", "bytes"], d.schema
+print("ok")
+"#,
+        features = layout.features(0),
+        dead = layout.deadletter(0),
+        sha = MODEL_SHA256,
+    );
+    let py = Command::new(common::python())
+        .args(["-c", &check])
+        .output()
+        .expect("run python (set POMONA_PYTHON)");
+    assert!(
+        py.status.success(),
+        "pyarrow check failed: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
     // A rerun finds every shard complete, redoes nothing, and still accounts for every image.
-    let features_before = std::fs::metadata(layout.features(0))
-        .unwrap()
-        .modified()
-        .unwrap();
-    let again = pomona(
-        &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(again.status.success());
-    let s = summary(&again);
-    assert_eq!((s.images, s.processed, s.failed), (1260, 1260, 0));
-    let features_after = std::fs::metadata(layout.features(0))
-        .unwrap()
-        .modified()
-        .unwrap();
-    assert_eq!(
-        features_before, features_after,
-        "a complete shard is not redone"
-    );
+    let modified = || {
+        std::fs::metadata(layout.features(0))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before = modified();
+    let again = run_local(&input, &output, &[]);
+    assert_eq!(counts(&again), (1260, 1260, 0));
+    assert_eq!(before, modified(), "a complete shard is not redone");
 }
 
 #[test]
-fn bad_files_end_in_the_dead_letter_output_with_their_reason() {
+fn the_bad_file_corpus_is_fully_accounted_for() {
     common::init_ort();
     let dir = TempDir::new("run-bad");
     let input = dir.path().join("images");
-    let good = copy_varieties(&input, &["Fig 1"]);
-    let bad = input.join("Bad");
-    std::fs::create_dir_all(&bad).unwrap();
-    let real = std::fs::read(
-        input
-            .join("Fig 1")
-            .read_dir()
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path(),
-    )
-    .unwrap();
-    std::fs::write(bad.join("empty.jpg"), b"").unwrap();
-    std::fs::write(bad.join("notes.jpg"), b"this is not an image").unwrap();
-    std::fs::write(bad.join("half.jpg"), &real[..real.len() / 2]).unwrap();
-    std::fs::write(bad.join("SHOUT.JPG"), &real).unwrap(); // a good image, upper-case extension
-    std::fs::write(bad.join("readme.txt"), b"not included").unwrap();
+    let good = copy_varieties(&input, &["Fig 1"]) as u64;
+    let corpus = write_corpus(&input, &dir.path().join("scratch"));
+    std::fs::write(input.join("Odd/readme.txt"), b"not an image").unwrap();
     let output = dir.path().join("run");
-    let out = pomona(
-        &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "bad files never stop a shard");
-    let s = summary(&out);
-    assert_eq!(s.images, good as u64 + 4, "readme.txt is not an image");
-    assert_eq!((s.processed, s.failed), (good as u64 + 1, 3));
+
+    let s = run_local(&input, &output, &[]);
+    let bad = corpus
+        .iter()
+        .filter(|(_, e)| *e != Expect::Features)
+        .count() as u64;
+    let n = good + corpus.len() as u64;
+    assert_eq!(counts(&s), (n, n - bad, bad), "readme.txt is not an image");
 
     let layout = OutputLayout::new(output.to_str().unwrap());
-    let dead = read_parquet(Path::new(&layout.deadletter(0)));
-    let mut reasons: Vec<(String, String)> = dead
-        .iter()
-        .flat_map(|b| strings(b, "path").into_iter().zip(strings(b, "reason")))
-        .map(|(p, r)| {
-            (
-                Path::new(&p)
-                    .file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string(),
-                r,
-            )
-        })
-        .collect();
-    reasons.sort();
-    assert_eq!(reasons[0].0, "empty.jpg");
-    assert_eq!(reasons[0].1, "empty file");
-    assert_eq!(reasons[1].0, "half.jpg");
-    assert!(
-        reasons[1].1.starts_with("truncated or corrupt image"),
-        "{reasons:?}"
-    );
-    assert_eq!(reasons[2].0, "notes.jpg");
-    assert_eq!(reasons[2].1, "unknown image format");
+    let features = featured(&[PathBuf::from(layout.features(0))]);
+    let dead = dead_letters(&[PathBuf::from(layout.deadletter(0))]);
+    assert_corpus_accounted(&corpus, &features, &dead);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn extract_one_shard_from_a_real_s3_server() {
+#[test]
+fn an_interrupted_shard_leaves_no_partial_output_and_reruns_whole() {
     common::init_ort();
-    let server = S3Server::start();
-    let images = TempDir::new("s3-images");
-    let n = copy_varieties(images.path(), &["Banana 1", "Lemon 1"]);
-    let source = server.storage("images/").await;
-    for variety in ["Banana 1", "Lemon 1"] {
-        for entry in std::fs::read_dir(images.path().join(variety)).unwrap() {
-            let entry = entry.unwrap();
-            let key = format!("{variety}/{}", entry.file_name().to_str().unwrap());
-            source
-                .put(&key, std::fs::read(entry.path()).unwrap().into())
-                .await
-                .unwrap();
+    let dir = TempDir::new("run-kill");
+    let input = dir.path().join("images");
+    let n = copy_varieties(
+        &input,
+        &["Orange 1", "Lemon 1", "Pineapple 1", "Fig 1", "Corn 1"],
+    );
+    let output = dir.path().join("run");
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let scratch_env = scratch.to_str().unwrap();
+    let mut child = command(&args, &[("POMONA_SCRATCH", scratch_env)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the shard is under way (its scratch folder exists), then kill the process.
+    let started = Instant::now();
+    while std::fs::read_dir(&scratch).unwrap().next().is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pomona ended too early"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the shard never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the shard finished before it could be interrupted"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Only the plan is there: no feature, dead-letter or statistics object, whole or partial.
+    let mut written = vec![];
+    let mut stack = vec![output.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                written.push(p.strip_prefix(&output).unwrap().display().to_string());
+            }
         }
     }
+    written.sort();
+    assert_eq!(
+        written,
+        ["manifests/plan.json", "manifests/shard-00000.jsonl"]
+    );
+
+    let s = run_local(&input, &output, &[]);
+    assert_eq!(counts(&s), (n as u64, n as u64, 0));
+}
+
+#[test]
+fn extract_shards_from_a_real_s3_server() {
+    common::init_ort();
+    let server = S3Server::start();
+    // s3s-fs serves the files of its folder: what is written there is in the bucket.
+    let images = server.root().join("fruits/images");
+    let n = copy_varieties(&images, &["Banana 1", "Lemon 1"]) as u64;
+    let scratch = TempDir::new("s3-corpus");
+    let corpus = write_corpus(&images, scratch.path());
     let endpoint = server.config().endpoint.unwrap();
-    let good_keys = [
+    let keys = [
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
         ("AWS_REGION", "eu-west-3"),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
     ];
     let (src, out) = (server.uri("images/"), server.uri("runs/a/"));
-    let run = |args: Vec<&str>, envs: Vec<(&str, &str)>| {
-        let args: Vec<String> = args.into_iter().map(String::from).collect();
-        let envs: Vec<(String, String)> = envs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let envs: Vec<(&str, &str)> =
-                    envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                pomona(&args, &envs)
-            })
-            .await
-            .unwrap()
-        }
-    };
 
     // Wrong credentials: a clear, permanent error naming the bucket, and no secret.
-    let mut wrong = good_keys.to_vec();
+    let mut wrong = keys;
     wrong[1] = ("AWS_SECRET_ACCESS_KEY", "wrong-secret-value");
-    let refused = run(vec!["plan", "--input", &src], wrong).await;
+    let refused = pomona(&["plan", "--input", &src], &wrong);
     assert_eq!(refused.status.code(), Some(3), "access denied is permanent");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -262,42 +352,38 @@ async fn extract_one_shard_from_a_real_s3_server() {
     );
     assert!(!stderr.contains("wrong-secret-value"));
 
-    let planned = run(
-        vec![
-            "plan",
-            "--input",
-            &src,
-            "--output",
-            &out,
-            "--images-per-shard",
-            "100",
-        ],
-        good_keys.to_vec(),
-    )
-    .await;
+    let plan = ["plan", "--input", &src, "--output", &out];
+    let planned = pomona(&[&plan[..], &["--images-per-shard", "100"]].concat(), &keys);
     assert!(planned.status.success());
-    let extracted = run(
-        vec!["extract", "--output", &out, "--shard", "1"],
-        good_keys.to_vec(),
-    )
-    .await;
-    assert!(extracted.status.success());
-    let s = summary(&extracted);
-    assert_eq!(s.shard, Some(1));
-    assert_eq!(
-        (s.images, s.processed, s.failed),
-        (n as u64 - 100, n as u64 - 100, 0)
-    );
-
-    let bucket = server.root().join("fruits");
-    let rows: usize = read_parquet(&bucket.join("runs/a/features/part-00001.parquet"))
+    let total = n + corpus.len() as u64;
+    let mut seen = (0, 0, 0);
+    for shard in ["1", "0"] {
+        let extracted = pomona(&["extract", "--output", &out, "--shard", shard], &keys);
+        assert!(extracted.status.success(), "shard {shard}");
+        let s = summary(&extracted);
+        assert_eq!(s.shard, Some(shard.parse().unwrap()));
+        assert!(s.peak_rss_mib.is_some_and(|m| m > 0));
+        seen = (seen.0 + s.images, seen.1 + s.processed, seen.2 + s.failed);
+    }
+    let bad = corpus
         .iter()
-        .map(RecordBatch::num_rows)
+        .filter(|(_, e)| *e != Expect::Features)
+        .count() as u64;
+    assert_eq!(seen, (total, total - bad, bad));
+
+    let run = server.root().join("fruits/runs/a");
+    let parts = |dir: &str| -> Vec<PathBuf> {
+        (0..2)
+            .map(|i| run.join(format!("{dir}/part-0000{i}.parquet")))
+            .collect()
+    };
+    let rows: usize = parts("features")
+        .iter()
+        .flat_map(|f| read_parquet(f))
+        .map(|b| b.num_rows())
         .sum();
-    assert_eq!(rows, n - 100);
-    assert!(bucket.join("runs/a/stats/part-00001.safetensors").is_file());
-    assert!(
-        !bucket.join("runs/a/features/part-00000.parquet").exists(),
-        "only shard 1 ran"
-    );
+    assert_eq!(rows as u64, total - bad);
+    let features = featured(&parts("features"));
+    assert_corpus_accounted(&corpus, &features, &dead_letters(&parts("deadletter")));
+    assert!(run.join("stats/part-00001.safetensors").is_file());
 }

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use pomona_runner::{DecodeError, Preprocess};
 
+mod common;
+use common::corpus::png_header;
+
 struct PeakAlloc;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
@@ -30,44 +33,6 @@ unsafe impl GlobalAlloc for PeakAlloc {
 
 #[global_allocator]
 static GLOBAL: PeakAlloc = PeakAlloc;
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-    let mut c = (data.len() as u32).to_be_bytes().to_vec();
-    c.extend_from_slice(kind);
-    c.extend_from_slice(data);
-    c.extend_from_slice(&crc32(&[kind.as_slice(), data].concat()).to_be_bytes());
-    c
-}
-
-/// Valid PNG signature + IHDR (8-bit RGB, `w`x`h`) + a tiny IDAT + IEND.
-fn png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = w.to_be_bytes().to_vec();
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut b = b"\x89PNG\r\n\x1a\n".to_vec();
-    b.extend(chunk(b"IHDR", &ihdr));
-    b.extend(chunk(
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    ));
-    b.extend(chunk(b"IEND", &[]));
-    b
-}
 
 /// Baseline JPEG SOI + SOF0 declaring `w`x`h` (no scan data).
 fn jpeg_header(w: u16, h: u16) -> Vec<u8> {

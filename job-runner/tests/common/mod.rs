@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: paths, the Python oracle, ORT init.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod corpus;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
