@@ -103,7 +103,11 @@ pub struct PodSummary {
     /// Wall-clock seconds the step took.
     pub seconds: f64,
     /// Peak resident memory of the process, in MiB, where the system tells it.
-    #[serde(default, rename = "peakRssMiB", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "peakRssMiB",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub peak_rss_mib: Option<u64>,
     /// Why the step failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
