@@ -12,7 +12,7 @@ use std::process::Command;
 use pomona_runner::{Model, ModelOptions, Preprocess, init_runtime};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let shared = std::env::var("POMONA_SHARED").unwrap_or_else(|_| "/work/shared".into());
+    let shared = std::env::var("POMONA_SHARED").unwrap_or_else(|_| "../shared".into());
     let dir = std::env::args()
         .nth(1)
         .map(PathBuf::from)

@@ -3,13 +3,13 @@
 //! ```text
 //!  async fetch (bounded: `fetch_concurrency` in flight, in manifest order)
 //!    └─ decode + resize + normalise on blocking threads (at most `decode_threads` at once)
-//!         └─ batches of `batch_size` ──chan(2)──► inference thread (ONNX Runtime)
+//!         └─ batches of `batch_size` ──chan(1)──► inference thread (ONNX Runtime)
 //!                                                   └──chan(2)──► writer thread
 //!                                                        (Parquet, dead letters, PCA statistics)
 //! ```
 //!
 //! Every stage is bounded, so a slow stage holds back the ones before it (backpressure) and memory
-//! stays flat whatever the shard size: at most `fetch_concurrency` decoded images plus four
+//! stays flat whatever the shard size: at most `fetch_concurrency` decoded images plus three
 //! batches exist at once. The model, the slowest stage, always has the next batch ready. Rows keep
 //! their manifest order. An image that cannot be fetched as an image (missing object, corrupt or
 //! absurd file) becomes a dead letter with its reason and never stops the shard; a failure of the
@@ -127,7 +127,9 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
 ) -> anyhow::Result<(Counts, K)> {
     let batch_size = options.batch_size.max(1);
     let per_image = preprocess.tensor_len();
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
+    // One batch waits while the model runs another and a third is being filled: enough to keep
+    // the model busy; every extra slot would only cost a batch of memory (19 MiB at 32×224²).
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
     let (out_tx, mut out_rx) = mpsc::channel::<Inferred>(2);
 
     let infer = std::thread::Builder::new()

@@ -104,9 +104,10 @@ impl Moments {
         let batch = batch.mapv(f64::from);
         let mean = batch.mean_axis(Axis(0)).expect("at least one row");
         let centred = &batch - &mean;
-        let mut comoment = Array2::zeros((dim, dim));
-        general_mat_mul(1.0, &centred.t(), &centred, 0.0, &mut comoment);
-        self.merge_parts(nb as u64, &mean, &comoment);
+        // The batch's own co-moment goes straight into the running one (no d×d temporary);
+        // `merge_parts` then adds the correction for the shift between the two means.
+        general_mat_mul(1.0, &centred.t(), &centred, 1.0, &mut self.comoment);
+        self.merge_parts(nb as u64, &mean, None);
     }
 
     /// Merges the statistics of other rows into these.
@@ -114,11 +115,13 @@ impl Moments {
         if other.dim() != self.dim() {
             return Err(StatsError::Dimension(self.dim(), other.dim()));
         }
-        self.merge_parts(other.n, &other.mean, &other.comoment);
+        self.merge_parts(other.n, &other.mean, Some(&other.comoment));
         Ok(())
     }
 
-    fn merge_parts(&mut self, nb: u64, mean_b: &Array1<f64>, comoment_b: &Array2<f64>) {
+    /// Merges `nb` rows of mean `mean_b` and co-moment `comoment_b`; `None` when that co-moment
+    /// was already added to `self.comoment`.
+    fn merge_parts(&mut self, nb: u64, mean_b: &Array1<f64>, comoment_b: Option<&Array2<f64>>) {
         if nb == 0 {
             return;
         }
@@ -126,7 +129,9 @@ impl Moments {
         let n = na + nb;
         let delta = mean_b - &self.mean;
         let weight = (na as f64) * (nb as f64) / (n as f64);
-        self.comoment += comoment_b;
+        if let Some(comoment_b) = comoment_b {
+            self.comoment += comoment_b;
+        }
         if na > 0 {
             let col = delta.view().insert_axis(Axis(1));
             let row = delta.view().insert_axis(Axis(0));
