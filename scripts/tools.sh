@@ -2,7 +2,8 @@
 # the tools pomona's commands and tests need, under .tools/ (git-ignored).
 #
 #   ensure_onnxruntime   libonnxruntime.so from the PyPI wheel; exports ORT_DYLIB_PATH
-#   ensure_python        a venv with the test oracles (onnxruntime, Pillow, numpy, pyarrow);
+#   ensure_python        a venv with the test oracles (onnxruntime, Pillow, numpy, pyarrow,
+#                        scikit-learn);
 #                        exports POMONA_PYTHON
 #   ensure_s3s_fs        the s3s-fs S3 server for pipeline tests; exports POMONA_S3S_FS
 # shellcheck shell=bash
@@ -31,12 +32,13 @@ ensure_onnxruntime() {
 
 ensure_python() {
     local venv="$POMONA_TOOLS/venv"
-    local stamp="$venv/.pomona-oracles-1"
+    local stamp="$venv/.pomona-oracles-2"
     if [ ! -f "$stamp" ]; then
         echo "installing the Python test oracles into $venv" >&2
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check \
-            "onnxruntime==$ORT_VERSION" "pillow==13.0.0" "numpy==2.4.6" "pyarrow==26.0.1"
+            "onnxruntime==$ORT_VERSION" "pillow==13.0.0" "numpy==2.4.6" "pyarrow==26.0.1" \
+            "scikit-learn==1.9.1"
         touch "$stamp"
     fi
     export POMONA_PYTHON="$venv/bin/python"

@@ -6,6 +6,9 @@
 //! - [`extract`]: one shard of a plan to its feature, dead-letter and statistics files.
 //! - [`stats`]: mergeable PCA statistics (count, mean, co-moment) written by every shard.
 //! - [`parquet_out`]: the feature and dead-letter Parquet files of a shard.
+//! - [`reduce`]: `pomona reduce`: merges the statistics, fits (or reuses) the PCA, projects every
+//!   shard, and closes the run's accounting.
+//! - [`report`]: the pictures and summary of the reduce step.
 //!
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
 //! operator shares.
@@ -17,6 +20,8 @@ pub mod infer;
 pub mod parquet_out;
 pub mod pipeline;
 pub mod preprocess;
+pub mod reduce;
+pub mod report;
 pub mod resize;
 pub mod stats;
 

@@ -6,10 +6,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use pomona_crds::LabelMode;
 use pomona_crds::contract::{PodSummary, Step};
 use pomona_runner::cli::{self, ModelArgs, S3Args};
+use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, PcaArgs};
 use pomona_runner::{Threads, exit_code};
 use pomona_storage::Storage;
 use pomona_storage::plan::{PlanOptions, load_or_create_plan, read_plan};
@@ -50,7 +51,19 @@ enum Command {
         #[command(flatten)]
         s3: S3Args,
     },
-    /// Run the whole pipeline on this machine: plan, then extract every shard not yet done.
+    /// Fit a PCA on every shard's statistics (or reuse one), project the features, write the
+    /// report, and mark the run complete (_SUCCESS) when every image is accounted for.
+    Reduce {
+        /// The run's output prefix (s3://bucket/prefix/ or a folder).
+        #[arg(long)]
+        output: String,
+        #[command(flatten)]
+        pca: PcaArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Run the whole pipeline on this machine: plan, extract every shard not yet done, then
+    /// reduce (a PCA of 50 components unless told otherwise).
     Run {
         /// The images: s3://bucket/prefix/ or a folder.
         #[arg(long)]
@@ -63,6 +76,8 @@ enum Command {
         workers: usize,
         #[command(flatten)]
         plan: PlanOptionsArgs,
+        #[command(flatten)]
+        pca: PcaArgs,
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
@@ -115,6 +130,16 @@ impl PlanOptionsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Reduce { pca, .. } = &cli.command
+        && pca.mode(None).is_none()
+    {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "reduce needs one of --components, --variance-to-keep or --pca-from",
+            )
+            .exit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,6 +154,7 @@ fn main() -> ExitCode {
     let (step, shard) = match &cli.command {
         Command::Extract { shard, .. } => (Some(Step::Extract), Some(*shard)),
         Command::Run { .. } => (Some(Step::Extract), None),
+        Command::Reduce { .. } => (Some(Step::Reduce), None),
         Command::Plan { .. } => (None, None),
     };
     let result = runtime.block_on(execute(cli.command));
@@ -228,6 +254,7 @@ async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
             output,
             workers,
             plan,
+            pca,
             model,
             s3,
         } => {
@@ -239,7 +266,18 @@ async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
             if !created {
                 eprintln!("pomona: resuming the run planned in {}", out.uri());
             }
-            cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await
+            let counts =
+                cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await?;
+            let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
+            reduce::reduce(&out, &config, &mode, pca.csv).await?;
+            Ok(counts)
+        }
+        Command::Reduce { output, pca, s3 } => {
+            let config = s3.config();
+            let out = Storage::open(&output, &config).await?;
+            let mode = pca.mode(None).expect("checked in main");
+            let s = reduce::reduce(&out, &config, &mode, pca.csv).await?.summary;
+            Ok((s.images, s.processed, s.failed))
         }
     }
 }

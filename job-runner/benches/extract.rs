@@ -1,0 +1,221 @@
+//! The extractor benchmark: how close `pomona extract` comes to the model's own speed.
+//!
+//! ```text
+//! ./scripts/bench.sh extract            (or: cargo bench -p pomona-runner --bench extract)
+//!     [-- --copies N]   images = N copies of the 1,260 Training images (default 4)
+//! ```
+//!
+//! In one run, on the same images, with the same ONNX Runtime threads and batch size, it prints:
+//! 1. preprocessing alone (decode, resize, normalise) per image, one thread;
+//! 2. raw ONNX Runtime on pre-decoded tensors: the ceiling;
+//! 3. `pomona run` end to end from local files (a child process: start-up, model load, plan,
+//!    fetch, decode, inference, Parquet, statistics, upload), its ratio to 2 and its peak RSS;
+//! 4. the same from a local S3 server (s3s-fs on 127.0.0.1): `pomona plan` + `pomona extract`;
+//! 5. the reference figures of ../shared/RECIPES.md (Python onnxruntime, the Spark pipeline),
+//!    which were measured elsewhere and are quoted, not re-measured.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use pomona_crds::contract::PodSummary;
+use pomona_runner::{Model, ModelOptions, Preprocess, Threads, init_runtime};
+use pomona_storage::testing::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir, shared_dir};
+
+const BATCH: usize = 32;
+
+fn training_images() -> Vec<PathBuf> {
+    let dir = shared_dir().join("data/fruits-360-sample/Training");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (set POMONA_SHARED)", dir.display()))
+        .flat_map(|v| std::fs::read_dir(v.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Writes `copies` copies of every image under `dest/copy-i/<variety>/`.
+fn replicate(images: &[PathBuf], copies: usize, dest: &Path) -> usize {
+    for copy in 0..copies {
+        for image in images {
+            let variety = image.parent().unwrap().file_name().unwrap();
+            let dir = dest.join(format!("copy-{copy}")).join(variety);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(image, dir.join(image.file_name().unwrap())).unwrap();
+        }
+    }
+    images.len() * copies
+}
+
+/// Runs the `pomona` binary; returns its summary (if the step prints one) and the wall time.
+fn pomona(args: &[&str], envs: &[(&str, &str)]) -> (Option<PodSummary>, f64) {
+    let model = shared_dir().join("models/mobilenetv2_features.onnx");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
+    cmd.args(args)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("POMONA_TERMINATION_LOG", "/nonexistent");
+    if matches!(args[0], "run" | "extract") {
+        cmd.arg("--model")
+            .arg(&model)
+            .args(["--batch-size", &BATCH.to_string()]);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("run pomona");
+    let wall = start.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "pomona {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = PodSummary::from_message(&String::from_utf8_lossy(&out.stdout));
+    (summary, wall)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut copies = 4;
+    while let Some(arg) = args.next() {
+        if arg == "--copies" {
+            copies = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("--copies N");
+        }
+    }
+    init_runtime(None).expect("ONNX Runtime (set ORT_DYLIB_PATH; scripts/tools.sh installs it)");
+    let threads = Threads::detect(None, None, None);
+    let images = training_images();
+    println!(
+        "pomona extractor benchmark: MobileNetV2 features, batch {BATCH}, {} ONNX Runtime threads, \
+         {} decode threads, {} CPUs available",
+        threads.inference,
+        threads.decode,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // 1. Preprocessing alone, one thread, bytes in memory.
+    let bytes: Vec<Vec<u8>> = images.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let pre = Preprocess::default();
+    let mut tensor = vec![0f32; pre.tensor_len()];
+    let start = Instant::now();
+    for b in &bytes {
+        pre.to_tensor(&pre.decode(b).unwrap(), &mut tensor);
+    }
+    let pre_ms = start.elapsed().as_secs_f64() * 1e3 / bytes.len() as f64;
+    println!(
+        "  preprocessing (decode+resize+normalise), 1 thread: {pre_ms:.3} ms/image over {} images",
+        bytes.len()
+    );
+
+    // 2. Raw ONNX Runtime on pre-decoded tensors: the same images, batch after batch.
+    let model_path = shared_dir().join("models/mobilenetv2_features.onnx");
+    let options = ModelOptions {
+        intra_threads: threads.inference,
+        ..ModelOptions::default()
+    };
+    let mut model = Model::load(&model_path, options).unwrap();
+    let pool = 8 * BATCH; // 256 decoded images, reused
+    let mut tensors = vec![0f32; pool * pre.tensor_len()];
+    for (b, t) in bytes.iter().zip(tensors.chunks_exact_mut(pre.tensor_len())) {
+        pre.to_tensor(&pre.decode(b).unwrap(), t);
+    }
+    let batch_len = BATCH * pre.tensor_len();
+    for i in 0..2 {
+        model
+            .run(&tensors[i * batch_len..(i + 1) * batch_len], BATCH)
+            .unwrap(); // warm-up
+    }
+    let total = images.len() * copies;
+    let batches = total.div_ceil(BATCH);
+    let start = Instant::now();
+    for i in 0..batches {
+        let slot = i % (pool / BATCH);
+        model
+            .run(&tensors[slot * batch_len..(slot + 1) * batch_len], BATCH)
+            .unwrap();
+    }
+    let raw = (batches * BATCH) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "  raw ONNX Runtime, pre-decoded tensors: {raw:.1} images/s over {} images",
+        batches * BATCH
+    );
+    drop(model);
+    drop(tensors);
+
+    // 3. End to end from local files.
+    let work = TempDir::new("bench");
+    let input = work.path().join("images");
+    let n = replicate(&images, copies, &input);
+    let output = work.path().join("run");
+    let per_shard = n.to_string();
+    let (local, wall) = pomona(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--images-per-shard",
+            &per_shard,
+        ],
+        &[],
+    );
+    let local = local.expect("a summary");
+    assert_eq!(local.processed as usize, n, "every image becomes a feature");
+    let local_rate = n as f64 / wall;
+    println!(
+        "  pomona run, local files: {local_rate:.1} images/s ({n} images in {wall:.2} s wall, \
+         process start to exit) = {:.1} % of raw; peak RSS {} MiB",
+        100.0 * local_rate / raw,
+        local.peak_rss_mib.map_or("?".into(), |m| m.to_string())
+    );
+
+    // 4. End to end from a local S3 server.
+    let server = S3Server::start();
+    let n_s3 = replicate(&images, copies, &server.root().join("fruits/images"));
+    let endpoint = server.config().endpoint.unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "eu-west-3"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let (src, out) = (server.uri("images/"), server.uri("runs/bench/"));
+    let per_shard = n_s3.to_string();
+    let (_, plan_wall) = pomona(
+        &[
+            "plan",
+            "--input",
+            &src,
+            "--output",
+            &out,
+            "--images-per-shard",
+            &per_shard,
+        ],
+        &env,
+    );
+    let (s3, wall) = pomona(&["extract", "--output", &out, "--shard", "0"], &env);
+    let s3 = s3.expect("a summary");
+    assert_eq!(s3.processed as usize, n_s3);
+    let s3_rate = n_s3 as f64 / wall;
+    println!(
+        "  pomona extract, local S3 server: {s3_rate:.1} images/s ({n_s3} images in {wall:.2} s \
+         wall, plus {plan_wall:.2} s for pomona plan) = {:.1} % of raw; peak RSS {} MiB",
+        100.0 * s3_rate / raw,
+        s3.peak_rss_mib.map_or("?".into(), |m| m.to_string())
+    );
+
+    println!("  references (quoted from ../shared/RECIPES.md, not measured by this run):");
+    println!(
+        "    Python onnxruntime 1.32, batch 32, random input: 138 images/s on 1 thread, 272 on 2"
+    );
+    println!(
+        "    Spark local[2] (binaryFile -> pandas UDF with this ONNX model -> Parquet): \
+         94 images/s on these 1,260 images, 183.7 images/s on 22,688"
+    );
+    println!("  targets: end to end >= 95 % of raw; peak RSS <= 400 MiB at batch 32");
+}

@@ -1,0 +1,403 @@
+//! `pomona reduce`: the PCA over every shard of a run, the reduced vectors and the report.
+//!
+//! 1. Accounting first: every shard of the plan must have its features, dead letters and
+//!    statistics; dead letters are counted from their files' footers.
+//! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in shard
+//!    order and the covariance is eigen-decomposed ([`pca`]); memory and time do not depend on
+//!    the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
+//!    was fitted on features of another model, preprocessing or dimension.
+//! 3. `pca/pca.safetensors` is written (a reused PCA is copied there unchanged).
+//! 4. Projection, shard by shard: `reduced/part-NNNNN.parquet`, and with `--csv` one
+//!    `reduced.csv` streamed through a scratch file ([`project`]).
+//! 5. `report/` ([`crate::report`]), then `_SUCCESS` (the summary) last, only when
+//!    listed = processed + dead-lettered.
+
+pub mod pca;
+pub mod project;
+
+use std::io::{BufWriter, Write};
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pomona_crds::contract::{OutputLayout, Plan};
+use pomona_storage::{S3Config, Storage};
+
+use crate::Permanent;
+use crate::cli::split_object_uri;
+use crate::infer::sha256_hex;
+use crate::report::{self, ReduceSummary, Scatter, Timings};
+use crate::stats::Moments;
+use pca::{Keep, Pca, PcaError};
+use project::{FeatureFile, ReducedWriter};
+
+/// The components `pomona run` keeps when no PCA option is given (the Spark reference's k).
+pub const DEFAULT_COMPONENTS: usize = 50;
+
+/// The PCA options of `pomona reduce` and `pomona run` (at most one of the first three).
+#[derive(Args, Clone, Debug, Default)]
+pub struct PcaArgs {
+    /// Keep this many principal components.
+    #[arg(long, conflicts_with_all = ["variance_to_keep", "pca_from"])]
+    pub components: Option<usize>,
+    /// Keep the fewest components whose cumulative explained variance ratio reaches this
+    /// fraction, in (0, 1].
+    #[arg(long, conflicts_with = "pca_from")]
+    pub variance_to_keep: Option<f64>,
+    /// Reuse a saved PCA (a run's pca/ folder or its pca.safetensors) instead of fitting one.
+    #[arg(long)]
+    pub pca_from: Option<String>,
+    /// Also write the reduced vectors as one CSV, <output>/reduced.csv (path, label, pc1..pck).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// What to do with the PCA.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// Fit one; `default` when k was not asked for (it is then capped at what the data allows).
+    Fit {
+        /// How many components.
+        keep: Keep,
+        /// k is the default rather than the user's.
+        default: bool,
+    },
+    /// Reuse the PCA at this URI.
+    Reuse(String),
+}
+
+impl PcaArgs {
+    /// The mode asked for, or fitting `default_components` when none was; `None` when nothing
+    /// was asked for and there is no default.
+    pub fn mode(&self, default_components: Option<usize>) -> Option<Mode> {
+        if let Some(uri) = &self.pca_from {
+            return Some(Mode::Reuse(uri.clone()));
+        }
+        if let Some(k) = self.components {
+            return Some(Mode::Fit {
+                keep: Keep::Components(k),
+                default: false,
+            });
+        }
+        if let Some(f) = self.variance_to_keep {
+            return Some(Mode::Fit {
+                keep: Keep::Variance(f),
+                default: false,
+            });
+        }
+        default_components.map(|k| Mode::Fit {
+            keep: Keep::Components(k),
+            default: true,
+        })
+    }
+}
+
+/// What the reduce step did.
+#[derive(Clone, Debug)]
+pub struct ReduceOutcome {
+    /// The summary written to `report/summary.json` and `_SUCCESS`.
+    pub summary: ReduceSummary,
+}
+
+fn secs(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+async fn put(out: &Storage, uri: &str, data: Vec<u8>) -> anyhow::Result<()> {
+    out.put(&out.relative(uri)?, Bytes::from(data))
+        .await
+        .with_context(|| format!("cannot write {uri}"))
+}
+
+async fn get(out: &Storage, uri: &str) -> anyhow::Result<Bytes> {
+    out.get(&out.relative(uri)?)
+        .await
+        .with_context(|| format!("cannot read {uri}"))
+}
+
+/// Checks that every shard is complete and counts the dead letters; fails with the numbers when
+/// the run cannot be accounted for.
+async fn dead_letters(out: &Storage, layout: &OutputLayout, plan: &Plan) -> anyhow::Result<u64> {
+    let mut missing = Vec::new();
+    let mut failed = 0;
+    for shard in 0..plan.shards {
+        let mut complete = true;
+        for uri in [layout.stats(shard), layout.features(shard)] {
+            complete &= out.exists(&out.relative(&uri)?).await?;
+        }
+        let dead = layout.deadletter(shard);
+        if complete && out.exists(&out.relative(&dead)?).await? {
+            let data = get(out, &dead).await?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+                .with_context(|| format!("{dead} is not a Parquet file"))?;
+            failed += reader.metadata().file_metadata().num_rows() as u64;
+        } else {
+            missing.push(shard);
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<String> = missing.iter().take(20).map(u32::to_string).collect();
+        return Err(Permanent(format!(
+            "accounting does not close: {} images listed in {} shards, but {} shard(s) have no \
+             complete output (features, dead letters and statistics): {}{}; extract them first",
+            plan.images,
+            plan.shards,
+            missing.len(),
+            shown.join(", "),
+            if missing.len() > 20 { ", …" } else { "" }
+        ))
+        .into());
+    }
+    Ok(failed)
+}
+
+/// Merges every shard's statistics, in shard order.
+async fn merged_moments(
+    out: &Storage,
+    layout: &OutputLayout,
+    plan: &Plan,
+) -> anyhow::Result<Moments> {
+    let mut total: Option<Moments> = None;
+    for shard in 0..plan.shards {
+        let uri = layout.stats(shard);
+        let part = Moments::from_bytes(&get(out, &uri).await?)
+            .map_err(|e| Permanent(format!("{uri}: {e}")))?;
+        match &mut total {
+            None => total = Some(part),
+            Some(t) => t
+                .merge(&part)
+                .map_err(|e| Permanent(format!("{uri}: {e}")))?,
+        }
+    }
+    total.ok_or_else(|| Permanent("the plan has no shards".into()).into())
+}
+
+/// Reads the PCA at `uri` (its folder or its file).
+async fn read_pca(uri: &str, s3: &S3Config) -> anyhow::Result<(Pca, Vec<u8>)> {
+    let file = if uri.ends_with(".safetensors") {
+        uri.to_string()
+    } else {
+        format!("{}/{}", uri.trim_end_matches('/'), pca::FILE_NAME)
+    };
+    let (folder, key) = split_object_uri(&file)?;
+    let storage = Storage::open(&folder, s3).await?;
+    let data = storage
+        .get(&key)
+        .await
+        .with_context(|| format!("cannot read the PCA {file}"))?;
+    let pca = Pca::from_bytes(&data).map_err(|e| Permanent(format!("{file}: {e}")))?;
+    Ok((pca, data.to_vec()))
+}
+
+fn permanent(e: PcaError) -> anyhow::Error {
+    Permanent(e.to_string()).into()
+}
+
+/// Runs the reduce step on the run at `out` (see the module docs) and returns its summary.
+pub async fn reduce(
+    out: &Storage,
+    s3: &S3Config,
+    mode: &Mode,
+    csv: bool,
+) -> anyhow::Result<ReduceOutcome> {
+    let started = Instant::now();
+    let layout = OutputLayout::new(&out.uri());
+    let plan = pomona_storage::plan::read_plan(out).await?;
+    // A rerun starts by withdrawing the previous success marker.
+    out.delete_prefix(&out.relative(&layout.success())?).await?;
+    let failed = dead_letters(out, &layout, &plan).await?;
+    let first = FeatureFile::open(get(out, &layout.features(0)).await?)
+        .with_context(|| layout.features(0))?;
+    let (dim, origin) = (first.dim, first.origin.clone());
+    drop(first);
+
+    let mut timings = Timings::default();
+    let t = Instant::now();
+    let (pca, pca_bytes, target) = match mode {
+        Mode::Fit { keep, default } => {
+            let moments = merged_moments(out, &layout, &plan).await?;
+            timings.statistics = secs(t);
+            eprintln!(
+                "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
+                plan.shards,
+                moments.count(),
+                timings.statistics
+            );
+            if moments.dim() != dim {
+                return Err(Permanent(format!(
+                    "the statistics have {} values per row, the features {dim}",
+                    moments.dim()
+                ))
+                .into());
+            }
+            let keep = match *keep {
+                Keep::Components(k) if *default => {
+                    Keep::Components(k.min(dim).min(moments.count() as usize).max(1))
+                }
+                keep => keep,
+            };
+            let t = Instant::now();
+            let pca = Pca::fit(&moments, keep, origin.clone()).map_err(permanent)?;
+            timings.fit = secs(t);
+            let target = match keep {
+                Keep::Variance(f) => Some(f),
+                Keep::Components(_) => None,
+            };
+            let bytes = pca.to_bytes();
+            (pca, bytes, target)
+        }
+        Mode::Reuse(uri) => {
+            let (pca, bytes) = read_pca(uri, s3).await?;
+            pca.check_applies_to(dim, &origin)
+                .map_err(|e| Permanent(format!("cannot reuse the PCA {uri}: {e}")))?;
+            timings.fit = secs(t);
+            (pca, bytes, None)
+        }
+    };
+    let k = pca.k();
+    eprintln!(
+        "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s",
+        if matches!(mode, Mode::Reuse(_)) {
+            "reused a"
+        } else {
+            "fitted a"
+        },
+        pca.explained_variance_ratio.sum() * 100.0,
+        timings.fit
+    );
+    let pca_sha256 = sha256_hex(&pca_bytes);
+    put(
+        out,
+        &format!("{}{}", layout.pca_dir(), pca::FILE_NAME),
+        pca_bytes,
+    )
+    .await?;
+
+    // Projection, shard by shard.
+    let t = Instant::now();
+    let mut scatter = Scatter::new();
+    let mut csv_file = if csv {
+        let file = tempfile::NamedTempFile::new_in(crate::cli::scratch_dir())
+            .context("cannot create a scratch file for the CSV")?;
+        let mut w = BufWriter::new(file);
+        project::csv_header(&mut w, k)?;
+        Some(w)
+    } else {
+        None
+    };
+    let mut processed = 0u64;
+    for shard in 0..plan.shards {
+        let uri = layout.features(shard);
+        let features = FeatureFile::open(get(out, &uri).await?).with_context(|| uri.clone())?;
+        if features.origin.model_sha256 != origin.model_sha256
+            || features.origin.preprocessing != origin.preprocessing
+        {
+            return Err(Permanent(format!(
+                "{uri} was extracted with another model or preprocessing than shard 0 \
+                 (model sha256 {} vs {}): one run must use one model",
+                features.origin.model_sha256, origin.model_sha256
+            ))
+            .into());
+        }
+        let mut writer = ReducedWriter::new(k, &origin, &pca_sha256)?;
+        for rows in features.batches()? {
+            let rows = rows.with_context(|| uri.clone())?;
+            let reduced = pca.project(&rows.values);
+            for (i, row) in reduced.chunks_exact(k).enumerate() {
+                scatter.push(
+                    rows.labels.value(i),
+                    row[0],
+                    row.get(1).copied().unwrap_or(0.0),
+                );
+            }
+            if let Some(w) = &mut csv_file {
+                project::csv_rows(w, &rows.paths, &rows.labels, &reduced, k)?;
+            }
+            processed += (rows.values.len() / dim) as u64;
+            writer.push(&rows.paths, &rows.labels, reduced)?;
+        }
+        put(out, &layout.reduced(shard), writer.finish()?).await?;
+    }
+    if let Some(w) = csv_file {
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.as_file().sync_all()?;
+        out.put_file(&out.relative(&layout.csv())?, file.path())
+            .await
+            .with_context(|| format!("cannot write {}", layout.csv()))?;
+    }
+    timings.project = secs(t);
+    eprintln!(
+        "pomona: reduce: projected {processed} images in {:.3} s",
+        timings.project
+    );
+
+    // The report.
+    let t = Instant::now();
+    let ratios = pca.explained_variance_ratio.to_vec();
+    let variance_png = report::explained_variance_png(&ratios, target)?;
+    let scatter_png = scatter.png((ratios[0], ratios.get(1).copied()))?;
+    let report_dir = layout.report_dir();
+    put(
+        out,
+        &format!("{report_dir}explained_variance.png"),
+        variance_png,
+    )
+    .await?;
+    put(out, &format!("{report_dir}scatter.png"), scatter_png).await?;
+    timings.report = secs(t);
+    timings.total = secs(started);
+
+    let summary = ReduceSummary {
+        format: "pomona-reduce/1",
+        images: plan.images,
+        processed,
+        failed,
+        shards: plan.shards,
+        pca_mode: match mode {
+            Mode::Fit { .. } => "fit",
+            Mode::Reuse(_) => "reuse",
+        },
+        pca_from: match mode {
+            Mode::Reuse(uri) => Some(uri.clone()),
+            Mode::Fit { .. } => None,
+        },
+        variance_to_keep: target,
+        components: k,
+        dim,
+        fitted_on: pca.n_samples,
+        total_variance: pca.total_variance,
+        explained_variance: pca.explained_variance.to_vec(),
+        cumulative_explained_variance_ratio: ratios.iter().sum(),
+        explained_variance_ratio: ratios,
+        pca_sha256,
+        model_sha256: origin.model_sha256.clone(),
+        preprocessing: origin.preprocessing.clone(),
+        versions: origin.versions.clone(),
+        labels: scatter.label_counts(),
+        seconds: timings,
+    };
+    let mut json = serde_json::to_vec_pretty(&summary)?;
+    json.write_all(b"\n")?;
+    put(out, &format!("{report_dir}summary.json"), json.clone()).await?;
+
+    if matches!(mode, Mode::Fit { .. }) && pca.n_samples != processed {
+        return Err(Permanent(format!(
+            "the shards' statistics count {} images, their feature files {processed}",
+            pca.n_samples
+        ))
+        .into());
+    }
+    if plan.images != processed + failed {
+        return Err(Permanent(format!(
+            "accounting does not close: {} images listed, {processed} processed + {failed} \
+             dead-lettered = {}",
+            plan.images,
+            processed + failed
+        ))
+        .into());
+    }
+    put(out, &layout.success(), json).await?;
+    Ok(ReduceOutcome { summary })
+}

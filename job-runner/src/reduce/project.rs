@@ -1,0 +1,282 @@
+//! Reading a shard's feature file and writing its reduced vectors (Parquet, and CSV rows).
+//!
+//! | file | columns |
+//! | --- | --- |
+//! | `reduced/part-NNNNN.parquet` | `path` utf8, `label` utf8, `pca` FixedSizeList<Float32, k> |
+//! | `reduced.csv` | `path,label,pc1,…,pck` (a header line, then one line per image) |
+//!
+//! The reduced Parquet files carry the features' `pomona.*` provenance plus `pomona.pca_sha256`
+//! (the sha256 of the `pca.safetensors` used) in their key-value metadata.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use super::pca::Origin;
+
+/// One batch of feature rows of a shard.
+pub struct FeatureRows {
+    /// Image paths.
+    pub paths: StringArray,
+    /// Labels.
+    pub labels: StringArray,
+    /// `paths.len() × dim` values, row after row.
+    pub values: Vec<f32>,
+}
+
+/// A shard's feature file, opened: its dimension, provenance and rows.
+pub struct FeatureFile {
+    /// Values per feature vector.
+    pub dim: usize,
+    /// Rows in the file (from its footer).
+    pub rows: u64,
+    /// The `pomona.*` provenance of its key-value metadata.
+    pub origin: Origin,
+    builder: ParquetRecordBatchReaderBuilder<Bytes>,
+}
+
+fn bad(what: &str) -> ParquetError {
+    ParquetError::General(format!("not a pomona feature file: {what}"))
+}
+
+impl FeatureFile {
+    /// Opens a feature file held in memory.
+    pub fn open(data: Bytes) -> Result<Self, ParquetError> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(data)?;
+        let meta = builder.metadata().file_metadata();
+        let rows = meta.num_rows() as u64;
+        let kv = meta.key_value_metadata().cloned().unwrap_or_default();
+        let get = |key: &str| {
+            kv.iter()
+                .find(|k| k.key == key)
+                .and_then(|k| k.value.clone())
+                .unwrap_or_default()
+        };
+        let origin = Origin {
+            model_sha256: get("pomona.model_sha256"),
+            model_uri: get("pomona.model_uri"),
+            preprocessing: get("pomona.preprocessing"),
+            versions: get("pomona.versions"),
+        };
+        let field = builder
+            .schema()
+            .field_with_name("features")
+            .map_err(|_| bad("no features column"))?;
+        let dim = match field.data_type() {
+            DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Float32 => {
+                *n as usize
+            }
+            other => return Err(bad(&format!("features is {other}"))),
+        };
+        Ok(Self {
+            dim,
+            rows,
+            origin,
+            builder,
+        })
+    }
+
+    /// The rows, a batch at a time.
+    pub fn batches(
+        self,
+    ) -> Result<impl Iterator<Item = Result<FeatureRows, ParquetError>>, ParquetError> {
+        let dim = self.dim;
+        let reader = self.builder.with_batch_size(1024).build()?;
+        Ok(reader.map(move |batch| {
+            let batch = batch?;
+            let column = |name: &str| -> Result<&ArrayRef, ParquetError> {
+                batch
+                    .column_by_name(name)
+                    .ok_or_else(|| bad(&format!("no {name} column")))
+            };
+            let strings = |name: &str| -> Result<StringArray, ParquetError> {
+                column(name)?
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .cloned()
+                    .ok_or_else(|| bad(&format!("{name} is not utf8")))
+            };
+            let features = column("features")?
+                .as_any()
+                .downcast_ref::<FixedSizeListArray>()
+                .ok_or_else(|| bad("features is not a fixed-size list"))?;
+            let items = features
+                .values()
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .ok_or_else(|| bad("features are not float32"))?;
+            let start = features.value_offset_at(0);
+            let values = items.values()[start..start + features.len() * dim].to_vec();
+            Ok(FeatureRows {
+                paths: strings("path")?,
+                labels: strings("label")?,
+                values,
+            })
+        }))
+    }
+}
+
+/// Schema of the reduced files for `k` components.
+pub fn reduced_schema(k: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new(
+            "pca",
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                k as i32,
+            ),
+            false,
+        ),
+    ]))
+}
+
+/// Writes one `reduced/part-NNNNN.parquet` into memory (a shard's reduced vectors are small:
+/// `k` floats per image).
+pub struct ReducedWriter {
+    writer: ArrowWriter<Vec<u8>>,
+    schema: SchemaRef,
+    k: usize,
+}
+
+impl ReducedWriter {
+    /// A writer of `k`-value rows, tagged with the features' provenance and the PCA's sha256.
+    pub fn new(k: usize, origin: &Origin, pca_sha256: &str) -> Result<Self, ParquetError> {
+        let kv = [
+            ("pomona.model_sha256", &origin.model_sha256),
+            ("pomona.model_uri", &origin.model_uri),
+            ("pomona.preprocessing", &origin.preprocessing),
+            ("pomona.versions", &origin.versions),
+            ("pomona.pca_sha256", &pca_sha256.to_string()),
+        ]
+        .map(|(key, v)| KeyValue::new(key.into(), v.clone()))
+        .to_vec();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_key_value_metadata(Some(kv))
+            .build();
+        let schema = reduced_schema(k);
+        Ok(Self {
+            writer: ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?,
+            schema,
+            k,
+        })
+    }
+
+    /// Adds a batch: the paths and labels of the features, and their `k` values per row.
+    pub fn push(
+        &mut self,
+        paths: &StringArray,
+        labels: &StringArray,
+        reduced: Vec<f32>,
+    ) -> Result<(), ParquetError> {
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let values = Arc::new(Float32Array::from(reduced));
+        let pca = FixedSizeListArray::try_new(item, self.k as i32, values, None)?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(paths.clone()),
+            Arc::new(labels.clone()),
+            Arc::new(pca),
+        ];
+        self.writer
+            .write(&RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// The finished file.
+    pub fn finish(self) -> Result<Vec<u8>, ParquetError> {
+        self.writer.into_inner()
+    }
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
+/// Writes the CSV header `path,label,pc1,…,pck`.
+pub fn csv_header(out: &mut impl Write, k: usize) -> std::io::Result<()> {
+    write!(out, "path,label")?;
+    for i in 1..=k {
+        write!(out, ",pc{i}")?;
+    }
+    writeln!(out)
+}
+
+/// Writes CSV lines for a batch of reduced rows. Floats are printed in their shortest form that
+/// reads back to the same f32.
+pub fn csv_rows(
+    out: &mut impl Write,
+    paths: &StringArray,
+    labels: &StringArray,
+    reduced: &[f32],
+    k: usize,
+) -> std::io::Result<()> {
+    for (i, row) in reduced.chunks_exact(k).enumerate() {
+        write!(
+            out,
+            "{},{}",
+            csv_field(paths.value(i)),
+            csv_field(labels.value(i))
+        )?;
+        for v in row {
+            write!(out, ",{v}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_only_what_needs_it() {
+        let paths = StringArray::from(vec!["a/b.jpg", "c,\"d\".jpg"]);
+        let labels = StringArray::from(vec!["Fig 1", "x"]);
+        let mut out = Vec::new();
+        csv_header(&mut out, 2).unwrap();
+        csv_rows(&mut out, &paths, &labels, &[1.5, -0.25, 3.0, 1e-8], 2).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "path,label,pc1,pc2\na/b.jpg,Fig 1,1.5,-0.25\n\"c,\"\"d\"\".jpg\",x,3,0.00000001\n"
+        );
+    }
+
+    #[test]
+    fn reduced_file_reads_back() {
+        let origin = Origin {
+            model_sha256: "ab".into(),
+            ..Origin::default()
+        };
+        let mut w = ReducedWriter::new(2, &origin, "cd").unwrap();
+        let paths = StringArray::from(vec!["p1", "p2"]);
+        let labels = StringArray::from(vec!["l", "l"]);
+        w.push(&paths, &labels, vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let data = w.finish().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(data)).unwrap();
+        let kv = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap();
+        assert!(kv.iter().any(|k| k.key == "pomona.pca_sha256"));
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), reduced_schema(2));
+    }
+}

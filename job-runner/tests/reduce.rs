@@ -1,0 +1,441 @@
+//! The reduce step on real features (the real model on Fruits-360 images): the PCA against
+//! scikit-learn, shard statistics merged in any grouping, variance-to-keep, the reuse of a saved
+//! PCA and its refusal for other features, the pictures, and the accounting.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pomona_crds::contract::{OutputLayout, PodSummary, exit};
+use pomona_runner::reduce::pca::{Origin, Pca};
+use pomona_runner::report::{SCATTER_SIZE, VARIANCE_SIZE};
+use pomona_runner::stats::Moments;
+use pomona_storage::testing::TempDir;
+use serde_json::Value;
+
+fn pomona(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
+    cmd.args(args);
+    if args.first() == Some(&"run") {
+        cmd.arg("--model").arg(common::model_path());
+    }
+    cmd.env_remove("AWS_ENDPOINT_URL")
+        .env("POMONA_TERMINATION_LOG", "/nonexistent/termination-log");
+    let out = cmd.output().expect("run pomona");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn summary(out: &Output) -> PodSummary {
+    PodSummary::from_message(&String::from_utf8_lossy(&out.stdout))
+        .unwrap_or_else(|| panic!("no summary in {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Copies the images of `varieties` into `dest/<variety>/`; returns how many.
+fn copy_varieties(dest: &Path, varieties: &[&str]) -> u64 {
+    let mut n = 0;
+    for variety in varieties {
+        let from = common::training_dir().join(variety);
+        std::fs::create_dir_all(dest.join(variety)).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dest.join(variety).join(entry.file_name())).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `pomona run` on `varieties` into `<dir>/<name>`, with `extra` arguments; returns the output.
+fn run(dir: &Path, name: &str, varieties: &[&str], extra: &[&str]) -> (String, u64) {
+    let input = dir.join(format!("{name}-images"));
+    let n = copy_varieties(&input, varieties);
+    let output = dir.join(name).to_str().unwrap().to_string();
+    let mut args = vec![
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        &output,
+    ];
+    args.extend_from_slice(extra);
+    let out = pomona(&args);
+    assert!(out.status.success(), "pomona run failed");
+    let s = summary(&out);
+    assert_eq!((s.images, s.processed, s.failed), (n, n, 0));
+    (output, n)
+}
+
+fn oracle(args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("oracle/pca.py");
+    let py = common::python();
+    let out = Command::new(&py)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{py}` ({e}); set POMONA_PYTHON"));
+    assert!(
+        out.status.success(),
+        "the scikit-learn oracle failed with `{py}` (./scripts/test.sh installs it and sets \
+         POMONA_PYTHON):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("oracle JSON")
+}
+
+fn nums(v: &Value) -> Vec<f64> {
+    common::nums(v)
+}
+
+fn read_parquet(path: &str) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// (paths, rows) of a Parquet file's `column` of fixed-size float lists.
+fn vectors(path: &str, column: &str) -> (Vec<String>, Vec<f32>, usize) {
+    let (mut paths, mut values, mut width) = (Vec::new(), Vec::new(), 0);
+    for batch in read_parquet(path) {
+        let p = batch.column_by_name("path").unwrap();
+        let p = p.as_any().downcast_ref::<StringArray>().unwrap();
+        paths.extend((0..p.len()).map(|i| p.value(i).to_string()));
+        let list = batch.column_by_name(column).unwrap();
+        let list = list.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        width = list.value_length() as usize;
+        let items = list
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .unwrap();
+        values.extend_from_slice(items.values());
+    }
+    (paths, values, width)
+}
+
+fn png_size(path: &str) -> (u32, u32) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{path} is not a valid image: {e}"));
+    (img.width(), img.height())
+}
+
+fn read_json(path: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn rel_close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * b.abs().max(1e-300)
+}
+
+#[test]
+fn pca_matches_scikit_learn_and_shard_statistics_merge_in_any_grouping() {
+    common::init_ort();
+    let dir = TempDir::new("reduce-fit");
+    let varieties = ["Banana 1", "Blueberry 1", "Corn 1", "Lemon 1"];
+    let k = 10;
+    let (output, n) = run(
+        dir.path(),
+        "run",
+        &varieties,
+        &["--images-per-shard", "70", "--components", "10", "--csv"],
+    );
+    let layout = OutputLayout::new(&output);
+    let pca_file = format!("{}pca.safetensors", layout.pca_dir());
+    let pca = Pca::from_bytes(&std::fs::read(&pca_file).unwrap()).unwrap();
+    assert_eq!((pca.k(), pca.dim(), pca.n_samples), (k, 1280, n));
+
+    // scikit-learn's exact PCA on the same feature files, in float64.
+    let sk = oracle(&[
+        "fit",
+        &output,
+        "--components",
+        &k.to_string(),
+        "--reduced",
+        &layout.reduced_dir(),
+    ]);
+    assert_eq!(sk["n_samples"].as_u64(), Some(n));
+    for (ours, theirs) in pca
+        .explained_variance_ratio
+        .iter()
+        .zip(nums(&sk["explained_variance_ratio"]))
+    {
+        assert!(rel_close(*ours, theirs, 1e-6), "ratio {ours} vs {theirs}");
+    }
+    for (ours, theirs) in pca
+        .explained_variance
+        .iter()
+        .zip(nums(&sk["explained_variance"]))
+    {
+        assert!(
+            rel_close(*ours, theirs, 1e-6),
+            "variance {ours} vs {theirs}"
+        );
+    }
+    for (i, row) in sk["components"].as_array().unwrap().iter().enumerate() {
+        let theirs = nums(row);
+        let ours = pca.components.row(i);
+        let dot: f64 = ours.iter().zip(&theirs).map(|(a, b)| a * b).sum();
+        let sign = dot.signum();
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - sign * b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-5, "component {i} differs by {diff}");
+        assert_eq!(
+            sign, 1.0,
+            "component {i}: the same sign convention as svd_flip"
+        );
+    }
+    for (ours, theirs) in pca.mean.iter().zip(nums(&sk["mean"])) {
+        assert!((ours - theirs).abs() < 1e-9, "mean {ours} vs {theirs}");
+    }
+    // Our reduced vectors against sklearn's transform (f32 output).
+    assert_eq!(sk["reduced_rows"].as_u64(), Some(n));
+    let scale = sk["reduced_max_abs"].as_f64().unwrap();
+    let diff = sk["reduced_max_abs_diff"].as_f64().unwrap();
+    assert!(
+        diff < 1e-5 * scale,
+        "projection differs by {diff} (scale {scale})"
+    );
+
+    // Python reads the PCA file with numpy alone.
+    let py = oracle(&["read", &pca_file]);
+    assert_eq!(py["metadata"]["format"], "pomona-pca/1");
+    assert_eq!(py["shapes"]["components"], serde_json::json!([k, 1280]));
+    assert_eq!(
+        nums(&py["explained_variance_ratio"]),
+        pca.explained_variance_ratio.to_vec()
+    );
+    let features = read_parquet(&layout.features(0));
+    let kv =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(layout.features(0)).unwrap())
+            .unwrap()
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .cloned()
+            .unwrap();
+    let sha = kv.iter().find(|e| e.key == "pomona.model_sha256").unwrap();
+    assert_eq!(
+        py["metadata"]["model_sha256"].as_str(),
+        sha.value.as_deref()
+    );
+    drop(features);
+
+    // The outputs: reduced parts, the CSV, the pictures, the summary and _SUCCESS.
+    let plan = read_json(&layout.plan());
+    let shards = plan["shards"].as_u64().unwrap() as u32;
+    assert_eq!(shards, 4);
+    let mut reduced_rows = 0;
+    for shard in 0..shards {
+        let (_, values, width) = vectors(&layout.reduced(shard), "pca");
+        assert_eq!(width, k);
+        reduced_rows += values.len() / k;
+    }
+    assert_eq!(reduced_rows as u64, n);
+    let csv = std::fs::read_to_string(layout.csv()).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "path,label,pc1,pc2,pc3,pc4,pc5,pc6,pc7,pc8,pc9,pc10"
+    );
+    assert_eq!(lines.count() as u64, n);
+    assert_eq!(
+        png_size(&format!("{}explained_variance.png", layout.report_dir())),
+        VARIANCE_SIZE
+    );
+    assert_eq!(
+        png_size(&format!("{}scatter.png", layout.report_dir())),
+        SCATTER_SIZE
+    );
+    let report = read_json(&format!("{}summary.json", layout.report_dir()));
+    assert_eq!(report["components"], 10);
+    assert_eq!(report["processed"].as_u64(), Some(n));
+    assert_eq!(report["labels"].as_object().unwrap().len(), varieties.len());
+    assert_eq!(read_json(&layout.success()), report);
+
+    // A rerun gives the same bits.
+    let before = std::fs::read(&pca_file).unwrap();
+    let again = pomona(&["reduce", "--output", &output, "--components", "10"]);
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read(&pca_file).unwrap(),
+        before,
+        "a refit is bit-stable"
+    );
+
+    // The shards' statistics, merged in any grouping, equal one pass over every row.
+    let parts: Vec<Moments> = (0..shards)
+        .map(|s| Moments::from_bytes(&std::fs::read(layout.stats(s)).unwrap()).unwrap())
+        .collect();
+    let mut one_pass = Moments::new(1280);
+    for shard in 0..shards {
+        one_pass.add_rows(&vectors(&layout.features(shard), "features").1);
+    }
+    let merge = |order: &[usize]| {
+        let mut m = Moments::new(1280);
+        for &i in order {
+            m.merge(&parts[i]).unwrap();
+        }
+        m
+    };
+    let mut tree = merge(&[0, 1]);
+    tree.merge(&merge(&[2, 3])).unwrap();
+    let mut nested = parts[3].clone();
+    nested.merge(&merge(&[1, 0, 2])).unwrap();
+    let scale = one_pass
+        .comoment()
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    for m in [merge(&[0, 1, 2, 3]), merge(&[3, 2, 1, 0]), tree, nested] {
+        assert_eq!(m.count(), n);
+        for (a, b) in m.mean().iter().zip(one_pass.mean()) {
+            assert!((a - b).abs() < 1e-12 * b.abs().max(1.0), "mean {a} vs {b}");
+        }
+        for (a, b) in m.comoment().iter().zip(one_pass.comoment()) {
+            assert!((a - b).abs() < 1e-11 * scale, "comoment {a} vs {b}");
+        }
+    }
+
+    // Variance to keep: the same k as scikit-learn, and the smallest that reaches it.
+    for f in ["0.5", "0.8"] {
+        let out = pomona(&["reduce", "--output", &output, "--variance-to-keep", f]);
+        assert!(out.status.success());
+        let report = read_json(&format!("{}summary.json", layout.report_dir()));
+        let ours = report["components"].as_u64().unwrap();
+        let sk = oracle(&["fit", &output, "--variance", f]);
+        assert_eq!(Some(ours), sk["n_components"].as_u64(), "k for {f}");
+        let ratios = nums(&report["explainedVarianceRatio"]);
+        let f: f64 = f.parse().unwrap();
+        assert!(ratios.iter().sum::<f64>() >= f);
+        assert!(ratios[..ratios.len() - 1].iter().sum::<f64>() < f);
+        assert_eq!(
+            png_size(&format!("{}explained_variance.png", layout.report_dir())),
+            VARIANCE_SIZE
+        );
+    }
+}
+
+#[test]
+fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
+    common::init_ort();
+    let dir = TempDir::new("reduce-reuse");
+    let (fitted, _) = run(
+        dir.path(),
+        "fitted",
+        &["Fig 1", "Cherry 1"],
+        &["--components", "5"],
+    );
+    let fitted = OutputLayout::new(&fitted);
+    let saved = format!("{}pca.safetensors", fitted.pca_dir());
+    let pca_bytes = std::fs::read(&saved).unwrap();
+    let pca = Pca::from_bytes(&pca_bytes).unwrap();
+
+    // New images, the saved PCA: no refit, the same file, the projection with its numbers.
+    let (fresh, n) = run(
+        dir.path(),
+        "fresh",
+        &["Orange 1", "Pear Kaiser 1"],
+        &["--pca-from", &fitted.pca_dir(), "--csv"],
+    );
+    let layout = OutputLayout::new(&fresh);
+    let copied = std::fs::read(format!("{}pca.safetensors", layout.pca_dir())).unwrap();
+    assert!(copied == pca_bytes, "the reused PCA is copied unchanged");
+    let report = read_json(&format!("{}summary.json", layout.report_dir()));
+    assert_eq!(report["pcaMode"], "reuse");
+    assert_eq!(report["fittedOn"], pca.n_samples);
+    assert_eq!(report["processed"].as_u64(), Some(n));
+    let (paths, features, _) = vectors(&layout.features(0), "features");
+    let (reduced_paths, reduced, k) = vectors(&layout.reduced(0), "pca");
+    assert_eq!((paths, k), (reduced_paths, 5));
+    assert!(
+        reduced == pca.project(&features),
+        "reduced = (x − mean) · componentsᵀ"
+    );
+    assert!(Path::new(&layout.success()).is_file());
+
+    // The same reuse through `pomona reduce`, naming the file rather than the folder.
+    let out = pomona(&["reduce", "--output", &fresh, "--pca-from", &saved]);
+    assert!(out.status.success());
+    assert_eq!(summary(&out).processed, n);
+
+    // A PCA fitted on another model's features is refused, permanently, with the reason.
+    let refuse = |bad: &Pca, name: &str, expect: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bad.to_bytes()).unwrap();
+        let out = pomona(&[
+            "reduce",
+            "--output",
+            &fresh,
+            "--pca-from",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
+        let s = summary(&out);
+        let error = s.error.unwrap();
+        assert!(error.contains(expect), "{error}");
+        assert!(
+            !Path::new(&layout.success()).exists(),
+            "no _SUCCESS after a refusal"
+        );
+    };
+    let other_model = Pca {
+        origin: Origin {
+            model_sha256: "0".repeat(64),
+            ..pca.origin.clone()
+        },
+        ..pca.clone()
+    };
+    refuse(&other_model, "other-model.safetensors", "sha256 0000");
+    let other_preprocessing = Pca {
+        origin: Origin {
+            preprocessing: r#"{"size":160}"#.into(),
+            ..pca.origin.clone()
+        },
+        ..pca.clone()
+    };
+    refuse(
+        &other_preprocessing,
+        "other-prep.safetensors",
+        "preprocessed",
+    );
+    let mut small = Moments::new(8);
+    small.add_rows(&(0..80).map(|i| ((i * 7) % 13) as f32).collect::<Vec<_>>());
+    let other_dim = Pca::fit(
+        &small,
+        pomona_runner::reduce::pca::Keep::Components(2),
+        pca.origin.clone(),
+    )
+    .unwrap();
+    refuse(&other_dim, "other-dim.safetensors", "8-value features");
+    let not_a_pca = dir.path().join("stats.safetensors");
+    std::fs::copy(fitted.stats(0), &not_a_pca).unwrap();
+    let out = pomona(&[
+        "reduce",
+        "--output",
+        &fresh,
+        "--pca-from",
+        not_a_pca.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
+
+    // Accounting that does not close fails with the numbers, and leaves no _SUCCESS.
+    std::fs::remove_file(layout.features(0)).unwrap();
+    let out = pomona(&["reduce", "--output", &fresh, "--components", "3"]);
+    assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
+    let error = summary(&out).error.unwrap();
+    assert!(error.contains("accounting does not close"), "{error}");
+    assert!(error.contains(&format!("{n} images listed")), "{error}");
+    assert!(!Path::new(&layout.success()).exists());
+
+    // reduce without a PCA option is a usage error.
+    let out = pomona(&["reduce", "--output", &fresh]);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+}
