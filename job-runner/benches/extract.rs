@@ -8,7 +8,7 @@
 //! In one run, on the same images, with the same ONNX Runtime threads and batch size, it prints:
 //! 1. preprocessing alone (decode, resize, normalise) per image, one thread;
 //! 2. raw ONNX Runtime on pre-decoded tensors: the ceiling;
-//! 3. `pomona run` end to end from local files (a child process: start-up, model load, plan,
+//! 3. `pomona extract` end to end from local files (a child process: start-up, model load,
 //!    fetch, decode, inference, Parquet, statistics, upload), its ratio to 2 and its peak RSS;
 //! 4. the same from a local S3 server (s3s-fs on 127.0.0.1): `pomona plan` + `pomona extract`;
 //! 5. the reference figures of ../shared/RECIPES.md (Python onnxruntime, the Spark pipeline),
@@ -146,30 +146,33 @@ fn main() {
     drop(model);
     drop(tensors);
 
-    // 3. End to end from local files.
+    // 3. End to end from local files: `pomona plan`, then `pomona extract` of the one shard.
     let work = TempDir::new("bench");
     let input = work.path().join("images");
     let n = replicate(&images, copies, &input);
     let output = work.path().join("run");
+    let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());
     let per_shard = n.to_string();
-    let (local, wall) = pomona(
+    let (_, plan_wall) = pomona(
         &[
-            "run",
+            "plan",
             "--input",
-            input.to_str().unwrap(),
+            input,
             "--output",
-            output.to_str().unwrap(),
+            output,
             "--images-per-shard",
             &per_shard,
         ],
         &[],
     );
+    let (local, wall) = pomona(&["extract", "--output", output, "--shard", "0"], &[]);
     let local = local.expect("a summary");
     assert_eq!(local.processed as usize, n, "every image becomes a feature");
     let local_rate = n as f64 / wall;
     println!(
-        "  pomona run, local files: {local_rate:.1} images/s ({n} images in {wall:.2} s wall, \
-         process start to exit) = {:.1} % of raw; peak RSS {} MiB",
+        "  pomona extract, local files: {local_rate:.1} images/s ({n} images in {wall:.2} s wall, \
+         process start to exit, plus {plan_wall:.2} s for pomona plan) = {:.1} % of raw; \
+         peak RSS {} MiB",
         100.0 * local_rate / raw,
         local.peak_rss_mib.map_or("?".into(), |m| m.to_string())
     );

@@ -20,7 +20,7 @@ use pomona_crds::contract::{OutputLayout, Plan};
 use pomona_runner::parquet_out::{DeadLetterWriter, FeatureWriter, Provenance};
 use pomona_runner::reduce::pca::{Keep, Pca};
 use pomona_runner::reduce::project::FeatureFile;
-use pomona_runner::stats::Moments;
+use pomona_runner::stats::{Moments, ROWS_PER_UPDATE};
 use serde_json::Value;
 
 /// Spark ML PCA on these machines (RECIPES.md): 1,260 rows k=50, and 22,688 rows k=100.
@@ -112,8 +112,8 @@ fn main() {
         }
         let t = Instant::now();
         let mut m = Moments::new(dim);
-        for chunk in values.chunks(32 * dim) {
-            m.add_rows(chunk); // as the extractor does, a batch of 32 at a time
+        for chunk in values.chunks(ROWS_PER_UPDATE * dim) {
+            m.add_rows(chunk); // as the extractor does
         }
         stats_seconds += t.elapsed().as_secs_f64();
         let s = shard as u32;

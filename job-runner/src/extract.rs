@@ -22,7 +22,7 @@ use crate::pipeline::{
     self, Counts, FetchError, ImageSource, Input, PipelineOptions, Sink, Written,
 };
 use crate::preprocess::Preprocess;
-use crate::stats::Moments;
+use crate::stats::{Moments, ROWS_PER_UPDATE};
 use crate::{Permanent, Threads};
 
 /// Reads images from a [`Storage`]: a missing object is the image's problem (dead letter),
@@ -259,10 +259,6 @@ pub async fn shard_complete(
     Ok(true)
 }
 
-/// Rows added to the PCA statistics at once: the co-moment update costs about half as much per
-/// row at 256 rows as at one batch of 32.
-const STATS_ROWS: usize = 256;
-
 /// The writer side of a shard: Parquet files in a scratch folder and the PCA statistics.
 struct ShardSink {
     pending: Vec<f32>,
@@ -286,7 +282,7 @@ impl ShardSink {
             features: FeatureWriter::new(open(&features_path)?, dim, provenance)?,
             deadletter: DeadLetterWriter::new(open(&deadletter_path)?, provenance)?,
             moments: Moments::new(dim),
-            pending: Vec::with_capacity(STATS_ROWS * dim),
+            pending: Vec::with_capacity(ROWS_PER_UPDATE * dim),
             features_path,
             deadletter_path,
         })
@@ -322,7 +318,7 @@ impl Sink for ShardSink {
             }
         }
         self.pending.extend_from_slice(batch.features);
-        if self.pending.len() >= STATS_ROWS * dim {
+        if self.pending.len() >= ROWS_PER_UPDATE * dim {
             self.moments.add_rows(&self.pending);
             self.pending.clear();
         }

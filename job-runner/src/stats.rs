@@ -34,6 +34,10 @@ use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{Array1, Array2, ArrayView2, Axis, linalg::general_mat_mul};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+/// Rows worth adding at once: the co-moment update costs less than half as much per row at 256
+/// rows as at one inference batch of 32 (the mirroring of the triangle is paid per call).
+pub const ROWS_PER_UPDATE: usize = 256;
+
 /// The value of the `format` metadata entry.
 pub const FORMAT: &str = "pomona-stats/1";
 
