@@ -17,6 +17,7 @@ fi
 ensure_onnxruntime   # ORT_DYLIB_PATH: the runtime the runner loads
 ensure_python        # POMONA_PYTHON: onnxruntime + Pillow oracles the preprocessing is checked against
 ensure_s3s_fs        # POMONA_S3S_FS: the S3 server the pipeline tests start on 127.0.0.1
+ensure_validators    # POMONA_KUBERNETES_VALIDATE: checks the Jobs `pomona-operator render` prints
 echo "nextest $(cargo nextest --version | head -1), ORT $ORT_DYLIB_PATH"
 
 step "format"

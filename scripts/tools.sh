@@ -6,12 +6,15 @@
 #                        scikit-learn);
 #                        exports POMONA_PYTHON
 #   ensure_s3s_fs        the s3s-fs S3 server for pipeline tests; exports POMONA_S3S_FS
+#   ensure_validators    kubernetes-validate (offline Kubernetes schemas) in the venv, for the
+#                        operator's rendered Jobs; exports POMONA_KUBERNETES_VALIDATE
 # shellcheck shell=bash
 
 POMONA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POMONA_TOOLS=${POMONA_TOOLS:-$POMONA_ROOT/.tools}
 ORT_VERSION=1.32.0          # the ONNX Runtime release pomona is built and tested against
 S3S_FS_VERSION=0.14.1       # 0.15+ needs a newer rustc than the machine's
+KUBERNETES_VALIDATE_VERSION=1.37.0   # bundles the schemas of Kubernetes 1.25 to 1.37
 export POMONA_TOOLS
 
 ensure_onnxruntime() {
@@ -52,4 +55,17 @@ ensure_s3s_fs() {
             --root "$POMONA_TOOLS" --quiet
     fi
     export POMONA_S3S_FS="$bin"
+}
+
+ensure_validators() {
+    local venv="$POMONA_TOOLS/venv"
+    local stamp="$venv/.pomona-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+    if [ ! -f "$stamp" ]; then
+        echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv" >&2
+        [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check \
+            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        touch "$stamp"
+    fi
+    export POMONA_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
 }

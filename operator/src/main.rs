@@ -1,6 +1,11 @@
 //! The `pomona-operator` command.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use pomona_operator::render::render;
+use pomona_operator::settings::Settings;
 
 /// Kubernetes operator for pomona FeatureExtraction resources.
 #[derive(Parser)]
@@ -14,10 +19,42 @@ struct Cli {
 enum Command {
     /// Print the FeatureExtraction CRD manifest (what `kubectl apply -f crds/` installs).
     Crd,
+    /// Print, without a cluster, the Jobs the operator would create for a FeatureExtraction.
+    Render {
+        /// The FeatureExtraction manifest (YAML).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Images the source listing is taken to hold (the Fruits-360 sample has 1,260).
+        #[arg(long, default_value_t = 1260)]
+        images: u64,
+        /// Override spec.sharding.imagesPerShard.
+        #[arg(long)]
+        images_per_shard: Option<u32>,
+        #[command(flatten)]
+        settings: Settings,
+    },
 }
 
-fn main() {
+fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => print!("{}", pomona_crds::crd_yaml()),
+        Command::Render {
+            file,
+            images,
+            images_per_shard,
+            settings,
+        } => {
+            let rendered = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
+                .and_then(|yaml| render(&yaml, images, images_per_shard, &settings));
+            match rendered {
+                Ok(out) => print!("{out}"),
+                Err(e) => {
+                    eprintln!("pomona-operator render: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
     }
+    ExitCode::SUCCESS
 }

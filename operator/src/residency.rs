@@ -42,6 +42,12 @@ impl Default for AllowedRegions {
     }
 }
 
+impl std::fmt::Display for AllowedRegions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
 impl AllowedRegions {
     /// Parses a comma-separated list (`eu-west-3,eu-central-1`); `*` allows every region.
     pub fn parse(list: &str) -> Self {

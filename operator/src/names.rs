@@ -1,0 +1,153 @@
+//! Names, labels and owner references of the objects the operator creates for a run.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use pomona_crds::FeatureExtraction;
+
+/// Longest name a Job may have: its pods' `job-name` label and hostnames must fit in a DNS
+/// label.
+pub const MAX_JOB_NAME: usize = 63;
+
+/// The two Jobs of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// The Indexed Job of extractor pods, one index per shard.
+    Extract,
+    /// The one-pod Job that fits or applies the PCA.
+    Reduce,
+}
+
+impl Component {
+    /// The `app.kubernetes.io/component` value and the Job name suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Extract => "extract",
+            Component::Reduce => "reduce",
+        }
+    }
+}
+
+/// The name of a run's Job: `<name>-extract` / `<name>-reduce`. A resource name too long for
+/// a Job, or not a DNS label, is cut and given a stable hash of the full name, so that two
+/// resources never share a Job name.
+pub fn job_name(fx_name: &str, component: Component) -> String {
+    let suffix = component.as_str();
+    bounded(fx_name, MAX_JOB_NAME - suffix.len() - 1) + "-" + suffix
+}
+
+/// `name` if it is a DNS label of at most `max` characters, else a cut, cleaned form of it
+/// followed by `-` and 8 hex digits of its hash (still at most `max` characters).
+pub fn bounded(name: &str, max: usize) -> String {
+    let is_label = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if name.len() <= max && is_label(name) {
+        return name.to_string();
+    }
+    let hash = format!("{:08x}", fnv1a(name.as_bytes()));
+    let keep = max.saturating_sub(hash.len() + 1);
+    let cleaned: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .take(keep)
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    if cleaned.is_empty() {
+        hash
+    } else {
+        format!("{cleaned}-{hash}")
+    }
+}
+
+/// 32-bit FNV-1a: a small, stable hash (the same in every release, unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The `app.kubernetes.io/*` labels of a run's Job and its pods. `part-of` is the resource's
+/// own `app.kubernetes.io/part-of` label when it has one, else `pomona`.
+pub fn labels(fx: &FeatureExtraction, component: Component) -> BTreeMap<String, String> {
+    let name = fx.metadata.name.as_deref().unwrap_or_default();
+    let part_of = fx
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/part-of"))
+        .filter(|v| v.len() <= 63)
+        .map_or("pomona", String::as_str);
+    [
+        ("app.kubernetes.io/name", "pomona"),
+        ("app.kubernetes.io/instance", &bounded(name, 63)),
+        ("app.kubernetes.io/component", component.as_str()),
+        ("app.kubernetes.io/managed-by", "pomona-operator"),
+        ("app.kubernetes.io/part-of", part_of),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The controller owner reference to `fx`: its Jobs are garbage-collected with it, and the
+/// operator is the only controller of them.
+pub fn owner_reference(fx: &FeatureExtraction) -> OwnerReference {
+    OwnerReference {
+        api_version: FeatureExtraction::api_version(&()).into_owned(),
+        kind: FeatureExtraction::kind(&()).into_owned(),
+        name: fx.metadata.name.clone().unwrap_or_default(),
+        uid: fx.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_fit_and_stay_distinct() {
+        assert_eq!(
+            job_name("fruits-360", Component::Extract),
+            "fruits-360-extract"
+        );
+        assert_eq!(
+            job_name("fruits-360", Component::Reduce),
+            "fruits-360-reduce"
+        );
+        let long_a = "a".repeat(200);
+        let long_b = format!("{}b", "a".repeat(199));
+        for name in [long_a.as_str(), &long_b, "x.y.z", "-odd-", "Ünïcode.run"] {
+            for c in [Component::Extract, Component::Reduce] {
+                let job = job_name(name, c);
+                assert!(job.len() <= MAX_JOB_NAME, "{job}");
+                assert!(job.ends_with(c.as_str()));
+                assert!(
+                    job.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "{job}"
+                );
+                assert!(!job.starts_with('-'), "{job}");
+            }
+        }
+        assert_ne!(
+            job_name(&long_a, Component::Extract),
+            job_name(&long_b, Component::Extract)
+        );
+        assert_ne!(
+            job_name("x.y", Component::Reduce),
+            job_name("x-y", Component::Reduce)
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! What the status computation reads from the cluster, reduced to plain values: the pods of a
+//! Job (index, phase, termination summary) and the Job's index lists.
+
+use k8s_openapi::api::batch::v1::JobStatus;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use pomona_crds::contract::PodSummary;
+
+/// The annotation an Indexed Job sets on each pod with its index.
+pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
+
+/// Phase of a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodPhase {
+    /// Not yet running (scheduling, pulling the image).
+    Pending,
+    /// Running.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, or was killed.
+    Failed,
+    /// The node stopped reporting.
+    Unknown,
+}
+
+/// One pod of a run's Job, as far as the status needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodObservation {
+    /// The Job index (shard) of the pod, from its annotation or its summary.
+    pub index: Option<u32>,
+    /// The pod's phase.
+    pub phase: PodPhase,
+    /// The runner's summary, parsed from the termination message.
+    pub summary: Option<PodSummary>,
+    /// Exit code of the runner container, once it terminated.
+    pub exit_code: Option<i32>,
+    /// Why the container terminated (`Error`, `OOMKilled`, …).
+    pub reason: Option<String>,
+    /// The termination message when it holds no summary (with `FallbackToLogsOnError`, the
+    /// tail of the log).
+    pub message: Option<String>,
+    /// When the container terminated.
+    pub finished_at: Option<Time>,
+}
+
+impl PodObservation {
+    /// Reads a pod of a run's Job.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let phase = match status.and_then(|s| s.phase.as_deref()) {
+            Some("Running") => PodPhase::Running,
+            Some("Succeeded") => PodPhase::Succeeded,
+            Some("Failed") => PodPhase::Failed,
+            Some("Pending") | None => PodPhase::Pending,
+            Some(_) => PodPhase::Unknown,
+        };
+        let terminated = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == crate::jobs::CONTAINER))
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref());
+        let text = terminated.and_then(|t| t.message.as_deref());
+        let summary = text.and_then(PodSummary::from_message);
+        let index = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INDEX_ANNOTATION))
+            .and_then(|i| i.parse().ok())
+            .or_else(|| summary.as_ref().and_then(|s| s.shard));
+        Self {
+            index,
+            phase,
+            message: if summary.is_none() {
+                text.map(String::from)
+            } else {
+                None
+            },
+            summary,
+            exit_code: terminated.map(|t| t.exit_code),
+            reason: terminated.and_then(|t| t.reason.clone()),
+            finished_at: terminated.and_then(|t| t.finished_at.clone()),
+        }
+    }
+
+    /// A short account of why the pod failed, for the status message.
+    pub fn explain(&self) -> String {
+        if let Some(error) = self.summary.as_ref().and_then(|s| s.error.as_deref()) {
+            return shorten(error, 200);
+        }
+        let mut out = match (self.exit_code, &self.reason) {
+            (Some(code), Some(reason)) => format!("exit code {code} ({reason})"),
+            (Some(code), None) => format!("exit code {code}"),
+            (None, Some(reason)) => reason.clone(),
+            (None, None) => "no termination message".into(),
+        };
+        if let Some(last) = self.message.as_deref().and_then(|m| m.lines().last()) {
+            out.push_str(": ");
+            out.push_str(&shorten(last.trim(), 160));
+        }
+        out
+    }
+}
+
+/// The indexes of a Job index list (`"1,3-5,7"`), ascending. Malformed parts are skipped.
+pub fn parse_indexes(list: Option<&str>) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in list.unwrap_or_default().split(',').map(str::trim) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+            out.extend(a..=b);
+        }
+    }
+    out
+}
+
+/// The completed and failed indexes of an Indexed Job.
+pub fn job_indexes(status: &JobStatus) -> (Vec<u32>, Vec<u32>) {
+    (
+        parse_indexes(status.completed_indexes.as_deref()),
+        parse_indexes(status.failed_indexes.as_deref()),
+    )
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_lists_parse() {
+        assert_eq!(parse_indexes(Some("1,3-5,7")), [1, 3, 4, 5, 7]);
+        assert_eq!(parse_indexes(Some("")), Vec::<u32>::new());
+        assert_eq!(parse_indexes(None), Vec::<u32>::new());
+        assert_eq!(parse_indexes(Some("x,2")), [2]);
+    }
+
+    #[test]
+    fn shorten_cuts_at_char_boundaries() {
+        assert_eq!(shorten("abc", 3), "abc");
+        let s = shorten(&"é".repeat(100), 11);
+        assert!(s.len() <= 11 && s.ends_with('…'), "{s}");
+    }
+}

@@ -1,0 +1,52 @@
+//! `pomona-operator render`: the Jobs the operator would create for a resource, without a
+//! cluster, so users see what will run and tests can check it.
+
+use anyhow::Context;
+use pomona_crds::FeatureExtraction;
+
+use crate::jobs::{extract_job, reduce_job};
+use crate::settings::Settings;
+use crate::validate::{plan_shards, validate};
+
+/// The owner uid written in rendered Jobs: a placeholder, since no cluster assigned one.
+pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
+/// The namespace of rendered Jobs when the resource names none.
+pub const PLACEHOLDER_NAMESPACE: &str = "default";
+
+/// The extract and reduce Jobs of the resource in `yaml`, as a multi-document YAML stream, for
+/// a listing of `images` images (and `images_per_shard` overriding the resource's, if given).
+pub fn render(
+    yaml: &str,
+    images: u64,
+    images_per_shard: Option<u32>,
+    settings: &Settings,
+) -> anyhow::Result<String> {
+    let mut fx: FeatureExtraction =
+        serde_yaml::from_str(yaml).context("not a FeatureExtraction")?;
+    if let Some(per_shard) = images_per_shard {
+        fx.spec.sharding.images_per_shard = per_shard;
+    }
+    validate(&fx.spec, settings)?;
+    let shards = plan_shards(images, fx.spec.sharding.images_per_shard)?;
+    let mut header = format!(
+        "# Rendered by pomona-operator without a cluster, for {images} images in {shards} \
+         shards.\n# PLACEHOLDER: the ownerReference uid ({PLACEHOLDER_UID}) is not a real one"
+    );
+    if fx.metadata.namespace.is_none() {
+        fx.metadata.namespace = Some(PLACEHOLDER_NAMESPACE.into());
+        header.push_str(&format!(
+            ", and the namespace ({PLACEHOLDER_NAMESPACE}) stands in for the resource's"
+        ));
+    }
+    header.push_str(".\n");
+    fx.metadata.uid = Some(PLACEHOLDER_UID.into());
+    let mut out = header;
+    for job in [
+        extract_job(&fx, shards, settings),
+        reduce_job(&fx, settings),
+    ] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&job)?);
+    }
+    Ok(out)
+}

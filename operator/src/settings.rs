@@ -1,0 +1,103 @@
+//! Operator settings: command-line flags, each with an environment-variable fallback so that a
+//! Helm chart can set them on the Deployment.
+
+use clap::Args;
+
+use crate::residency::AllowedRegions;
+
+/// The runner image used when a resource does not name one: the `pomona` image of the same
+/// release as this operator.
+pub const DEFAULT_RUNNER_IMAGE: &str =
+    concat!("ghcr.io/pomona-dev/pomona:", env!("CARGO_PKG_VERSION"));
+
+/// The field manager of every server-side apply the operator makes.
+pub const DEFAULT_FIELD_MANAGER: &str = "pomona-operator";
+
+/// How the operator is configured.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Regions a run's storage may live in, comma-separated (`*` allows every region).
+    /// Default: the AWS regions in EU member states.
+    #[arg(
+        long,
+        env = "POMONA_ALLOWED_REGIONS",
+        default_value_t = AllowedRegions::default(),
+        value_parser = parse_regions
+    )]
+    pub allowed_regions: AllowedRegions,
+
+    /// Runner image for resources that leave `spec.runner.image` unset. An empty value makes
+    /// `spec.runner.image` required.
+    #[arg(long, env = "POMONA_RUNNER_IMAGE", default_value = DEFAULT_RUNNER_IMAGE)]
+    pub runner_image: String,
+
+    /// Field manager name of the operator's server-side applies.
+    #[arg(long, env = "POMONA_FIELD_MANAGER", default_value = DEFAULT_FIELD_MANAGER)]
+    pub field_manager: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            allowed_regions: AllowedRegions::default(),
+            runner_image: DEFAULT_RUNNER_IMAGE.to_string(),
+            field_manager: DEFAULT_FIELD_MANAGER.to_string(),
+        }
+    }
+}
+
+impl Settings {
+    /// The default runner image, or `None` when the operator has none.
+    pub fn default_image(&self) -> Option<&str> {
+        let image = self.runner_image.trim();
+        (!image.is_empty()).then_some(image)
+    }
+}
+
+fn parse_regions(list: &str) -> Result<AllowedRegions, String> {
+    let regions = AllowedRegions::parse(list);
+    if regions.regions().is_empty() {
+        return Err("the allowed regions must name at least one region (or `*`)".into());
+    }
+    Ok(regions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn defaults_match_the_default_settings() {
+        let cli = Cli::try_parse_from(["op"]).unwrap();
+        assert_eq!(cli.settings, Settings::default());
+        assert!(DEFAULT_RUNNER_IMAGE.ends_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn flags_override_and_empty_lists_are_refused() {
+        let cli = Cli::try_parse_from([
+            "op",
+            "--allowed-regions",
+            "eu-west-2,eu-west-3",
+            "--runner-image",
+            "",
+            "--field-manager",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.settings.allowed_regions.regions(),
+            ["eu-west-2", "eu-west-3"]
+        );
+        assert_eq!(cli.settings.default_image(), None);
+        assert_eq!(cli.settings.field_manager, "x");
+        assert!(Cli::try_parse_from(["op", "--allowed-regions", " , "]).is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! The status of a run, computed by a pure function from what the operator observed, and the
+//! comparison that decides whether it must be written.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::JobStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use pomona_crds::contract::OutputLayout;
+use pomona_crds::{
+    FeatureExtractionSpec, FeatureExtractionStatus, ImageCounts, Outputs, PcaResult, Phase,
+    ShardCounts,
+};
+
+use crate::observe::{PodObservation, PodPhase, job_indexes, shorten};
+use crate::validate::Invalid;
+
+/// Longest `status.message` (and condition message), in bytes.
+pub const MAX_MESSAGE: usize = 1024;
+/// Failed shards named in a failure message; the rest are counted.
+const NAMED_SHARDS: usize = 5;
+
+/// The condition types of a run, in the order they are written.
+pub const CONDITIONS: [&str; 5] = ["Planned", "Progressing", "Complete", "Failed", "Suspended"];
+
+/// How far listing the source has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanState {
+    /// Nothing listed yet.
+    NotStarted,
+    /// Listing the source and writing the manifests.
+    Listing,
+    /// The plan is written.
+    Ready(PlanTotals),
+}
+
+/// Totals of a written plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanTotals {
+    /// Images listed.
+    pub images: u64,
+    /// Shards (the extract Job's completions).
+    pub shards: u32,
+    /// Images per shard (the last shard takes the rest).
+    pub images_per_shard: u32,
+}
+
+impl PlanTotals {
+    /// Images in shard `index`.
+    pub fn shard_len(&self, index: u32) -> u64 {
+        let start = u64::from(index) * u64::from(self.images_per_shard);
+        self.images
+            .saturating_sub(start)
+            .min(u64::from(self.images_per_shard))
+    }
+}
+
+/// Everything the status of a run is computed from.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    /// `metadata.generation` of the resource.
+    pub generation: Option<i64>,
+    /// The resource's spec.
+    pub spec: &'a FeatureExtractionSpec,
+    /// The status as last written.
+    pub old: Option<&'a FeatureExtractionStatus>,
+    /// Why the resource cannot run, if it cannot.
+    pub invalid: Option<&'a Invalid>,
+    /// How far the plan is.
+    pub plan: PlanState,
+    /// Status of the extract Job, if it exists.
+    pub extract: Option<&'a JobStatus>,
+    /// Pods of the extract Job (every attempt of every index still present).
+    pub extract_pods: &'a [PodObservation],
+    /// Status of the reduce Job, if it exists.
+    pub reduce: Option<&'a JobStatus>,
+    /// Pods of the reduce Job.
+    pub reduce_pods: &'a [PodObservation],
+    /// The PCA the reduce step reports (read from its `report/summary.json`), once it has.
+    pub pca: Option<&'a PcaResult>,
+}
+
+/// The phase, with the reason and message that explain it.
+struct Verdict {
+    phase: Phase,
+    reason: String,
+    message: String,
+}
+
+fn verdict(phase: Phase, reason: &str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        phase,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// Whether the Job has a condition of `type_` with status True, and its reason.
+fn job_condition<'s>(status: &'s JobStatus, type_: &'s str) -> Option<&'s str> {
+    status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.as_deref().unwrap_or(type_))
+}
+
+/// The new status of a run. `now` stamps the conditions that change and the start and
+/// completion times.
+pub fn compute(obs: &Observed<'_>, now: &Time) -> FeatureExtractionStatus {
+    if let Some(old) = obs.old.filter(|o| o.phase.is_some_and(Phase::is_finished)) {
+        return FeatureExtractionStatus {
+            observed_generation: obs.generation,
+            ..old.clone()
+        };
+    }
+    let (images, shards) = counts(obs);
+    let verdict = decide(obs, shards.as_ref());
+    let finished = verdict.phase.is_finished();
+    let old = obs.old.cloned().unwrap_or_default();
+    let started = !matches!(verdict.phase, Phase::Pending);
+    let message = shorten(&verdict.message, MAX_MESSAGE);
+    let succeeded = verdict.phase == Phase::Succeeded;
+    FeatureExtractionStatus {
+        phase: Some(verdict.phase),
+        observed_generation: obs.generation,
+        conditions: conditions(obs, &verdict, &message, &old.conditions, now),
+        start_time: old
+            .start_time
+            .clone()
+            .or_else(|| started.then(|| now.clone())),
+        completion_time: finished.then(|| {
+            old.completion_time
+                .clone()
+                .or_else(|| obs.reduce.and_then(|r| r.completion_time.clone()))
+                .unwrap_or_else(|| now.clone())
+        }),
+        images: images.or(old.images),
+        shards: shards.or(old.shards),
+        outputs: succeeded.then(|| outputs(obs.spec)),
+        pca: if succeeded {
+            obs.pca.cloned().or(old.pca)
+        } else {
+            None
+        },
+        message: Some(message),
+    }
+}
+
+fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
+    if let Some(invalid) = obs.invalid {
+        return verdict(Phase::Failed, invalid.reason(), invalid.to_string());
+    }
+    let suspend = obs.spec.suspend;
+    let suspended = || verdict(Phase::Suspended, "Suspended", "spec.suspend is true");
+    if let Some(reduce) = obs.reduce {
+        if job_condition(reduce, "Complete").is_some() {
+            return verdict(Phase::Succeeded, "Succeeded", "every output is written");
+        }
+        if let Some(reason) = job_condition(reduce, "Failed") {
+            let why = latest_failure(obs.reduce_pods, None).map_or_else(
+                || format!("the reduce Job failed ({reason})"),
+                |p| p.explain(),
+            );
+            return verdict(
+                Phase::Failed,
+                "ReduceFailed",
+                format!("reduce failed: {why}"),
+            );
+        }
+        if suspend {
+            return suspended();
+        }
+        return verdict(Phase::Reducing, "Reducing", "fitting or applying the PCA");
+    }
+    if let Some(extract) = obs.extract {
+        let (_, failed) = job_indexes(extract);
+        let counts = shards.copied().unwrap_or_default();
+        let done = counts.succeeded + counts.failed >= counts.total;
+        let tolerated = failed.len() <= obs.spec.sharding.max_failed_shards as usize;
+        let complete = job_condition(extract, "Complete").is_some();
+        if let Some(reason) = job_condition(extract, "Failed")
+            && !(done && tolerated)
+        {
+            return verdict(
+                Phase::Failed,
+                "ShardsFailed",
+                shard_failures(obs, &failed, reason),
+            );
+        }
+        if complete || job_condition(extract, "Failed").is_some() {
+            let mut message = format!("{} shards extracted", counts.succeeded);
+            if !failed.is_empty() {
+                message.push_str(&format!(
+                    "; {} failed, within spec.sharding.maxFailedShards: {}",
+                    failed.len(),
+                    shard_failures(obs, &failed, "FailedIndexes")
+                ));
+            }
+            return verdict(Phase::Reducing, "Extracted", message);
+        }
+        if suspend {
+            return suspended();
+        }
+        return verdict(
+            Phase::Extracting,
+            "Extracting",
+            format!(
+                "{} of {} shards done, {} running",
+                counts.succeeded, counts.total, counts.active
+            ),
+        );
+    }
+    if suspend {
+        return suspended();
+    }
+    match obs.plan {
+        PlanState::NotStarted => verdict(Phase::Pending, "Pending", "waiting to list the source"),
+        PlanState::Listing => verdict(Phase::Planning, "Planning", "listing the source"),
+        PlanState::Ready(plan) => verdict(
+            Phase::Extracting,
+            "Planned",
+            format!("{} images in {} shards", plan.images, plan.shards),
+        ),
+    }
+}
+
+/// "shards 3, 7 failed (MaxFailedIndexesExceeded): shard 3: …; shard 7: …".
+fn shard_failures(obs: &Observed<'_>, failed: &[u32], reason: &str) -> String {
+    if failed.is_empty() {
+        return format!("the extract Job failed ({reason})");
+    }
+    let named: Vec<String> = failed
+        .iter()
+        .take(NAMED_SHARDS)
+        .map(u32::to_string)
+        .collect();
+    let mut out = format!("shards {}", named.join(", "));
+    if failed.len() > NAMED_SHARDS {
+        out.push_str(&format!(" and {} more", failed.len() - NAMED_SHARDS));
+    }
+    out.push_str(&format!(" failed ({reason})"));
+    for &index in failed.iter().take(NAMED_SHARDS) {
+        if let Some(pod) = latest_failure(obs.extract_pods, Some(index)) {
+            out.push_str(&format!("; shard {index}: {}", pod.explain()));
+        }
+    }
+    out
+}
+
+/// The last failed pod (of `index`, if given).
+fn latest_failure(pods: &[PodObservation], index: Option<u32>) -> Option<&PodObservation> {
+    pods.iter()
+        .filter(|p| p.phase == PodPhase::Failed && (index.is_none() || p.index == index))
+        .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
+}
+
+/// Image and shard counts from the extract Job and its pods. Each index counts once: the
+/// summary of its latest succeeded pod; a failed index counts all its images as failed.
+fn counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) {
+    let PlanState::Ready(plan) = obs.plan else {
+        return (None, None);
+    };
+    let Some(extract) = obs.extract else {
+        let fresh = obs.old.is_none_or(|o| o.images.is_none());
+        return (
+            fresh.then_some(ImageCounts {
+                total: plan.images,
+                ..ImageCounts::default()
+            }),
+            fresh.then_some(ShardCounts {
+                total: plan.shards,
+                ..ShardCounts::default()
+            }),
+        );
+    };
+    let (completed, failed) = job_indexes(extract);
+    let mut latest: BTreeMap<u32, &PodObservation> = BTreeMap::new();
+    for pod in obs.extract_pods {
+        let (Some(index), Some(_)) = (pod.index, &pod.summary) else {
+            continue;
+        };
+        if pod.phase != PodPhase::Succeeded || index >= plan.shards {
+            continue;
+        }
+        let entry = latest.entry(index).or_insert(pod);
+        if pod.finished_at >= entry.finished_at {
+            *entry = pod;
+        }
+    }
+    let mut images = ImageCounts {
+        total: plan.images,
+        ..ImageCounts::default()
+    };
+    for (index, pod) in &latest {
+        if failed.contains(index) {
+            continue;
+        }
+        let summary = pod.summary.as_ref().expect("filtered on a summary");
+        images.processed += summary.processed;
+        images.failed += summary.failed;
+    }
+    for &index in failed.iter().filter(|&&i| i < plan.shards) {
+        images.failed += plan.shard_len(index);
+    }
+    let shards = ShardCounts {
+        total: plan.shards,
+        succeeded: u32::try_from(completed.len()).unwrap_or(u32::MAX),
+        failed: u32::try_from(failed.len()).unwrap_or(u32::MAX),
+        active: u32::try_from(extract.active.unwrap_or(0).max(0)).unwrap_or(0),
+    };
+    (Some(images), Some(shards))
+}
+
+fn outputs(spec: &FeatureExtractionSpec) -> Outputs {
+    let layout = OutputLayout::new(&spec.output.uri);
+    Outputs {
+        features: Some(layout.features_dir()),
+        dead_letter: Some(layout.deadletter_dir()),
+        pca_model: Some(layout.pca_dir()),
+        reduced: Some(layout.reduced_dir()),
+        report: Some(layout.report_dir()),
+        csv: spec.output.csv.then(|| layout.csv()),
+    }
+}
+
+/// The five conditions; a condition keeps its lastTransitionTime while its status is unchanged.
+fn conditions(
+    obs: &Observed<'_>,
+    verdict: &Verdict,
+    message: &str,
+    old: &[Condition],
+    now: &Time,
+) -> Vec<Condition> {
+    let phase = verdict.phase;
+    let planned = matches!(obs.plan, PlanState::Ready(_));
+    let progressing = matches!(phase, Phase::Planning | Phase::Extracting | Phase::Reducing);
+    let states = [
+        (
+            planned,
+            if planned { "Planned" } else { "NotPlanned" },
+            if planned {
+                "the plan is written"
+            } else {
+                "the source is not listed yet"
+            },
+        ),
+        (progressing, verdict.reason.as_str(), message),
+        (phase == Phase::Succeeded, verdict.reason.as_str(), message),
+        (phase == Phase::Failed, verdict.reason.as_str(), message),
+        (phase == Phase::Suspended, verdict.reason.as_str(), message),
+    ];
+    CONDITIONS
+        .iter()
+        .zip(states)
+        .map(|(type_, (on, reason, message))| {
+            let status = if on { "True" } else { "False" };
+            let since = old
+                .iter()
+                .find(|c| c.type_ == *type_ && c.status == status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_string(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: obs.generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
+/// Whether `new` differs from `old` in anything but timestamps: the status is written only
+/// then.
+pub fn changed(old: Option<&FeatureExtractionStatus>, new: &FeatureExtractionStatus) -> bool {
+    let Some(old) = old else { return true };
+    normalized(old) != normalized(new)
+}
+
+fn normalized(status: &FeatureExtractionStatus) -> FeatureExtractionStatus {
+    let epoch = || Time(Timestamp::UNIX_EPOCH);
+    let mut s = status.clone();
+    s.start_time = s.start_time.map(|_| epoch());
+    s.completion_time = s.completion_time.map(|_| epoch());
+    for c in &mut s.conditions {
+        c.last_transition_time = epoch();
+    }
+    s
+}

@@ -1,0 +1,93 @@
+//! Checks a `FeatureExtraction` passes before it runs, beyond what the CRD schema can check:
+//! the ones that depend on the operator's settings, on the runner's abilities or on the plan.
+//! Pure: each failure carries the condition reason and the message users read in the status.
+
+use pomona_crds::FeatureExtractionSpec;
+use pomona_crds::contract::MAX_SHARDS;
+use thiserror::Error;
+
+use crate::residency::RegionRefused;
+use crate::settings::Settings;
+
+/// Why a resource cannot run.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Invalid {
+    /// `spec.storage.region` is outside the operator's allowed regions.
+    #[error(transparent)]
+    Region(#[from] RegionRefused),
+    /// Neither the resource nor the operator names a runner image.
+    #[error(
+        "spec.runner.image is unset and the operator has no default runner image \
+         (--runner-image / POMONA_RUNNER_IMAGE): set spec.runner.image"
+    )]
+    NoRunnerImage,
+    /// The runner resizes images to a square only.
+    #[error(
+        "spec.model.input is {width}x{height}: the pomona runner resizes images to a square \
+         (one --size), so width and height must be equal"
+    )]
+    NonSquareInput {
+        /// `spec.model.input.width`.
+        width: u32,
+        /// `spec.model.input.height`.
+        height: u32,
+    },
+    /// The plan has more shards than one Indexed Job can run.
+    #[error(
+        "{images} images in shards of {images_per_shard} make {shards} shards, more than the \
+         {MAX_SHARDS} one Job can run: raise spec.sharding.imagesPerShard"
+    )]
+    TooManyShards {
+        /// Images listed.
+        images: u64,
+        /// `spec.sharding.imagesPerShard`.
+        images_per_shard: u32,
+        /// Shards the plan would have.
+        shards: u64,
+    },
+}
+
+impl Invalid {
+    /// The reason of the Failed condition (CamelCase, as the API conventions ask).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::Region(_) => "RegionNotAllowed",
+            Invalid::NoRunnerImage => "NoRunnerImage",
+            Invalid::NonSquareInput { .. } => "UnsupportedModelInput",
+            Invalid::TooManyShards { .. } => "TooManyShards",
+        }
+    }
+}
+
+/// Checks a spec against the operator's settings, before anything is listed or created.
+pub fn validate(spec: &FeatureExtractionSpec, settings: &Settings) -> Result<(), Invalid> {
+    settings
+        .allowed_regions
+        .check("spec.storage.region", &spec.storage.region)?;
+    let image = spec.runner.image.as_deref().map(str::trim);
+    if image.is_none_or(str::is_empty) && settings.default_image().is_none() {
+        return Err(Invalid::NoRunnerImage);
+    }
+    let input = &spec.model.input;
+    if input.width != input.height {
+        return Err(Invalid::NonSquareInput {
+            width: input.width,
+            height: input.height,
+        });
+    }
+    Ok(())
+}
+
+/// The number of shards of `images` images in shards of `images_per_shard`, or why a Job
+/// cannot run them (the same count as the runner's planner: no image, no shard).
+pub fn plan_shards(images: u64, images_per_shard: u32) -> Result<u32, Invalid> {
+    let shards = images.div_ceil(u64::from(images_per_shard.max(1)));
+    match u32::try_from(shards) {
+        Ok(n) if n <= MAX_SHARDS => Ok(n),
+        _ => Err(Invalid::TooManyShards {
+            images,
+            images_per_shard,
+            shards,
+        }),
+    }
+}

@@ -1,0 +1,228 @@
+//! The Job builders carry every field the operator issue lists.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use pomona_crds::FeatureExtraction;
+use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, reduce_job};
+use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
+
+fn fx(yaml_patch: impl FnOnce(&mut FeatureExtraction)) -> FeatureExtraction {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/examples/fruits-360.yaml"
+    );
+    let mut fx: FeatureExtraction =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    fx.metadata.namespace = Some("fruits".into());
+    fx.metadata.uid = Some("uid-1".into());
+    yaml_patch(&mut fx);
+    fx
+}
+
+fn pod(job: &Job) -> &PodSpec {
+    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn container(job: &Job) -> &Container {
+    let pod = pod(job);
+    assert_eq!(pod.containers.len(), 1);
+    &pod.containers[0]
+}
+
+fn env(job: &Job, name: &str) -> Option<serde_json::Value> {
+    let c = container(job);
+    let var = c.env.as_ref()?.iter().find(|e| e.name == name)?;
+    Some(serde_json::to_value(var).unwrap())
+}
+
+#[test]
+fn extract_job_is_an_indexed_job_with_the_failure_policy() {
+    let job = extract_job(&fx(|_| {}), 3, &Settings::default());
+    let v = serde_json::to_value(&job).unwrap();
+    assert_eq!(v["apiVersion"], "batch/v1");
+    assert_eq!(v["kind"], "Job");
+    let spec = &v["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    assert_eq!(spec["completions"], 3);
+    assert_eq!(spec["parallelism"], 3);
+    assert_eq!(spec["backoffLimitPerIndex"], 3);
+    assert_eq!(spec["maxFailedIndexes"], 0);
+    assert_eq!(spec["suspend"], false);
+    assert_eq!(spec["ttlSecondsAfterFinished"], 86400);
+    assert_eq!(spec["podReplacementPolicy"], "Failed");
+    let rules = spec["podFailurePolicy"]["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["action"], "Ignore");
+    assert_eq!(rules[0]["onPodConditions"][0]["type"], "DisruptionTarget");
+    assert_eq!(rules[0]["onPodConditions"][0]["status"], "True");
+    assert_eq!(rules[1]["action"], "FailIndex");
+    assert_eq!(rules[1]["onExitCodes"]["operator"], "In");
+    assert_eq!(rules[1]["onExitCodes"]["containerName"], CONTAINER);
+    assert_eq!(
+        rules[1]["onExitCodes"]["values"],
+        serde_json::json!(pomona_crds::contract::exit::PERMANENT)
+    );
+    let args = container(&job).args.clone().unwrap();
+    assert_eq!(
+        args,
+        [
+            "extract",
+            "--output=s3://fruits/runs/fruits-360/",
+            "--model=s3://fruits/models/mobilenetv2_features.onnx",
+            "--model-sha256=5353f63fa16e6c2d25805d6201db45bb040868bad6a3751ed13602136780629a",
+            "--input-name=input",
+            "--output-name=features",
+            "--size=224",
+            "--layout=nhwc",
+            "--scale=0.00784313725490196",
+            "--offset=-1",
+            "--batch-size=32",
+            "--path-style=true",
+        ]
+    );
+    assert!(
+        !args.iter().any(|a| a.contains("shard")),
+        "JOB_COMPLETION_INDEX gives the shard"
+    );
+}
+
+#[test]
+fn both_jobs_share_metadata_pod_security_env_and_scheduling() {
+    let fx = fx(|_| {});
+    for (job, component) in [
+        (extract_job(&fx, 3, &Settings::default()), "extract"),
+        (reduce_job(&fx, &Settings::default()), "reduce"),
+    ] {
+        let v = serde_json::to_value(&job).unwrap();
+        let meta = &v["metadata"];
+        assert_eq!(meta["name"], format!("fruits-360-{component}"));
+        assert_eq!(meta["namespace"], "fruits");
+        let labels = &meta["labels"];
+        assert_eq!(labels["app.kubernetes.io/name"], "pomona");
+        assert_eq!(labels["app.kubernetes.io/instance"], "fruits-360");
+        assert_eq!(labels["app.kubernetes.io/component"], component);
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "pomona-operator");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "fruits");
+        assert_eq!(v["spec"]["template"]["metadata"]["labels"], *labels);
+        let owner = &meta["ownerReferences"][0];
+        assert_eq!(owner["apiVersion"], "pomona.dev/v1alpha1");
+        assert_eq!(owner["kind"], "FeatureExtraction");
+        assert_eq!(owner["name"], "fruits-360");
+        assert_eq!(owner["uid"], "uid-1");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(owner["blockOwnerDeletion"], true);
+
+        let p = &v["spec"]["template"]["spec"];
+        assert_eq!(p["restartPolicy"], "Never");
+        assert_eq!(p["serviceAccountName"], "pomona-runner");
+        assert_eq!(p["nodeSelector"]["kubernetes.io/os"], "linux");
+        assert_eq!(p["tolerations"][0]["key"], "pomona.dev/batch");
+        assert_eq!(p["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            p["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(p["volumes"][0]["name"], "scratch");
+        assert!(p["volumes"][0]["emptyDir"].is_object());
+        let c = &p["containers"][0];
+        assert_eq!(c["name"], CONTAINER);
+        assert_eq!(c["image"], "ghcr.io/pomona-dev/pomona:0.1.0");
+        assert_eq!(c["command"][0], "pomona");
+        assert_eq!(c["args"][0], component);
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+        assert_eq!(c["resources"]["limits"]["cpu"], "2");
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(c["volumeMounts"][0]["mountPath"], SCRATCH_DIR);
+
+        assert_eq!(env(&job, "AWS_REGION").unwrap()["value"], "eu-west-3");
+        assert_eq!(
+            env(&job, "AWS_ENDPOINT_URL").unwrap()["value"],
+            "http://minio.minio.svc:9000"
+        );
+        assert_eq!(env(&job, "POMONA_SCRATCH").unwrap()["value"], SCRATCH_DIR);
+        for (key, optional) in [
+            ("AWS_ACCESS_KEY_ID", None),
+            ("AWS_SECRET_ACCESS_KEY", None),
+            ("AWS_SESSION_TOKEN", Some(true)),
+        ] {
+            let r = &env(&job, key).unwrap()["valueFrom"]["secretKeyRef"];
+            assert_eq!(r["name"], "fruits-s3");
+            assert_eq!(r["key"], key);
+            assert_eq!(r.get("optional").and_then(|o| o.as_bool()), optional);
+        }
+    }
+}
+
+#[test]
+fn reduce_job_runs_one_pod_with_the_pca_mode() {
+    type Patch = fn(&mut FeatureExtraction);
+    let cases: [(Patch, &[&str]); 3] = [
+        (|_| {}, &["--variance-to-keep=0.95", "--csv"]),
+        (
+            |fx| {
+                fx.spec.pca.variance_to_keep = None;
+                fx.spec.pca.components = Some(50);
+                fx.spec.output.csv = false;
+            },
+            &["--components=50"],
+        ),
+        (
+            |fx| {
+                fx.spec.pca.variance_to_keep = None;
+                fx.spec.pca.from = Some("s3://fruits/runs/old/pca/".into());
+            },
+            &["--pca-from=s3://fruits/runs/old/pca/", "--csv"],
+        ),
+    ];
+    for (patch, mode) in cases {
+        let job = reduce_job(&fx(patch), &Settings::default());
+        let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
+        want.extend(mode);
+        want.push("--path-style=true");
+        assert_eq!(container(&job).args.clone().unwrap(), want);
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(1), Some(1)));
+        assert_eq!(spec.completion_mode, None);
+        assert_eq!(spec.backoff_limit, Some(3));
+        let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+        assert_eq!(rules[1].action, "FailJob");
+    }
+}
+
+#[test]
+fn minimal_resources_fall_back_to_the_operator_defaults() {
+    let fx = fx(|fx| {
+        fx.spec.runner = Default::default();
+        fx.spec.storage.endpoint = None;
+        fx.spec.storage.force_path_style = None;
+        fx.spec.storage.credentials_secret = None;
+        fx.spec.model.sha256 = None;
+        fx.spec.suspend = true;
+        fx.spec.ttl_seconds_after_finished = None;
+        fx.spec.sharding.max_failed_shards = 2;
+    });
+    let job = extract_job(&fx, 7, &Settings::default());
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.suspend, Some(true));
+    assert_eq!(spec.ttl_seconds_after_finished, None);
+    assert_eq!(spec.max_failed_indexes, Some(2));
+    let c = container(&job);
+    assert_eq!(c.image.as_deref(), Some(DEFAULT_RUNNER_IMAGE));
+    let args = c.args.clone().unwrap();
+    assert!(!args.iter().any(|a| a.starts_with("--model-sha256")
+        || a.starts_with("--batch-size")
+        || a.starts_with("--path-style")));
+    assert!(env(&job, "AWS_ENDPOINT_URL").is_none());
+    assert!(env(&job, "AWS_ACCESS_KEY_ID").is_none());
+    let p = pod(&job);
+    assert_eq!(p.service_account_name, None);
+    assert_eq!(
+        (p.node_selector.as_ref(), p.tolerations.as_ref()),
+        (None, None)
+    );
+    assert_eq!(c.resources, None);
+}

@@ -1,0 +1,65 @@
+//! `render` of the complete Fruits-360 example gives Jobs that pass `kubernetes-validate
+//! --strict` for Kubernetes 1.33 (the binary comes from scripts/tools.sh).
+
+use std::path::Path;
+use std::process::Command;
+
+use pomona_operator::render::{PLACEHOLDER_UID, render};
+use pomona_operator::settings::Settings;
+
+fn example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/fruits-360.yaml");
+    std::fs::read_to_string(path).expect("the Fruits-360 example")
+}
+
+#[test]
+fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
+    let yaml = render(&example(), 1260, None, &Settings::default()).unwrap();
+    assert_eq!(yaml.matches("\n---\n").count() + 1, 2 + 1, "{yaml}");
+    assert!(yaml.starts_with("# Rendered by pomona-operator without a cluster"));
+    assert!(yaml.contains(PLACEHOLDER_UID));
+    assert!(yaml.contains("name: fruits-360-extract") && yaml.contains("name: fruits-360-reduce"));
+    assert!(
+        yaml.contains("completions: 3"),
+        "1,260 images in shards of 500"
+    );
+
+    let validator = std::env::var("POMONA_KUBERNETES_VALIDATE").unwrap_or_default();
+    assert!(
+        !validator.is_empty() && Path::new(&validator).is_file(),
+        "POMONA_KUBERNETES_VALIDATE must name the kubernetes-validate binary: run the tests with \
+         ./scripts/test.sh, or `source scripts/tools.sh && ensure_validators` first \
+         (got {validator:?})"
+    );
+    let dir = tempdir();
+    let file = dir.join("fruits-360-jobs.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = Command::new(&validator)
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{yaml}");
+    let text = format!("{stdout}{stderr}");
+    assert_eq!(text.matches("passed").count(), 2, "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn render_overrides_the_shard_size_and_refuses_invalid_resources() {
+    let yaml = render(&example(), 10_000, Some(1000), &Settings::default()).unwrap();
+    assert!(yaml.contains("completions: 10"), "{yaml}");
+    let us = example().replace("region: eu-west-3", "region: us-east-1");
+    let err = render(&us, 10, None, &Settings::default()).unwrap_err();
+    assert!(err.to_string().contains("us-east-1"), "{err}");
+    let err = render(&example(), 1_000_000_000, Some(1), &Settings::default()).unwrap_err();
+    assert!(err.to_string().contains("imagesPerShard"), "{err}");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pomona-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,435 @@
+//! Table-driven tests of the status computation: Job and pod states → phase, conditions, counts.
+
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use pomona_crds::contract::{PodSummary, Step};
+use pomona_crds::{FeatureExtractionSpec, FeatureExtractionStatus, PcaResult, Phase};
+use pomona_operator::observe::{PodObservation, PodPhase};
+use pomona_operator::status::{Observed, PlanState, PlanTotals, changed, compute};
+use pomona_operator::validate::Invalid;
+
+const PLAN: PlanTotals = PlanTotals {
+    images: 1260,
+    shards: 3,
+    images_per_shard: 500,
+};
+
+fn spec() -> FeatureExtractionSpec {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/examples/fruits-360.yaml"
+    );
+    let fx: pomona_crds::FeatureExtraction =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    fx.spec
+}
+
+fn at(s: i64) -> Time {
+    Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
+}
+
+fn job(cond: Option<(&str, &str)>, completed: &str, failed: &str, active: i32) -> JobStatus {
+    JobStatus {
+        conditions: cond.map(|(t, r)| {
+            vec![JobCondition {
+                type_: t.into(),
+                status: "True".into(),
+                reason: Some(r.into()),
+                ..JobCondition::default()
+            }]
+        }),
+        completed_indexes: Some(completed.into()),
+        failed_indexes: (!failed.is_empty()).then(|| failed.into()),
+        active: Some(active),
+        ..JobStatus::default()
+    }
+}
+
+fn pod(index: u32, phase: PodPhase, processed: u64, failed: u64, t: i64) -> PodObservation {
+    let done = matches!(phase, PodPhase::Succeeded | PodPhase::Failed);
+    PodObservation {
+        index: Some(index),
+        phase,
+        summary: done.then(|| PodSummary {
+            step: Step::Extract,
+            shard: Some(index),
+            images: PLAN.shard_len(index),
+            processed,
+            failed,
+            seconds: 1.0,
+            peak_rss_mib: None,
+            error: (phase == PodPhase::Failed).then(|| format!("shard {index} broke")),
+        }),
+        exit_code: done.then_some(if phase == PodPhase::Failed { 3 } else { 0 }),
+        reason: None,
+        message: None,
+        finished_at: done.then(|| at(t)),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    suspend: bool,
+    max_failed: u32,
+    plan: PlanState,
+    extract: Option<JobStatus>,
+    pods: Vec<PodObservation>,
+    reduce: Option<JobStatus>,
+    phase: Phase,
+    images: Option<(u64, u64, u64)>,
+    shards: Option<(u32, u32, u32, u32)>,
+    message: &'static str,
+}
+
+fn base(name: &'static str, phase: Phase) -> Case {
+    Case {
+        name,
+        suspend: false,
+        max_failed: 0,
+        plan: PlanState::Ready(PLAN),
+        extract: None,
+        pods: vec![],
+        reduce: None,
+        phase,
+        images: None,
+        shards: None,
+        message: "",
+    }
+}
+
+fn ok3() -> Vec<PodObservation> {
+    vec![
+        pod(0, PodPhase::Succeeded, 500, 0, 1),
+        pod(1, PodPhase::Succeeded, 499, 1, 2),
+        pod(2, PodPhase::Succeeded, 260, 0, 3),
+    ]
+}
+
+fn cases() -> Vec<Case> {
+    let complete = || job(Some(("Complete", "CompletionsReached")), "0-2", "", 0);
+    vec![
+        Case {
+            plan: PlanState::NotStarted,
+            ..base("nothing yet", Phase::Pending)
+        },
+        Case {
+            plan: PlanState::Listing,
+            ..base("listing", Phase::Planning)
+        },
+        Case {
+            images: Some((1260, 0, 0)),
+            shards: Some((3, 0, 0, 0)),
+            ..base("planned, no Job yet", Phase::Extracting)
+        },
+        Case {
+            extract: Some(job(None, "0", "", 2)),
+            pods: vec![
+                pod(0, PodPhase::Succeeded, 500, 0, 1),
+                pod(1, PodPhase::Running, 0, 0, 0),
+                pod(2, PodPhase::Pending, 0, 0, 0),
+            ],
+            images: Some((1260, 500, 0)),
+            shards: Some((3, 1, 0, 2)),
+            message: "1 of 3 shards done, 2 running",
+            ..base("extracting", Phase::Extracting)
+        },
+        Case {
+            extract: Some(job(None, "0,1", "", 1)),
+            pods: vec![
+                pod(0, PodPhase::Succeeded, 500, 0, 1),
+                pod(1, PodPhase::Failed, 0, 0, 2),
+                pod(1, PodPhase::Succeeded, 498, 2, 5),
+                pod(1, PodPhase::Succeeded, 497, 3, 4),
+            ],
+            images: Some((1260, 998, 2)),
+            shards: Some((3, 2, 0, 1)),
+            ..base(
+                "a retried index counts once, its latest success",
+                Phase::Extracting,
+            )
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            ..base("extract complete", Phase::Reducing)
+        },
+        Case {
+            extract: Some(job(
+                Some(("Failed", "MaxFailedIndexesExceeded")),
+                "0",
+                "1",
+                1,
+            )),
+            pods: vec![
+                pod(0, PodPhase::Succeeded, 500, 0, 1),
+                pod(1, PodPhase::Failed, 0, 0, 2),
+            ],
+            images: Some((1260, 500, 500)),
+            shards: Some((3, 1, 1, 1)),
+            message: "shards 1 failed (MaxFailedIndexesExceeded); shard 1: shard 1 broke",
+            ..base("a failed index over maxFailedShards", Phase::Failed)
+        },
+        Case {
+            max_failed: 1,
+            extract: Some(job(Some(("Failed", "FailedIndexes")), "0,1", "2", 0)),
+            pods: vec![
+                pod(0, PodPhase::Succeeded, 500, 0, 1),
+                pod(1, PodPhase::Succeeded, 500, 0, 1),
+                pod(2, PodPhase::Failed, 0, 0, 2),
+            ],
+            images: Some((1260, 1000, 260)),
+            shards: Some((3, 2, 1, 0)),
+            ..base("a failed index within maxFailedShards", Phase::Reducing)
+        },
+        Case {
+            max_failed: 2,
+            extract: Some(job(
+                Some(("Failed", "MaxFailedIndexesExceeded")),
+                "",
+                "0-2",
+                0,
+            )),
+            images: Some((1260, 0, 1260)),
+            shards: Some((3, 0, 3, 0)),
+            ..base("failed indexes over maxFailedShards", Phase::Failed)
+        },
+        Case {
+            suspend: true,
+            extract: Some(job(Some(("Suspended", "JobSuspended")), "0", "", 0)),
+            pods: vec![pod(0, PodPhase::Succeeded, 500, 0, 1)],
+            images: Some((1260, 500, 0)),
+            shards: Some((3, 1, 0, 0)),
+            ..base("suspended", Phase::Suspended)
+        },
+        Case {
+            suspend: true,
+            plan: PlanState::NotStarted,
+            ..base("suspended early", Phase::Suspended)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            reduce: Some(job(None, "", "", 1)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            ..base("reducing", Phase::Reducing)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            reduce: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            ..base("reduce succeeded", Phase::Succeeded)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            reduce: Some(job(Some(("Failed", "PodFailurePolicy")), "", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "reduce failed: the reduce Job failed (PodFailurePolicy)",
+            ..base("reduce failed", Phase::Failed)
+        },
+    ]
+}
+
+fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
+    let obs = Observed {
+        generation: Some(2),
+        spec,
+        old: None,
+        invalid: None,
+        plan: c.plan,
+        extract: c.extract.as_ref(),
+        extract_pods: &c.pods,
+        reduce: c.reduce.as_ref(),
+        reduce_pods: &[],
+        pca: None,
+    };
+    compute(&obs, &at(100))
+}
+
+#[test]
+fn job_and_pod_states_give_phase_conditions_and_counts() {
+    for c in cases() {
+        let mut spec = spec();
+        spec.suspend = c.suspend;
+        spec.sharding.max_failed_shards = c.max_failed;
+        let s = observe(&c, &spec);
+        let name = c.name;
+        assert_eq!(s.phase, Some(c.phase), "{name}: {s:?}");
+        assert_eq!(s.observed_generation, Some(2), "{name}");
+        assert_eq!(
+            s.images.map(|i| (i.total, i.processed, i.failed)),
+            c.images,
+            "{name}"
+        );
+        assert_eq!(
+            s.shards.map(|x| (x.total, x.succeeded, x.failed, x.active)),
+            c.shards,
+            "{name}"
+        );
+        assert!(
+            s.message.as_deref().unwrap().starts_with(c.message),
+            "{name}: {:?}",
+            s.message
+        );
+        let cond = |t: &str| {
+            s.conditions
+                .iter()
+                .find(|x| x.type_ == t)
+                .unwrap_or_else(|| panic!("{name}: {t}"))
+        };
+        let truth = |b: bool| if b { "True" } else { "False" };
+        assert_eq!(
+            cond("Planned").status,
+            truth(matches!(c.plan, PlanState::Ready(_))),
+            "{name}"
+        );
+        let progressing = matches!(
+            c.phase,
+            Phase::Planning | Phase::Extracting | Phase::Reducing
+        );
+        assert_eq!(cond("Progressing").status, truth(progressing), "{name}");
+        assert_eq!(
+            cond("Complete").status,
+            truth(c.phase == Phase::Succeeded),
+            "{name}"
+        );
+        assert_eq!(
+            cond("Failed").status,
+            truth(c.phase == Phase::Failed),
+            "{name}"
+        );
+        assert_eq!(
+            cond("Suspended").status,
+            truth(c.phase == Phase::Suspended),
+            "{name}"
+        );
+        assert_eq!(s.conditions.len(), 5, "{name}");
+        assert_eq!(s.start_time.is_some(), c.phase != Phase::Pending, "{name}");
+        assert_eq!(s.completion_time.is_some(), c.phase.is_finished(), "{name}");
+        assert_eq!(s.outputs.is_some(), c.phase == Phase::Succeeded, "{name}");
+    }
+}
+
+#[test]
+fn unchanged_statuses_keep_their_times_and_are_not_rewritten() {
+    let spec = spec();
+    let pods = ok3();
+    let extract = job(None, "0", "", 2);
+    let mut obs = Observed {
+        generation: Some(1),
+        spec: &spec,
+        old: None,
+        invalid: None,
+        plan: PlanState::Ready(PLAN),
+        extract: Some(&extract),
+        extract_pods: &pods[..1],
+        reduce: None,
+        reduce_pods: &[],
+        pca: None,
+    };
+    let first = compute(&obs, &at(0));
+    obs.old = Some(&first);
+    let again = compute(&obs, &at(50));
+    assert!(!changed(Some(&first), &again));
+    assert_eq!(
+        again.conditions, first.conditions,
+        "no transition, same times"
+    );
+    assert_eq!(again.start_time, Some(at(0)));
+
+    let done = job(Some(("Complete", "CompletionsReached")), "0-2", "", 0);
+    let reduced = job(Some(("Complete", "CompletionsReached")), "", "", 0);
+    let pca = PcaResult {
+        components: 41,
+        explained_variance: 0.95,
+        reused: false,
+    };
+    obs.extract = Some(&done);
+    obs.extract_pods = &pods;
+    obs.reduce = Some(&reduced);
+    obs.pca = Some(&pca);
+    let last = compute(&obs, &at(90));
+    assert!(changed(Some(&first), &last));
+    assert_eq!(last.pca.as_ref(), Some(&pca));
+    let planned = |s: &FeatureExtractionStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap()
+            .last_transition_time
+            .clone()
+    };
+    assert_eq!(planned(&last, "Planned"), at(0), "Planned stayed True");
+    assert_eq!(planned(&last, "Complete"), at(90), "Complete turned True");
+    assert_eq!(last.completion_time, Some(at(90)));
+    assert!(last.outputs.unwrap().csv.unwrap().ends_with("reduced.csv"));
+
+    // Once finished, the status stays (even after the TTL deletes the Jobs).
+    let finished = compute(&obs, &at(90));
+    obs.old = Some(&finished);
+    obs.extract = None;
+    obs.reduce = None;
+    let later = compute(&obs, &at(5000));
+    assert_eq!(later, finished);
+    assert!(!changed(Some(&finished), &later));
+}
+
+#[test]
+fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
+    let spec = spec();
+    let invalid = Invalid::NoRunnerImage;
+    let pods: Vec<PodObservation> = (0..3)
+        .map(|i| PodObservation {
+            message: Some("x".repeat(100_000)),
+            summary: None,
+            reason: Some("OOMKilled".into()),
+            exit_code: Some(137),
+            ..pod(i, PodPhase::Failed, 0, 0, 1)
+        })
+        .collect();
+    let failed = job(Some(("Failed", "MaxFailedIndexesExceeded")), "", "0-2", 0);
+    let obs = Observed {
+        generation: Some(1),
+        spec: &spec,
+        old: None,
+        invalid: Some(&invalid),
+        plan: PlanState::NotStarted,
+        extract: None,
+        extract_pods: &[],
+        reduce: None,
+        reduce_pods: &[],
+        pca: None,
+    };
+    let s = compute(&obs, &at(0));
+    assert_eq!(s.phase, Some(Phase::Failed));
+    let cond = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("True", "NoRunnerImage")
+    );
+    let s = compute(
+        &Observed {
+            invalid: None,
+            plan: PlanState::Ready(PLAN),
+            extract: Some(&failed),
+            extract_pods: &pods,
+            ..obs
+        },
+        &at(0),
+    );
+    let message = s.message.unwrap();
+    assert!(
+        message.len() <= pomona_operator::status::MAX_MESSAGE,
+        "{}",
+        message.len()
+    );
+    assert!(message.contains("exit code 137 (OOMKilled)"), "{message}");
+    assert!(serde_json::to_string(&s.conditions).unwrap().len() < 8 * 1024);
+}
