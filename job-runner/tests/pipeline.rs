@@ -6,37 +6,17 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, FixedSizeListArray, RecordBatch, StringArray};
+use arrow_array::{Array, FixedSizeListArray};
+use common::cli::{command, copy_varieties, pomona, read_parquet, strings, summary};
 use common::corpus::{Expect, bad_file_corpus};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pomona_crds::contract::{OutputLayout, PodSummary};
 use pomona_storage::testing::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir};
 
 /// The sha256 of the shared MobileNetV2 feature model (its README).
 const MODEL_SHA256: &str = "5353f63fa16e6c2d25805d6201db45bb040868bad6a3751ed13602136780629a";
-
-fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
-    cmd.args(args);
-    if matches!(args.first(), Some(&"run") | Some(&"extract")) {
-        cmd.arg("--model").arg(common::model_path());
-    }
-    cmd.env_remove("AWS_ENDPOINT_URL")
-        .env("POMONA_TERMINATION_LOG", "/nonexistent/termination-log");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn pomona(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let out = command(args, envs).output().expect("run pomona");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 /// `pomona run --input … --output …` plus `extra`; asserts success and returns the summary.
 fn run_local(input: &Path, output: &Path, extra: &[&str]) -> PodSummary {
@@ -53,29 +33,8 @@ fn run_local(input: &Path, output: &Path, extra: &[&str]) -> PodSummary {
     summary(&out)
 }
 
-fn summary(out: &Output) -> PodSummary {
-    PodSummary::from_message(&String::from_utf8_lossy(&out.stdout))
-        .unwrap_or_else(|| panic!("no summary in {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 fn counts(s: &PodSummary) -> (u64, u64, u64) {
     (s.images, s.processed, s.failed)
-}
-
-fn read_parquet(path: &Path) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
-    let col = batch.column_by_name(column).unwrap();
-    let col = col.as_any().downcast_ref::<StringArray>().unwrap();
-    (0..col.len()).map(|i| col.value(i).to_string()).collect()
 }
 
 fn file_name(path: &str) -> String {
@@ -86,7 +45,7 @@ fn file_name(path: &str) -> String {
 fn dead_letters(files: &[PathBuf]) -> Vec<(String, String)> {
     files
         .iter()
-        .flat_map(|f| read_parquet(f))
+        .flat_map(read_parquet)
         .flat_map(|b| strings(&b, "path").into_iter().zip(strings(&b, "reason")))
         .map(|(p, r)| (file_name(&p), r))
         .collect()
@@ -96,25 +55,10 @@ fn dead_letters(files: &[PathBuf]) -> Vec<(String, String)> {
 fn featured(files: &[PathBuf]) -> BTreeSet<String> {
     files
         .iter()
-        .flat_map(|f| read_parquet(f))
+        .flat_map(read_parquet)
         .flat_map(|b| strings(&b, "path"))
         .map(|p| file_name(&p))
         .collect()
-}
-
-/// Copies the images of `varieties` into `dest/<variety>/`.
-fn copy_varieties(dest: &Path, varieties: &[&str]) -> usize {
-    let mut n = 0;
-    for variety in varieties {
-        let from = common::training_dir().join(variety);
-        std::fs::create_dir_all(dest.join(variety)).unwrap();
-        for entry in std::fs::read_dir(&from).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dest.join(variety).join(entry.file_name())).unwrap();
-            n += 1;
-        }
-    }
-    n
 }
 
 /// Writes the bad-file corpus into `dest/Odd/`; returns what each file must become.
@@ -234,7 +178,7 @@ fn the_bad_file_corpus_is_fully_accounted_for() {
     common::init_ort();
     let dir = TempDir::new("run-bad");
     let input = dir.path().join("images");
-    let good = copy_varieties(&input, &["Fig 1"]) as u64;
+    let good = copy_varieties(&input, &["Fig 1"]);
     let corpus = write_corpus(&input, &dir.path().join("scratch"));
     std::fs::write(input.join("Odd/readme.txt"), b"not an image").unwrap();
     let output = dir.path().join("run");
@@ -319,7 +263,7 @@ fn an_interrupted_shard_leaves_no_partial_output_and_reruns_whole() {
     );
 
     let s = run_local(&input, &output, &[]);
-    assert_eq!(counts(&s), (n as u64, n as u64, 0));
+    assert_eq!(counts(&s), (n, n, 0));
 }
 
 #[test]
@@ -328,7 +272,7 @@ fn extract_shards_from_a_real_s3_server() {
     let server = S3Server::start();
     // s3s-fs serves the files of its folder: what is written there is in the bucket.
     let images = server.root().join("fruits/images");
-    let n = copy_varieties(&images, &["Banana 1", "Lemon 1"]) as u64;
+    let n = copy_varieties(&images, &["Banana 1", "Lemon 1"]);
     let scratch = TempDir::new("s3-corpus");
     let corpus = write_corpus(&images, scratch.path());
     let endpoint = server.config().endpoint.unwrap();
@@ -379,7 +323,7 @@ fn extract_shards_from_a_real_s3_server() {
     };
     let rows: usize = parts("features")
         .iter()
-        .flat_map(|f| read_parquet(f))
+        .flat_map(read_parquet)
         .map(|b| b.num_rows())
         .sum();
     assert_eq!(rows as u64, total - bad);

@@ -5,49 +5,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+use common::cli::{copy_varieties, pomona, read_parquet, summary};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pomona_crds::contract::{OutputLayout, PodSummary, exit};
+use pomona_crds::contract::{OutputLayout, exit};
 use pomona_runner::reduce::pca::{Origin, Pca};
 use pomona_runner::report::{SCATTER_SIZE, VARIANCE_SIZE};
 use pomona_runner::stats::Moments;
 use pomona_storage::testing::TempDir;
 use serde_json::Value;
-
-fn pomona(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
-    cmd.args(args);
-    if args.first() == Some(&"run") {
-        cmd.arg("--model").arg(common::model_path());
-    }
-    cmd.env_remove("AWS_ENDPOINT_URL")
-        .env("POMONA_TERMINATION_LOG", "/nonexistent/termination-log");
-    let out = cmd.output().expect("run pomona");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn summary(out: &Output) -> PodSummary {
-    PodSummary::from_message(&String::from_utf8_lossy(&out.stdout))
-        .unwrap_or_else(|| panic!("no summary in {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Copies the images of `varieties` into `dest/<variety>/`; returns how many.
-fn copy_varieties(dest: &Path, varieties: &[&str]) -> u64 {
-    let mut n = 0;
-    for variety in varieties {
-        let from = common::training_dir().join(variety);
-        std::fs::create_dir_all(dest.join(variety)).unwrap();
-        for entry in std::fs::read_dir(&from).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dest.join(variety).join(entry.file_name())).unwrap();
-            n += 1;
-        }
-    }
-    n
-}
 
 /// `pomona run` on `varieties` into `<dir>/<name>`, with `extra` arguments; returns the output.
 fn run(dir: &Path, name: &str, varieties: &[&str], extra: &[&str]) -> (String, u64) {
@@ -62,7 +30,7 @@ fn run(dir: &Path, name: &str, varieties: &[&str], extra: &[&str]) -> (String, u
         &output,
     ];
     args.extend_from_slice(extra);
-    let out = pomona(&args);
+    let out = pomona(&args, &[]);
     assert!(out.status.success(), "pomona run failed");
     let s = summary(&out);
     assert_eq!((s.images, s.processed, s.failed), (n, n, 0));
@@ -88,16 +56,6 @@ fn oracle(args: &[&str]) -> Value {
 
 fn nums(v: &Value) -> Vec<f64> {
     common::nums(v)
-}
-
-fn read_parquet(path: &str) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 /// (paths, rows) of a Parquet file's `column` of fixed-size float lists.
@@ -213,7 +171,7 @@ fn pca_matches_scikit_learn_and_shard_statistics_merge_in_any_grouping() {
         nums(&py["explained_variance_ratio"]),
         pca.explained_variance_ratio.to_vec()
     );
-    let features = read_parquet(&layout.features(0));
+    let features = read_parquet(layout.features(0));
     let kv =
         ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(layout.features(0)).unwrap())
             .unwrap()
@@ -263,7 +221,7 @@ fn pca_matches_scikit_learn_and_shard_statistics_merge_in_any_grouping() {
 
     // A rerun gives the same bits.
     let before = std::fs::read(&pca_file).unwrap();
-    let again = pomona(&["reduce", "--output", &output, "--components", "10"]);
+    let again = pomona(&["reduce", "--output", &output, "--components", "10"], &[]);
     assert!(again.status.success());
     assert_eq!(
         std::fs::read(&pca_file).unwrap(),
@@ -306,7 +264,10 @@ fn pca_matches_scikit_learn_and_shard_statistics_merge_in_any_grouping() {
 
     // Variance to keep: the same k as scikit-learn, and the smallest that reaches it.
     for f in ["0.5", "0.8"] {
-        let out = pomona(&["reduce", "--output", &output, "--variance-to-keep", f]);
+        let out = pomona(
+            &["reduce", "--output", &output, "--variance-to-keep", f],
+            &[],
+        );
         assert!(out.status.success());
         let report = read_json(&format!("{}summary.json", layout.report_dir()));
         let ours = report["components"].as_u64().unwrap();
@@ -362,7 +323,7 @@ fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
     assert!(Path::new(&layout.success()).is_file());
 
     // The same reuse through `pomona reduce`, naming the file rather than the folder.
-    let out = pomona(&["reduce", "--output", &fresh, "--pca-from", &saved]);
+    let out = pomona(&["reduce", "--output", &fresh, "--pca-from", &saved], &[]);
     assert!(out.status.success());
     assert_eq!(summary(&out).processed, n);
 
@@ -370,13 +331,16 @@ fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
     let refuse = |bad: &Pca, name: &str, expect: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, bad.to_bytes()).unwrap();
-        let out = pomona(&[
-            "reduce",
-            "--output",
-            &fresh,
-            "--pca-from",
-            path.to_str().unwrap(),
-        ]);
+        let out = pomona(
+            &[
+                "reduce",
+                "--output",
+                &fresh,
+                "--pca-from",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        );
         assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
         let s = summary(&out);
         let error = s.error.unwrap();
@@ -417,18 +381,21 @@ fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
     refuse(&other_dim, "other-dim.safetensors", "8-value features");
     let not_a_pca = dir.path().join("stats.safetensors");
     std::fs::copy(fitted.stats(0), &not_a_pca).unwrap();
-    let out = pomona(&[
-        "reduce",
-        "--output",
-        &fresh,
-        "--pca-from",
-        not_a_pca.to_str().unwrap(),
-    ]);
+    let out = pomona(
+        &[
+            "reduce",
+            "--output",
+            &fresh,
+            "--pca-from",
+            not_a_pca.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
 
     // Accounting that does not close fails with the numbers, and leaves no _SUCCESS.
     std::fs::remove_file(layout.features(0)).unwrap();
-    let out = pomona(&["reduce", "--output", &fresh, "--components", "3"]);
+    let out = pomona(&["reduce", "--output", &fresh, "--components", "3"], &[]);
     assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
     let error = summary(&out).error.unwrap();
     assert!(error.contains("accounting does not close"), "{error}");
@@ -436,6 +403,6 @@ fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
     assert!(!Path::new(&layout.success()).exists());
 
     // reduce without a PCA option is a usage error.
-    let out = pomona(&["reduce", "--output", &fresh]);
+    let out = pomona(&["reduce", "--output", &fresh], &[]);
     assert_eq!(out.status.code(), Some(exit::USAGE));
 }

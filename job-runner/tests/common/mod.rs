@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: paths, the Python oracle, ORT init.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod cli;
 pub mod corpus;
 
 use std::path::{Path, PathBuf};
