@@ -5,7 +5,7 @@
 #   ./scripts/quickstart.sh --input DIR|s3://… --output DIR|s3://…   (any `pomona run` option)
 #
 # Installs ONNX Runtime (from the PyPI wheel) into .tools/ the first time, and builds pomona in
-# release mode (about 10 minutes the first time on 2 cores).
+# release mode (several minutes the first time on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
