@@ -109,6 +109,9 @@ pub struct PodSummary {
         skip_serializing_if = "Option::is_none"
     )]
     pub peak_rss_mib: Option<u64>,
+    /// The PCA a reduce step fitted or reused (what the operator reports in `status.pca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pca: Option<crate::api::PcaResult>,
     /// Why the step failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -355,6 +358,7 @@ mod tests {
             failed: 2,
             seconds: 41.5,
             peak_rss_mib: Some(212),
+            pca: None,
             error: None,
         };
         let line = summary.to_line();
@@ -375,6 +379,31 @@ mod tests {
         assert!(!line.contains('\n'));
         let back = PodSummary::from_message(&line).expect("the shortened line still parses");
         assert!(back.error.unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn a_reduce_summary_carries_the_pca() {
+        let summary = PodSummary {
+            step: Step::Reduce,
+            shard: None,
+            images: 1260,
+            processed: 1259,
+            failed: 1,
+            seconds: 0.8,
+            peak_rss_mib: None,
+            pca: Some(crate::api::PcaResult {
+                components: 50,
+                explained_variance: 0.854,
+                reused: false,
+            }),
+            error: None,
+        };
+        let line = summary.to_line();
+        assert!(
+            line.ends_with(r#""pca":{"components":50,"explainedVariance":0.854,"reused":false}}"#),
+            "{line}"
+        );
+        assert_eq!(PodSummary::from_message(&line), Some(summary));
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use pomona_crds::LabelMode;
 use pomona_crds::contract::{PodSummary, Step};
+use pomona_crds::{LabelMode, PcaResult};
 use pomona_runner::cli::{self, ModelArgs, S3Args};
 use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, PcaArgs};
+use pomona_runner::report::ReduceSummary;
 use pomona_runner::{Threads, exit_code};
 use pomona_storage::Storage;
 use pomona_storage::plan::{PlanOptions, load_or_create_plan, read_plan};
@@ -153,7 +154,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (step, shard) = match &cli.command {
         Command::Extract { shard, .. } => (Some(Step::Extract), Some(*shard)),
-        Command::Run { .. } => (Some(Step::Extract), None),
+        Command::Run { .. } => (Some(Step::Reduce), None), // the run ends with the reduce step
         Command::Reduce { .. } => (Some(Step::Reduce), None),
         Command::Plan { .. } => (None, None),
     };
@@ -166,15 +167,16 @@ fn main() -> ExitCode {
         }
     };
     if let Some(step) = step {
-        let counts = result.as_ref().ok().copied().unwrap_or_default();
+        let outcome = result.as_ref().ok().cloned().unwrap_or_default();
         let summary = PodSummary {
             step,
             shard,
-            images: counts.0,
-            processed: counts.1,
-            failed: counts.2,
+            images: outcome.images,
+            processed: outcome.processed,
+            failed: outcome.failed,
             seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             peak_rss_mib: cli::peak_rss_mib(),
+            pca: outcome.pca,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         };
         cli::report_summary(&summary);
@@ -182,8 +184,39 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-/// Runs a command; returns (images, processed, failed) for the summary.
-async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
+/// What a command did, for its summary line.
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    images: u64,
+    processed: u64,
+    failed: u64,
+    pca: Option<PcaResult>,
+}
+
+impl Outcome {
+    fn counts((images, processed, failed): (u64, u64, u64)) -> Self {
+        Self {
+            images,
+            processed,
+            failed,
+            pca: None,
+        }
+    }
+
+    fn reduced(summary: &ReduceSummary) -> Self {
+        Self {
+            pca: Some(PcaResult {
+                components: summary.components as u32,
+                explained_variance: summary.cumulative_explained_variance_ratio,
+                reused: summary.pca_mode == "reuse",
+            }),
+            ..Self::counts((summary.images, summary.processed, summary.failed))
+        }
+    }
+}
+
+/// Runs a command.
+async fn execute(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Plan { plan, output, s3 } => {
             let config = s3.config();
@@ -214,7 +247,7 @@ async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
                     cli::print_plan(&plan);
                 }
             }
-            Ok((0, 0, 0))
+            Ok(Outcome::default())
         }
         Command::Extract {
             output,
@@ -243,11 +276,11 @@ async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
                 .await
                 .with_context(|| format!("shard {shard}"))?;
             progress.finish();
-            Ok((
+            Ok(Outcome::counts((
                 outcome.images,
                 outcome.counts.processed,
                 outcome.counts.failed,
-            ))
+            )))
         }
         Command::Run {
             input,
@@ -266,18 +299,17 @@ async fn execute(command: Command) -> anyhow::Result<(u64, u64, u64)> {
             if !created {
                 eprintln!("pomona: resuming the run planned in {}", out.uri());
             }
-            let counts =
-                cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await?;
+            cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await?;
             let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
-            reduce::reduce(&out, &config, &mode, pca.csv).await?;
-            Ok(counts)
+            let reduced = reduce::reduce(&out, &config, &mode, pca.csv).await?;
+            Ok(Outcome::reduced(&reduced.summary))
         }
         Command::Reduce { output, pca, s3 } => {
             let config = s3.config();
             let out = Storage::open(&output, &config).await?;
             let mode = pca.mode(None).expect("checked in main");
-            let s = reduce::reduce(&out, &config, &mode, pca.csv).await?.summary;
-            Ok((s.images, s.processed, s.failed))
+            let reduced = reduce::reduce(&out, &config, &mode, pca.csv).await?;
+            Ok(Outcome::reduced(&reduced.summary))
         }
     }
 }

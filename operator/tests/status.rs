@@ -59,6 +59,7 @@ fn pod(index: u32, phase: PodPhase, processed: u64, failed: u64, t: i64) -> PodO
             failed,
             seconds: 1.0,
             peak_rss_mib: None,
+            pca: None,
             error: (phase == PodPhase::Failed).then(|| format!("shard {index} broke")),
         }),
         exit_code: done.then_some(if phase == PodPhase::Failed { 3 } else { 0 }),
