@@ -107,7 +107,9 @@ fn run_on_the_whole_training_sample_labels_every_image() {
     let output = out_dir.path().join("run");
     let s = run_local(&input, &output, &["--images-per-shard", "500"]);
     assert_eq!(counts(&s), (1260, 1260, 0));
-    let pca = s.pca.expect("the run ends with the PCA, reported in its summary");
+    let pca = s
+        .pca
+        .expect("the run ends with the PCA, reported in its summary");
     assert_eq!((pca.components, pca.reused), (50, false));
     assert!((0.5..=1.0).contains(&pca.explained_variance), "{pca:?}");
 
