@@ -19,7 +19,7 @@ use pomona_storage::{ErrorKind, Storage, StorageError, plan::read_shard};
 use crate::infer::{Model, ModelOptions, sha256_hex};
 use crate::parquet_out::{DeadLetterWriter, FeatureWriter, Provenance};
 use crate::pipeline::{
-    self, Counts, FetchError, ImageSource, Input, PipelineOptions, Sink, Written,
+    self, Counts, FetchError, ImageSource, Input, PipelineOptions, Row, Sink, Written,
 };
 use crate::preprocess::Preprocess;
 use crate::stats::{Moments, ROWS_PER_UPDATE};
@@ -220,6 +220,33 @@ impl Extractor {
             skipped: false,
         })
     }
+}
+
+/// Writes the dead-letter file of shard `shard` of `plan` for a shard that has no output
+/// because its pods failed for good: every image of its manifest, each with `reason`, in the
+/// extractor's dead-letter file and format. Returns how many images it holds.
+pub async fn dead_letter_shard(
+    output: &Storage,
+    plan: &Plan,
+    shard: u32,
+    reason: &str,
+    provenance: &Provenance,
+) -> anyhow::Result<u64> {
+    let layout = OutputLayout::new(&output.uri());
+    let entries = read_shard(output, plan, shard).await?;
+    let mut writer = DeadLetterWriter::new(Vec::new(), provenance)?;
+    for entry in entries {
+        let row = Row::listed(&plan.source, entry);
+        writer.push(&row.path, reason, row.bytes)?;
+    }
+    let rows = writer.rows();
+    output
+        .put(
+            &output.relative(&layout.deadletter(shard))?,
+            Bytes::from(writer.finish()?),
+        )
+        .await?;
+    Ok(rows)
 }
 
 async fn upload(output: &Storage, uri: &str, file: &Path) -> anyhow::Result<()> {

@@ -36,6 +36,12 @@ pub use preprocess::{ConfigError, DecodeError, Layout, Preprocess};
 #[error("{0}")]
 pub struct Permanent(pub String);
 
+/// Arguments that do not fit the run (say a shard number past the plan's): the pod exits with
+/// [`exit::USAGE`], as for a malformed command line, and is not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// How the work of one process is spread over the CPUs it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Threads {
@@ -61,9 +67,13 @@ impl Threads {
 }
 
 /// The exit code for a failed step: retryable failures (storage after its retries, the
-/// runtime) exit with [`exit::RETRYABLE`], permanent ones with [`exit::PERMANENT_ERROR`].
+/// runtime) exit with [`exit::RETRYABLE`], permanent ones with [`exit::PERMANENT_ERROR`], and
+/// arguments that do not fit the run with [`exit::USAGE`].
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
+        if cause.downcast_ref::<Usage>().is_some() {
+            return exit::USAGE;
+        }
         if cause.downcast_ref::<Permanent>().is_some() {
             return exit::PERMANENT_ERROR;
         }

@@ -10,7 +10,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use pomona_crds::contract::{PodSummary, Step};
 use pomona_crds::{LabelMode, PcaResult};
 use pomona_runner::cli::{self, ModelArgs, S3Args};
-use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, PcaArgs};
+use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, PcaArgs, ShardList};
 use pomona_runner::report::ReduceSummary;
 use pomona_runner::{Threads, exit_code};
 use pomona_storage::Storage;
@@ -58,6 +58,17 @@ enum Command {
         /// The run's output prefix (s3://bucket/prefix/ or a folder).
         #[arg(long)]
         output: String,
+        /// Shards whose extract pods failed for good, as the Job's failed indexes: "3,7" or
+        /// "1,3-5,7". Those without complete outputs get every image of their manifest
+        /// dead-lettered (deadletter/part-NNNNN.parquet, with the reason) and the PCA is fitted
+        /// on the other shards; a shard missing but not named still fails the step.
+        #[arg(
+            long,
+            value_name = "LIST",
+            default_value = "",
+            hide_default_value = true
+        )]
+        failed_shards: ShardList,
         #[command(flatten)]
         pca: PcaArgs,
         #[command(flatten)]
@@ -301,14 +312,20 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             }
             cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await?;
             let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
-            let reduced = reduce::reduce(&out, &config, &mode, pca.csv).await?;
+            let reduced =
+                reduce::reduce(&out, &config, &mode, pca.csv, &ShardList::default()).await?;
             Ok(Outcome::reduced(&reduced.summary))
         }
-        Command::Reduce { output, pca, s3 } => {
+        Command::Reduce {
+            output,
+            failed_shards,
+            pca,
+            s3,
+        } => {
             let config = s3.config();
             let out = Storage::open(&output, &config).await?;
             let mode = pca.mode(None).expect("checked in main");
-            let reduced = reduce::reduce(&out, &config, &mode, pca.csv).await?;
+            let reduced = reduce::reduce(&out, &config, &mode, pca.csv, &failed_shards).await?;
             Ok(Outcome::reduced(&reduced.summary))
         }
     }

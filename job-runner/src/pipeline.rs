@@ -56,6 +56,18 @@ pub struct Row {
     pub bytes: u64,
 }
 
+impl Row {
+    /// The row of a manifest entry whose key is relative to the source URI `root`.
+    pub fn listed(root: &str, entry: ManifestEntry) -> Self {
+        Self {
+            path: format!("{root}{}", entry.key),
+            label: entry.label,
+            etag: entry.etag,
+            bytes: entry.size,
+        }
+    }
+}
+
 /// What the writer receives: rows in manifest order, each with features or a dead-letter reason.
 pub struct Written<'a> {
     /// The rows of one batch.
@@ -179,14 +191,10 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
             let source = source.clone();
             let preprocess = preprocess.clone();
             let slots = decode_slots.clone();
-            let row = Row {
-                path: format!("{root}{}", entry.key),
-                label: entry.label,
-                etag: entry.etag,
-                bytes: entry.size,
-            };
+            let row = Row::listed(&root, entry);
+            let key_at = root.len();
             async move {
-                let bytes = match source.fetch(&entry.key).await {
+                let bytes = match source.fetch(&row.path[key_at..]).await {
                     Ok(bytes) => bytes,
                     Err(FetchError::Image(reason)) => return Ok((row, Err(reason))),
                     Err(FetchError::Shard(e)) => return Err(anyhow::anyhow!(e)),

@@ -341,6 +341,10 @@ pub struct ReduceSummary {
     pub failed: u64,
     /// Shards of the plan.
     pub shards: u32,
+    /// Shards whose extract pods failed for good (`--failed-shards`) and whose images are all
+    /// dead-lettered; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_shards: Vec<u32>,
     /// `fit`, or `reuse` for `--pca-from`.
     pub pca_mode: &'static str,
     /// Where the reused PCA came from.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
-use common::cli::{copy_varieties, pomona, read_parquet, summary};
+use common::cli::{copy_varieties, pomona, read_parquet, strings, summary};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pomona_crds::contract::{OutputLayout, exit};
 use pomona_runner::reduce::pca::{Origin, Pca};
@@ -405,4 +405,179 @@ fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
     // reduce without a PCA option is a usage error.
     let out = pomona(&["reduce", "--output", &fresh], &[]);
     assert_eq!(out.status.code(), Some(exit::USAGE));
+}
+
+/// (path, reason, bytes) of every row of a dead-letter file.
+fn dead_letters(path: &str) -> Vec<(String, String, u64)> {
+    let mut rows = Vec::new();
+    for batch in read_parquet(path) {
+        let bytes = batch.column_by_name("bytes").unwrap();
+        let bytes = bytes
+            .as_any()
+            .downcast_ref::<arrow_array::UInt64Array>()
+            .unwrap();
+        let paths = strings(&batch, "path");
+        let reasons = strings(&batch, "reason");
+        for (i, (p, r)) in paths.into_iter().zip(reasons).enumerate() {
+            rows.push((p, r, bytes.value(i)));
+        }
+    }
+    rows
+}
+
+/// (path, size) of every image of a shard's manifest, as the dead-letter file names them.
+fn manifest(layout: &OutputLayout, shard: u32) -> Vec<(String, u64)> {
+    let source = read_json(&layout.plan())["source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::read_to_string(layout.manifest(shard))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            (
+                format!("{source}{}", entry["key"].as_str().unwrap()),
+                entry["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shards_that_failed_for_good_are_dead_lettered_when_named() {
+    common::init_ort();
+    let dir = TempDir::new("reduce-failed-shards");
+    let (output, n) = run(
+        dir.path(),
+        "run",
+        &["Pineapple 1", "Tomato 1"],
+        &["--images-per-shard", "40", "--components", "4"],
+    );
+    let layout = OutputLayout::new(&output);
+    assert_eq!(read_json(&layout.plan())["shards"], 3);
+    let exists = |p: &str| Path::new(p).exists();
+    let reduce = |extra: &[&str]| {
+        let mut args = vec!["reduce", "--output", &output, "--components", "4"];
+        args.extend_from_slice(extra);
+        pomona(&args, &[])
+    };
+
+    // Shard 1 failed for good before writing anything; shard 2 died during its uploads (its
+    // features are there, not its statistics).
+    for uri in [
+        layout.features(1),
+        layout.deadletter(1),
+        layout.stats(1),
+        layout.stats(2),
+    ] {
+        std::fs::remove_file(uri).unwrap();
+    }
+
+    // Without the flag, or naming only one of them, the accounting does not close.
+    for extra in [&[][..], &["--failed-shards", "1"]] {
+        let out = reduce(extra);
+        assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR), "{extra:?}");
+        let error = summary(&out).error.unwrap();
+        assert!(error.contains("accounting does not close"), "{error}");
+        let named = if extra.is_empty() { ": 1, 2;" } else { ": 2;" };
+        assert!(error.contains(named), "{error}");
+        assert!(!exists(&layout.success()));
+        assert!(
+            !exists(&layout.deadletter(1)),
+            "nothing written on a refusal"
+        );
+    }
+
+    // Named (as a range), they are dead-lettered with the reason, and the run closes.
+    let shard_images: Vec<Vec<(String, u64)>> = (0..3).map(|s| manifest(&layout, s)).collect();
+    let lost = (shard_images[1].len() + shard_images[2].len()) as u64;
+    let check = |out: &std::process::Output| {
+        assert!(out.status.success());
+        let s = summary(out);
+        assert_eq!((s.images, s.processed, s.failed), (n, n - lost, lost));
+        for shard in [1, 2] {
+            let rows = dead_letters(&layout.deadletter(shard));
+            let reason = format!(
+                "shard {shard} failed: its extract pods did not complete (see the \
+                 FeatureExtraction status)"
+            );
+            let expected: Vec<(String, String, u64)> = shard_images[shard as usize]
+                .iter()
+                .map(|(path, size)| (path.clone(), reason.clone(), *size))
+                .collect();
+            assert_eq!(rows, expected, "shard {shard}");
+            // Nothing of the failed shard is left to be taken for output.
+            for uri in [
+                layout.features(shard),
+                layout.stats(shard),
+                layout.reduced(shard),
+            ] {
+                assert!(!exists(&uri), "{uri}");
+            }
+        }
+        let report = read_json(&format!("{}summary.json", layout.report_dir()));
+        assert_eq!(report["failedShards"], serde_json::json!([1, 2]));
+        assert_eq!(
+            (report["processed"].as_u64(), report["failed"].as_u64()),
+            (Some(n - lost), Some(lost))
+        );
+        assert_eq!(report["fittedOn"].as_u64(), Some(n - lost));
+        assert_eq!(read_json(&layout.success()), report);
+        let (paths, _, k) = vectors(&layout.reduced(0), "pca");
+        assert_eq!((paths.len(), k), (shard_images[0].len(), 4));
+        let pca = Pca::from_bytes(
+            &std::fs::read(format!("{}pca.safetensors", layout.pca_dir())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(pca.n_samples, n - lost, "fitted on the shards that exist");
+    };
+    check(&reduce(&["--failed-shards", "1-2"]));
+    // Rerunning works; a named shard with complete outputs is used as usual.
+    check(&reduce(&["--failed-shards=0-2"]));
+    check(&reduce(&["--failed-shards=2,1"]));
+
+    // A shard past the plan is a usage error, before anything is touched.
+    let out = reduce(&["--failed-shards", "1,3"]);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+    let error = summary(&out).error.unwrap();
+    assert!(
+        error.contains("--failed-shards names shard(s) 3") && error.contains("has 3 shard(s)"),
+        "{error}"
+    );
+    assert!(exists(&layout.success()), "{error}");
+    // So is a list that is not one.
+    let out = reduce(&["--failed-shards", "1;2"]);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+
+    // When every shard failed there is nothing to fit.
+    for uri in [layout.features(0), layout.deadletter(0), layout.stats(0)] {
+        std::fs::remove_file(uri).unwrap();
+    }
+    let out = reduce(&["--failed-shards", "0-2"]);
+    assert_eq!(out.status.code(), Some(exit::PERMANENT_ERROR));
+    let error = summary(&out).error.unwrap();
+    assert!(error.contains("every shard of the run failed"), "{error}");
+    assert!(!exists(&layout.success()));
+
+    // Extracting the shards again (here with `pomona run`) replaces their dead letters.
+    let images = dir.path().join("run-images");
+    let out = pomona(
+        &[
+            "run",
+            "--input",
+            images.to_str().unwrap(),
+            "--output",
+            &output,
+            "--components",
+            "4",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let s = summary(&out);
+    assert_eq!((s.images, s.processed, s.failed), (n, n, 0));
+    assert!(dead_letters(&layout.deadletter(1)).is_empty());
+    let report = read_json(&layout.success());
+    assert!(report.get("failedShards").is_none(), "{report}");
 }

@@ -1,7 +1,10 @@
 //! `pomona reduce`: the PCA over every shard of a run, the reduced vectors and the report.
 //!
 //! 1. Accounting first: every shard of the plan must have its features, dead letters and
-//!    statistics; dead letters are counted from their files' footers.
+//!    statistics; dead letters are counted from their files' footers. A shard without them that
+//!    `--failed-shards` names (its extract pods failed for good) is dead-lettered whole instead:
+//!    every image of its manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason,
+//!    and the rest of the step skips it.
 //! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in shard
 //!    order and the covariance is eigen-decomposed ([`pca`]); memory and time do not depend on
 //!    the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
@@ -15,21 +18,26 @@
 pub mod pca;
 pub mod project;
 
+use std::collections::BTreeSet;
+use std::fmt;
 use std::io::{BufWriter, Write};
+use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pomona_crds::contract::{OutputLayout, Plan};
+use pomona_crds::contract::{MAX_SHARDS, OutputLayout, Plan};
 use pomona_storage::{S3Config, Storage};
 
-use crate::Permanent;
 use crate::cli::split_object_uri;
+use crate::extract::dead_letter_shard;
 use crate::infer::sha256_hex;
+use crate::parquet_out::Provenance;
 use crate::report::{self, ReduceSummary, Scatter, Timings};
 use crate::stats::Moments;
+use crate::{Permanent, Usage};
 use pca::{Keep, Pca, PcaError};
 use project::{FeatureFile, ReducedWriter};
 
@@ -94,6 +102,77 @@ impl PcaArgs {
     }
 }
 
+/// Shard numbers (the extract Job's indexes) as `--failed-shards` takes them: the comma list of
+/// numbers and inclusive ranges of Kubernetes' `status.failedIndexes`, e.g. `1,3-5,7`. An empty
+/// list is allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardList(pub BTreeSet<u32>);
+
+impl FromStr for ShardList {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<Self, String> {
+        let mut shards = BTreeSet::new();
+        if list.trim().is_empty() {
+            return Ok(Self(shards));
+        }
+        let number = |s: &str| -> Result<u32, String> {
+            let s = s.trim();
+            match s.parse::<u32>() {
+                Ok(n) if n < MAX_SHARDS => Ok(n),
+                Ok(_) => Err(format!(
+                    "shard {s} is past the largest possible shard, {}",
+                    MAX_SHARDS - 1
+                )),
+                Err(_) => Err(format!("`{s}` is not a shard number")),
+            }
+        };
+        for item in list.split(',') {
+            let (first, last) = match item.split_once('-') {
+                Some((a, b)) => (number(a)?, number(b)?),
+                None => {
+                    let n = number(item)?;
+                    (n, n)
+                }
+            };
+            if first > last {
+                return Err(format!("the range {} runs backwards", item.trim()));
+            }
+            shards.extend(first..=last);
+        }
+        Ok(Self(shards))
+    }
+}
+
+impl fmt::Display for ShardList {
+    /// The compact form, ranges joined: `1,3-5,7`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shards = self.0.iter().copied().peekable();
+        let mut first = true;
+        while let Some(start) = shards.next() {
+            let mut end = start;
+            while shards.peek() == Some(&(end + 1)) {
+                end = shards.next().expect("peeked");
+            }
+            let sep = if first { "" } else { "," };
+            first = false;
+            if end == start {
+                write!(f, "{sep}{start}")?;
+            } else {
+                write!(f, "{sep}{start}-{end}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reason recorded for every image of a shard whose extract pods failed for good.
+pub fn failed_shard_reason(shard: u32) -> String {
+    format!(
+        "shard {shard} failed: its extract pods did not complete (see the FeatureExtraction status)"
+    )
+}
+
 /// What the reduce step did.
 #[derive(Clone, Debug)]
 pub struct ReduceOutcome {
@@ -117,11 +196,31 @@ async fn get(out: &Storage, uri: &str) -> anyhow::Result<Bytes> {
         .with_context(|| format!("cannot read {uri}"))
 }
 
-/// Checks that every shard is complete and counts the dead letters; fails with the numbers when
-/// the run cannot be accounted for.
-async fn dead_letters(out: &Storage, layout: &OutputLayout, plan: &Plan) -> anyhow::Result<u64> {
+/// The shards of a run, sorted by what their outputs allow.
+struct Census {
+    /// Shards with every output: used to fit and project.
+    complete: Vec<u32>,
+    /// Shards without them that `--failed-shards` names: dead-lettered whole.
+    failed: Vec<u32>,
+    /// Dead letters of the complete shards.
+    dead_letters: u64,
+}
+
+/// Sorts the shards into complete ones and failed ones (`named` and incomplete), counting the
+/// complete shards' dead letters; fails with the numbers when a shard has no complete output and
+/// is not named.
+async fn census(
+    out: &Storage,
+    layout: &OutputLayout,
+    plan: &Plan,
+    named: &BTreeSet<u32>,
+) -> anyhow::Result<Census> {
+    let mut census = Census {
+        complete: Vec::new(),
+        failed: Vec::new(),
+        dead_letters: 0,
+    };
     let mut missing = Vec::new();
-    let mut failed = 0;
     for shard in 0..plan.shards {
         let mut complete = true;
         for uri in [layout.stats(shard), layout.features(shard)] {
@@ -132,7 +231,16 @@ async fn dead_letters(out: &Storage, layout: &OutputLayout, plan: &Plan) -> anyh
             let data = get(out, &dead).await?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(data)
                 .with_context(|| format!("{dead} is not a Parquet file"))?;
-            failed += reader.metadata().file_metadata().num_rows() as u64;
+            census.dead_letters += reader.metadata().file_metadata().num_rows() as u64;
+            census.complete.push(shard);
+            if named.contains(&shard) {
+                eprintln!(
+                    "pomona: reduce: shard {shard} is named in --failed-shards but its outputs \
+                     are complete: it is used"
+                );
+            }
+        } else if named.contains(&shard) {
+            census.failed.push(shard);
         } else {
             missing.push(shard);
         }
@@ -141,7 +249,8 @@ async fn dead_letters(out: &Storage, layout: &OutputLayout, plan: &Plan) -> anyh
         let shown: Vec<String> = missing.iter().take(20).map(u32::to_string).collect();
         return Err(Permanent(format!(
             "accounting does not close: {} images listed in {} shards, but {} shard(s) have no \
-             complete output (features, dead letters and statistics): {}{}; extract them first",
+             complete output (features, dead letters and statistics): {}{}; extract them first \
+             (or name them in --failed-shards if they failed for good)",
             plan.images,
             plan.shards,
             missing.len(),
@@ -150,17 +259,62 @@ async fn dead_letters(out: &Storage, layout: &OutputLayout, plan: &Plan) -> anyh
         ))
         .into());
     }
-    Ok(failed)
+    if plan.shards == 0 {
+        return Err(Permanent(format!(
+            "the plan of {} lists no images: there is nothing to reduce",
+            layout.root()
+        ))
+        .into());
+    }
+    if census.complete.is_empty() {
+        return Err(Permanent(format!(
+            "every shard of the run failed ({} of {}, {} images): there are no features to fit \
+             a PCA on or to project",
+            census.failed.len(),
+            plan.shards,
+            plan.images
+        ))
+        .into());
+    }
+    Ok(census)
 }
 
-/// Merges every shard's statistics, in shard order.
-async fn merged_moments(
+/// Dead-letters every image of each failed shard, removing what the shard left behind (partial
+/// features or statistics, reduced vectors of an earlier reduce); returns how many images.
+async fn dead_letter_failed(
     out: &Storage,
     layout: &OutputLayout,
     plan: &Plan,
+    failed: &[u32],
+    provenance: &Provenance,
+) -> anyhow::Result<u64> {
+    let mut images = 0;
+    for &shard in failed {
+        // The statistics first: without them the shard never looks complete, whatever happens.
+        for uri in [
+            layout.stats(shard),
+            layout.features(shard),
+            layout.reduced(shard),
+        ] {
+            out.delete_prefix(&out.relative(&uri)?).await?;
+        }
+        let n = dead_letter_shard(out, plan, shard, &failed_shard_reason(shard), provenance)
+            .await
+            .with_context(|| format!("cannot dead-letter the failed shard {shard}"))?;
+        eprintln!("pomona: reduce: shard {shard} failed: dead-lettered its {n} images");
+        images += n;
+    }
+    Ok(images)
+}
+
+/// Merges the statistics of `shards`, in shard order.
+async fn merged_moments(
+    out: &Storage,
+    layout: &OutputLayout,
+    shards: &[u32],
 ) -> anyhow::Result<Moments> {
     let mut total: Option<Moments> = None;
-    for shard in 0..plan.shards {
+    for &shard in shards {
         let uri = layout.stats(shard);
         let part = Moments::from_bytes(&get(out, &uri).await?)
             .map_err(|e| Permanent(format!("{uri}: {e}")))?;
@@ -171,7 +325,7 @@ async fn merged_moments(
                 .map_err(|e| Permanent(format!("{uri}: {e}")))?,
         }
     }
-    total.ok_or_else(|| Permanent("the plan has no shards".into()).into())
+    total.ok_or_else(|| Permanent("no shard to merge".into()).into())
 }
 
 /// Reads the PCA at `uri` (its folder or its file).
@@ -196,32 +350,60 @@ fn permanent(e: PcaError) -> anyhow::Error {
 }
 
 /// Runs the reduce step on the run at `out` (see the module docs) and returns its summary.
+/// `failed_shards` are the shards whose extract pods failed for good: those without complete
+/// outputs are dead-lettered whole.
 pub async fn reduce(
     out: &Storage,
     s3: &S3Config,
     mode: &Mode,
     csv: bool,
+    failed_shards: &ShardList,
 ) -> anyhow::Result<ReduceOutcome> {
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
     let plan = pomona_storage::plan::read_plan(out).await?;
+    let past: Vec<u32> = failed_shards
+        .0
+        .iter()
+        .copied()
+        .filter(|&s| s >= plan.shards)
+        .collect();
+    if !past.is_empty() {
+        return Err(Usage(format!(
+            "--failed-shards names shard(s) {} but the run {} has {} shard(s), numbered 0 to {}",
+            ShardList(past.into_iter().collect()),
+            layout.root(),
+            plan.shards,
+            plan.shards.saturating_sub(1)
+        ))
+        .into());
+    }
     // A rerun starts by withdrawing the previous success marker.
     out.delete_prefix(&out.relative(&layout.success())?).await?;
-    let failed = dead_letters(out, &layout, &plan).await?;
-    let first = FeatureFile::open(get(out, &layout.features(0)).await?)
-        .with_context(|| layout.features(0))?;
+    let census = census(out, &layout, &plan, &failed_shards.0).await?;
+    let first_shard = census.complete[0];
+    let first = FeatureFile::open(get(out, &layout.features(first_shard)).await?)
+        .with_context(|| layout.features(first_shard))?;
     let (dim, origin) = (first.dim, first.origin.clone());
     drop(first);
+    let provenance = Provenance {
+        model_sha256: origin.model_sha256.clone(),
+        model_uri: origin.model_uri.clone(),
+        preprocessing: origin.preprocessing.clone(),
+        versions: origin.versions.clone(),
+    };
+    let failed = census.dead_letters
+        + dead_letter_failed(out, &layout, &plan, &census.failed, &provenance).await?;
 
     let mut timings = Timings::default();
     let t = Instant::now();
     let (pca, pca_bytes, target) = match mode {
         Mode::Fit { keep, default } => {
-            let moments = merged_moments(out, &layout, &plan).await?;
+            let moments = merged_moments(out, &layout, &census.complete).await?;
             timings.statistics = secs(t);
             eprintln!(
                 "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
-                plan.shards,
+                census.complete.len(),
                 moments.count(),
                 timings.statistics
             );
@@ -288,15 +470,15 @@ pub async fn reduce(
         None
     };
     let mut processed = 0u64;
-    for shard in 0..plan.shards {
+    for &shard in &census.complete {
         let uri = layout.features(shard);
         let features = FeatureFile::open(get(out, &uri).await?).with_context(|| uri.clone())?;
         if features.origin.model_sha256 != origin.model_sha256
             || features.origin.preprocessing != origin.preprocessing
         {
             return Err(Permanent(format!(
-                "{uri} was extracted with another model or preprocessing than shard 0 \
-                 (model sha256 {} vs {}): one run must use one model",
+                "{uri} was extracted with another model or preprocessing than shard \
+                 {first_shard} (model sha256 {} vs {}): one run must use one model",
                 features.origin.model_sha256, origin.model_sha256
             ))
             .into());
@@ -355,6 +537,7 @@ pub async fn reduce(
         processed,
         failed,
         shards: plan.shards,
+        failed_shards: census.failed.clone(),
         pca_mode: match mode {
             Mode::Fit { .. } => "fit",
             Mode::Reuse(_) => "reuse",
@@ -400,4 +583,52 @@ pub async fn reduce(
     }
     put(out, &layout.success(), json).await?;
     Ok(ReduceOutcome { summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(list: &str) -> Result<Vec<u32>, String> {
+        list.parse::<ShardList>().map(|l| l.0.into_iter().collect())
+    }
+
+    #[test]
+    fn shard_lists_take_kubernetes_failed_indexes() {
+        assert_eq!(parse("3,7"), Ok(vec![3, 7]));
+        assert_eq!(parse("1,3-5,7"), Ok(vec![1, 3, 4, 5, 7]));
+        assert_eq!(parse(" 7 , 0 ,3-3"), Ok(vec![0, 3, 7]));
+        assert_eq!(parse("2,2,1-3"), Ok(vec![1, 2, 3]));
+        assert_eq!(parse(""), Ok(vec![]));
+        assert_eq!(
+            parse(&format!("{}", MAX_SHARDS - 1)),
+            Ok(vec![MAX_SHARDS - 1])
+        );
+        for bad in ["x", "1,,2", "1,", "-1", "5-3", "1-", "3-5-7", "1.5"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let error = parse(&format!("0-{MAX_SHARDS}")).unwrap_err();
+        assert!(error.contains("past the largest possible shard"), "{error}");
+        assert_eq!(parse("5-3").unwrap_err(), "the range 5-3 runs backwards");
+    }
+
+    #[test]
+    fn shard_lists_print_compactly() {
+        for (list, shown) in [
+            ("", ""),
+            ("4", "4"),
+            ("7,1,3-5", "1,3-5,7"),
+            ("0,1,2,9,10", "0-2,9-10"),
+        ] {
+            assert_eq!(list.parse::<ShardList>().unwrap().to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn the_reason_names_the_shard() {
+        assert_eq!(
+            failed_shard_reason(3),
+            "shard 3 failed: its extract pods did not complete (see the FeatureExtraction status)"
+        );
+    }
 }
