@@ -71,7 +71,10 @@ pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> 
 }
 
 /// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode.
-pub fn reduce_job(fx: &FeatureExtraction, settings: &Settings) -> Job {
+/// `failed_shards` are the extract indexes that failed for good (within
+/// `spec.sharding.maxFailedShards`): the reduce step dead-letters their images, so that every
+/// listed image is still accounted for.
+pub fn reduce_job(fx: &FeatureExtraction, failed_shards: &[u32], settings: &Settings) -> Job {
     let spec = &fx.spec;
     let mut args = vec![
         "reduce".to_string(),
@@ -87,6 +90,10 @@ pub fn reduce_job(fx: &FeatureExtraction, settings: &Settings) -> Job {
     }
     if spec.output.csv {
         args.push("--csv".into());
+    }
+    if !failed_shards.is_empty() {
+        let list: Vec<String> = failed_shards.iter().map(u32::to_string).collect();
+        args.push(format!("--failed-shards={}", list.join(",")));
     }
     let mut job = job(fx, Component::Reduce, args, settings);
     let job_spec = job.spec.as_mut().expect("job() sets a spec");
@@ -167,7 +174,13 @@ fn job(
     let pod = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),
-        service_account_name: runner.service_account_name.clone(),
+        service_account_name: runner
+            .service_account_name
+            .clone()
+            .or_else(|| settings.default_service_account().map(String::from)),
+        // The runner needs S3, never the Kubernetes API: no token in its pods. (IRSA and Pod
+        // Identity inject their own projected token, unaffected by this.)
+        automount_service_account_token: Some(false),
         node_selector: (!runner.node_selector.is_empty()).then(|| runner.node_selector.clone()),
         tolerations: (!runner.tolerations.is_empty()).then(|| runner.tolerations.clone()),
         security_context: Some(PodSecurityContext {

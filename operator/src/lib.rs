@@ -1,16 +1,26 @@
 //! `pomona-operator`: reconciles `FeatureExtraction` resources into an Indexed Job of extractor
 //! pods and a reduce Job, and reports the run in the resource's status.
 //!
-//! The operator is built as *read → validate (pure) → build (pure) → apply*. This crate so far
-//! holds the pure parts: the operator's settings, the checks a run passes before it starts
-//! (data residency among them), the Job builders, the status computation and `render`; the
-//! controller loop lands with the operator work (see the README's status table).
+//! The operator is built as *read → validate (pure) → build (pure) → apply*:
+//! - pure: the operator's [`settings`], the checks a run passes before it starts ([`validate`],
+//!   data [`residency`] among them), the Job builders ([`jobs`], [`names`]), what is read off
+//!   pods and Jobs ([`observe`]), the [`status`] computation, the leader-election decisions
+//!   ([`leader`]) and [`render`];
+//! - on the cluster: the [`controller`] (reconcile and error policy), planning through the
+//!   shared planner ([`planner`]), [`metrics`] and the HTTP endpoints ([`serve`]), and the
+//!   process that ties them together ([`app`]).
 
+pub mod app;
+pub mod controller;
 pub mod jobs;
+pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod observe;
+pub mod planner;
 pub mod render;
 pub mod residency;
+pub mod serve;
 pub mod settings;
 pub mod status;
 pub mod validate;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pomona_operator::app::{RunArgs, init_logging, run};
 use pomona_operator::render::render;
 use pomona_operator::settings::Settings;
 
@@ -17,6 +18,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: watch FeatureExtraction resources and run them (in a cluster, or
+    /// against the cluster of the current kubeconfig).
+    Run {
+        #[command(flatten)]
+        args: RunArgs,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Print the FeatureExtraction CRD manifest (what `kubectl apply -f crds/` installs).
     Crd,
     /// Print, without a cluster, the Jobs the operator would create for a FeatureExtraction.
@@ -37,6 +46,23 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Run { args, settings } => {
+            if let Err(e) = init_logging(&args) {
+                eprintln!("pomona-operator run: {e:#}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("pomona-operator run: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = runtime.block_on(run(args, settings)) {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
         Command::Crd => print!("{}", pomona_crds::crd_yaml()),
         Command::Render {
             file,

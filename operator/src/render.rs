@@ -43,7 +43,7 @@ pub fn render(
     let mut out = header;
     for job in [
         extract_job(&fx, shards, settings),
-        reduce_job(&fx, settings),
+        reduce_job(&fx, &[], settings),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&job)?);

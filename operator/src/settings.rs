@@ -31,6 +31,12 @@ pub struct Settings {
     #[arg(long, env = "POMONA_RUNNER_IMAGE", default_value = DEFAULT_RUNNER_IMAGE)]
     pub runner_image: String,
 
+    /// Service account of the runner pods of resources that leave
+    /// `spec.runner.serviceAccountName` unset (it must exist in the resource's namespace; the
+    /// Helm chart creates one with no API rights). Empty: the namespace's default.
+    #[arg(long, env = "POMONA_RUNNER_SERVICE_ACCOUNT", default_value = "")]
+    pub runner_service_account: String,
+
     /// Field manager name of the operator's server-side applies.
     #[arg(long, env = "POMONA_FIELD_MANAGER", default_value = DEFAULT_FIELD_MANAGER)]
     pub field_manager: String,
@@ -41,6 +47,7 @@ impl Default for Settings {
         Self {
             allowed_regions: AllowedRegions::default(),
             runner_image: DEFAULT_RUNNER_IMAGE.to_string(),
+            runner_service_account: String::new(),
             field_manager: DEFAULT_FIELD_MANAGER.to_string(),
         }
     }
@@ -51,6 +58,12 @@ impl Settings {
     pub fn default_image(&self) -> Option<&str> {
         let image = self.runner_image.trim();
         (!image.is_empty()).then_some(image)
+    }
+
+    /// The default service account of runner pods, or `None` for the namespace's default.
+    pub fn default_service_account(&self) -> Option<&str> {
+        let name = self.runner_service_account.trim();
+        (!name.is_empty()).then_some(name)
     }
 }
 

@@ -76,8 +76,11 @@ pub struct Observed<'a> {
     pub reduce: Option<&'a JobStatus>,
     /// Pods of the reduce Job.
     pub reduce_pods: &'a [PodObservation],
-    /// The PCA the reduce step reports (read from its `report/summary.json`), once it has.
+    /// The PCA the reduce step reports (in its pod's termination summary), once it has.
     pub pca: Option<&'a PcaResult>,
+    /// A problem the operator retries while the run waits (storage unreachable, credentials
+    /// Secret missing): shown in the message of a run not yet planned.
+    pub retrying: Option<&'a str>,
 }
 
 /// The phase, with the reason and message that explain it.
@@ -214,6 +217,13 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     }
     if suspend {
         return suspended();
+    }
+    if let (Some(problem), PlanState::NotStarted | PlanState::Listing) = (obs.retrying, obs.plan) {
+        return verdict(
+            Phase::Planning,
+            "PlanningRetrying",
+            format!("planning will be retried: {problem}"),
+        );
     }
     match obs.plan {
         PlanState::NotStarted => verdict(Phase::Pending, "Pending", "waiting to list the source"),

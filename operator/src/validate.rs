@@ -45,6 +45,15 @@ pub enum Invalid {
         /// Shards the plan would have.
         shards: u64,
     },
+    /// Planning found that the run cannot be planned as specified: an empty source, an unusable
+    /// include pattern, an output prefix holding another run's plan.
+    #[error("{message}")]
+    Plan {
+        /// The condition reason (`EmptySource`, `OutputInUse`, …).
+        reason: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
 }
 
 impl Invalid {
@@ -55,6 +64,7 @@ impl Invalid {
             Invalid::NoRunnerImage => "NoRunnerImage",
             Invalid::NonSquareInput { .. } => "UnsupportedModelInput",
             Invalid::TooManyShards { .. } => "TooManyShards",
+            Invalid::Plan { reason, .. } => reason,
         }
     }
 }

@@ -90,7 +90,7 @@ fn both_jobs_share_metadata_pod_security_env_and_scheduling() {
     let fx = fx(|_| {});
     for (job, component) in [
         (extract_job(&fx, 3, &Settings::default()), "extract"),
-        (reduce_job(&fx, &Settings::default()), "reduce"),
+        (reduce_job(&fx, &[], &Settings::default()), "reduce"),
     ] {
         let v = serde_json::to_value(&job).unwrap();
         let meta = &v["metadata"];
@@ -179,7 +179,7 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
         ),
     ];
     for (patch, mode) in cases {
-        let job = reduce_job(&fx(patch), &Settings::default());
+        let job = reduce_job(&fx(patch), &[], &Settings::default());
         let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
         want.extend(mode);
         want.push("--path-style=true");

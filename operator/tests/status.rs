@@ -250,6 +250,7 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
         pca: None,
+        retrying: None,
     };
     compute(&obs, &at(100))
 }
@@ -334,6 +335,7 @@ fn unchanged_statuses_keep_their_times_and_are_not_rewritten() {
         reduce: None,
         reduce_pods: &[],
         pca: None,
+        retrying: None,
     };
     let first = compute(&obs, &at(0));
     obs.old = Some(&first);
@@ -407,6 +409,7 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
         reduce: None,
         reduce_pods: &[],
         pca: None,
+        retrying: None,
     };
     let s = compute(&obs, &at(0));
     assert_eq!(s.phase, Some(Phase::Failed));

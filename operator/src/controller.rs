@@ -1,0 +1,547 @@
+//! The controller: reconciles each `FeatureExtraction` as *read → validate (pure) → build (pure)
+//! → apply*.
+//!
+//! One reconcile reads the resource, its Jobs and their pods; plans the run once (through the
+//! shared planner) if the status holds no plan yet; creates or updates the Job the run is at
+//! with a server-side apply under one field manager; then computes the status with the pure
+//! [`status::compute`] and writes it — once, and only if it changed. A change of phase is also
+//! published as a Kubernetes Event.
+//!
+//! Errors: a spec the run can never satisfy fails the run (`Failed` with the reason, a Warning
+//! Event) and the controller waits for the next change; API and storage errors return `Err`,
+//! and [`error_policy`] requeues with an exponential backoff per resource.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
+
+use crate::jobs::{extract_job, reduce_job};
+use crate::metrics::{ErrorCategory, Metrics};
+use crate::names::{Component, bounded, job_name};
+use crate::observe::{PodObservation, PodPhase, job_indexes};
+use crate::planner::{self, PlanFailure};
+use crate::settings::Settings;
+use crate::status::{self, Observed, PlanState, PlanTotals};
+use crate::validate::validate;
+
+/// The label the Job controller puts on a Job's pods.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+/// How often a running run is looked at even without a change of its Jobs (a safety net: Job
+/// changes trigger reconciles).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// First and longest delay before a failed reconcile is retried.
+pub const BACKOFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API request failed.
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    /// Planning could not reach or read storage, or the credentials Secret is not usable.
+    #[error(transparent)]
+    Plan(PlanFailure),
+    /// A Job of the run's name exists and belongs to something else.
+    #[error("Job {0} exists and is not owned by this FeatureExtraction; waiting for it to go")]
+    ForeignJob(String),
+}
+
+impl Error {
+    /// The metric label of the error.
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::Api(_) | Error::ForeignJob(_) => ErrorCategory::Api,
+            Error::Plan(PlanFailure::Storage(_)) => ErrorCategory::Storage,
+            Error::Plan(PlanFailure::Credentials(_)) => ErrorCategory::Credentials,
+            Error::Plan(PlanFailure::Permanent(_)) => ErrorCategory::Spec,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The operator's settings.
+    pub settings: Settings,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per resource, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<FeatureExtraction>, u32>>,
+}
+
+impl Context {
+    /// A context over `client`; `instance` names this replica in Events (its pod name).
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: settings.field_manager.clone(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<FeatureExtraction>, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The delay before retry number `failures` (1-based) of a failed reconcile.
+pub fn backoff(failures: u32) -> Duration {
+    let (first, max) = BACKOFF;
+    first
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(max)
+}
+
+/// Reconciles one resource (the controller's reconciler).
+pub async fn reconcile(fx: Arc<FeatureExtraction>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = Run::new(&fx, &ctx).reconcile().await;
+    ctx.metrics.reconciled(started.elapsed());
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&ObjectRef::from_obj(fx.as_ref()));
+        }
+        Err(e) => {
+            ctx.metrics.failed(e.category());
+            tracing::warn!(
+                fx = %fx.name_any(),
+                namespace = fx.namespace().unwrap_or_default(),
+                error = %e,
+                "reconcile failed"
+            );
+        }
+    }
+    result
+}
+
+/// The controller's error policy: requeue with an exponential backoff per resource.
+pub fn error_policy(fx: Arc<FeatureExtraction>, _error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures();
+    let n = failures
+        .entry(ObjectRef::from_obj(fx.as_ref()))
+        .or_default();
+    *n = n.saturating_add(1);
+    Action::requeue(backoff(*n))
+}
+
+/// One reconcile of one resource.
+struct Run<'a> {
+    fx: &'a FeatureExtraction,
+    ctx: &'a Context,
+    name: String,
+    jobs: Api<Job>,
+}
+
+/// What one reconcile observed of a run's Jobs.
+#[derive(Default)]
+struct Jobs {
+    extract: Option<Job>,
+    reduce: Option<Job>,
+    extract_pods: Vec<PodObservation>,
+    reduce_pods: Vec<PodObservation>,
+}
+
+impl<'a> Run<'a> {
+    fn new(fx: &'a FeatureExtraction, ctx: &'a Context) -> Self {
+        let namespace = fx.namespace().unwrap_or_default();
+        Self {
+            fx,
+            ctx,
+            name: fx.name_any(),
+            jobs: Api::namespaced(ctx.client.clone(), &namespace),
+        }
+    }
+
+    fn spec(&self) -> &FeatureExtractionSpec {
+        &self.fx.spec
+    }
+
+    async fn reconcile(&self) -> Result<Action, Error> {
+        if self.fx.metadata.deletion_timestamp.is_some() {
+            // The Jobs go with the resource: they carry its controller ownerReference.
+            return Ok(Action::await_change());
+        }
+        let old = self.fx.status.as_ref();
+        let now = Time(Timestamp::now());
+        if old.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
+            // A finished run is never restarted; only observedGeneration follows the spec.
+            let new = FeatureExtractionStatus {
+                observed_generation: self.fx.metadata.generation,
+                ..old.cloned().unwrap_or_default()
+            };
+            self.write_status(old, &new).await?;
+            return Ok(Action::await_change());
+        }
+
+        // Validate, then plan once.
+        let mut invalid = validate(self.spec(), &self.ctx.settings).err();
+        let mut plan = recorded_plan(self.spec(), old);
+        let mut retrying = None;
+        if invalid.is_none() && plan == PlanState::NotStarted && !self.spec().suspend {
+            match self.plan().await {
+                Ok(totals) => plan = PlanState::Ready(totals),
+                Err(PlanFailure::Permanent(why)) => invalid = Some(why),
+                Err(e) => retrying = Some(e),
+            }
+        }
+
+        // Observe the Jobs, act on them, observe again what the apply returned.
+        let mut jobs = Jobs::default();
+        if invalid.is_none() && matches!(plan, PlanState::Ready(_)) {
+            jobs = self.observe().await?;
+        }
+        let retry_note = retrying.as_ref().map(ToString::to_string);
+        let compute = |jobs: &Jobs| {
+            status::compute(
+                &Observed {
+                    generation: self.fx.metadata.generation,
+                    spec: self.spec(),
+                    old,
+                    invalid: invalid.as_ref(),
+                    plan,
+                    extract: jobs.extract.as_ref().and_then(|j| j.status.as_ref()),
+                    extract_pods: &jobs.extract_pods,
+                    reduce: jobs.reduce.as_ref().and_then(|j| j.status.as_ref()),
+                    reduce_pods: &jobs.reduce_pods,
+                    pca: reduce_pca(&jobs.reduce_pods),
+                    retrying: retry_note.as_deref(),
+                },
+                &now,
+            )
+        };
+        let mut new = compute(&jobs);
+        if let PlanState::Ready(totals) = plan
+            && invalid.is_none()
+            && self.act(&new, totals, &mut jobs).await?
+        {
+            new = compute(&jobs);
+        }
+
+        self.write_status(old, &new).await?;
+        if let Some(e) = retrying {
+            self.event(
+                EventType::Warning,
+                "PlanningRetrying",
+                "Plan",
+                &e.to_string(),
+            )
+            .await;
+            return Err(Error::Plan(e));
+        }
+        Ok(match new.phase {
+            Some(Phase::Extracting | Phase::Reducing) => Action::requeue(RESYNC),
+            _ => Action::await_change(),
+        })
+    }
+
+    /// Reads the credentials Secret if any, then lists the source and writes the plan (or
+    /// reads the one already written).
+    async fn plan(&self) -> Result<PlanTotals, PlanFailure> {
+        let secret = match &self.spec().storage.credentials_secret {
+            None => None,
+            Some(reference) => {
+                let namespace = self.fx.namespace().unwrap_or_default();
+                let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
+                secrets
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(|e| {
+                        PlanFailure::Credentials(format!(
+                            "reading Secret {:?} failed: {e}",
+                            reference.name
+                        ))
+                    })?
+                    .map(|s| s.data.unwrap_or_default())
+            }
+        };
+        let config = planner::s3_config(self.spec(), secret.as_ref())?;
+        let plan = planner::plan(self.spec(), &config).await?;
+        tracing::info!(
+            fx = %self.name,
+            images = plan.images,
+            shards = plan.shards,
+            "planned"
+        );
+        Ok(planner::totals(&plan))
+    }
+
+    /// The run's Jobs and their pods.
+    async fn observe(&self) -> Result<Jobs, Error> {
+        let extract_name = job_name(&self.name, Component::Extract);
+        let reduce_name = job_name(&self.name, Component::Reduce);
+        let extract = self.own_job(&extract_name).await?;
+        let reduce = match extract {
+            Some(_) => self.own_job(&reduce_name).await?,
+            None => None,
+        };
+        let mut jobs = Jobs {
+            extract,
+            reduce,
+            ..Jobs::default()
+        };
+        if jobs.extract.is_none() {
+            return Ok(jobs);
+        }
+        let pods: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.fx.namespace().unwrap_or_default(),
+        );
+        let selector = format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/managed-by=pomona-operator",
+            bounded(&self.name, 63)
+        );
+        for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+            let job = pod
+                .labels()
+                .get(JOB_NAME_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            if job == extract_name {
+                jobs.extract_pods.push(PodObservation::from_pod(&pod));
+            } else if job == reduce_name {
+                jobs.reduce_pods.push(PodObservation::from_pod(&pod));
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The Job `name` if it exists and this resource controls it.
+    async fn own_job(&self, name: &str) -> Result<Option<Job>, Error> {
+        let Some(job) = self.jobs.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let uid = self.fx.metadata.uid.as_deref();
+        let ours = job
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+        if !ours {
+            return Err(Error::ForeignJob(name.to_string()));
+        }
+        Ok(Some(job))
+    }
+
+    /// Creates the Job the run needs next, or brings an existing one in line with the spec
+    /// (suspend, parallelism). Returns whether it wrote anything.
+    async fn act(
+        &self,
+        status: &FeatureExtractionStatus,
+        plan: PlanTotals,
+        jobs: &mut Jobs,
+    ) -> Result<bool, Error> {
+        let settings = &self.ctx.settings;
+        let phase = status.phase.unwrap_or(Phase::Pending);
+        let mut wrote = false;
+        if matches!(phase, Phase::Extracting | Phase::Suspended) || jobs.extract.is_some() {
+            let desired = extract_job(self.fx, plan.shards, settings);
+            if let Some(applied) = self.sync(jobs.extract.as_ref(), &desired).await? {
+                jobs.extract = Some(applied);
+                wrote = true;
+            }
+        }
+        let extracted = phase == Phase::Reducing && jobs.extract.is_some();
+        if extracted || jobs.reduce.is_some() {
+            let failed = jobs
+                .extract
+                .as_ref()
+                .and_then(|j| j.status.as_ref())
+                .map(|s| job_indexes(s).1)
+                .unwrap_or_default();
+            let desired = reduce_job(self.fx, &failed, settings);
+            if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
+                jobs.reduce = Some(applied);
+                wrote = true;
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Applies `desired` when `current` is missing, or differs from it in the fields a spec
+    /// change may move (suspend, parallelism). A finished Job is left alone.
+    async fn sync(&self, current: Option<&Job>, desired: &Job) -> Result<Option<Job>, Error> {
+        let name = desired.metadata.name.clone().unwrap_or_default();
+        let mutable = |j: &Job| {
+            j.spec
+                .as_ref()
+                .map(|s| (s.suspend.unwrap_or(false), s.parallelism))
+        };
+        let finished = current.and_then(|j| j.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        });
+        if let Some(job) = current
+            && (finished || mutable(job) == mutable(desired))
+        {
+            return Ok(None);
+        }
+        let params = PatchParams::apply(&self.ctx.settings.field_manager).force();
+        let applied = self
+            .jobs
+            .patch(&name, &params, &Patch::Apply(desired))
+            .await?;
+        if current.is_none() {
+            let what = match desired.spec.as_ref().and_then(|s| s.completions) {
+                Some(n) if n > 1 || name.ends_with("-extract") => {
+                    format!("created Job {name} with {n} indexes")
+                }
+                _ => format!("created Job {name}"),
+            };
+            self.event(EventType::Normal, "JobCreated", "CreateJob", &what)
+                .await;
+        }
+        Ok(Some(applied))
+    }
+
+    /// Writes `new` with a server-side apply of the status, if it differs from `old` in more
+    /// than timestamps; publishes an Event when the phase changed.
+    async fn write_status(
+        &self,
+        old: Option<&FeatureExtractionStatus>,
+        new: &FeatureExtractionStatus,
+    ) -> Result<(), Error> {
+        if !status::changed(old, new) {
+            return Ok(());
+        }
+        let api: Api<FeatureExtraction> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.fx.namespace().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "apiVersion": FeatureExtraction::api_version(&()),
+            "kind": FeatureExtraction::kind(&()),
+            "status": new,
+        });
+        let params = PatchParams::apply(&self.ctx.settings.field_manager).force();
+        api.patch_status(&self.name, &params, &Patch::Apply(&patch))
+            .await?;
+        self.ctx.metrics.status_written(old, new);
+        let (was, is) = (old.and_then(|s| s.phase), new.phase);
+        if was != is
+            && let Some(phase) = is
+        {
+            let kind = if phase == Phase::Failed {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let message = new.message.as_deref().unwrap_or_default();
+            self.event(kind, phase.as_str(), "Reconcile", message).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes an Event about the resource; a failure to publish is logged, not fatal.
+    async fn event(&self, kind: EventType, reason: &str, action: &str, note: &str) {
+        let event = Event {
+            type_: kind,
+            reason: reason.into(),
+            note: Some(crate::observe::shorten(note, 1024)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.fx.object_ref(&()))
+            .await
+        {
+            tracing::warn!(fx = %self.name, error = %e, "publishing an Event failed");
+        }
+    }
+}
+
+/// The plan the status records: its image and shard totals are written in the same status
+/// write as the run's first phase after planning, so a restart never plans again.
+pub fn recorded_plan(
+    spec: &FeatureExtractionSpec,
+    old: Option<&FeatureExtractionStatus>,
+) -> PlanState {
+    let Some(old) = old else {
+        return PlanState::NotStarted;
+    };
+    match (&old.images, &old.shards) {
+        (Some(images), Some(shards)) if shards.total > 0 => PlanState::Ready(PlanTotals {
+            images: images.total,
+            shards: shards.total,
+            images_per_shard: spec.sharding.images_per_shard,
+        }),
+        _ => PlanState::NotStarted,
+    }
+}
+
+/// The PCA the reduce pod reported, from its termination summary.
+fn reduce_pca(pods: &[PodObservation]) -> Option<&pomona_crds::PcaResult> {
+    pods.iter()
+        .filter(|p| p.phase == PodPhase::Succeeded)
+        .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
+        .and_then(|p| p.summary.as_ref())
+        .and_then(|s| s.pca.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), BACKOFF.1);
+    }
+
+    #[test]
+    fn a_plan_is_recorded_once_the_status_has_totals() {
+        let spec: FeatureExtractionSpec = serde_yaml::from_str::<FeatureExtraction>(include_str!(
+            "../../crds/examples/minimal.yaml"
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!(recorded_plan(&spec, None), PlanState::NotStarted);
+        let mut status = FeatureExtractionStatus::default();
+        assert_eq!(recorded_plan(&spec, Some(&status)), PlanState::NotStarted);
+        status.images = Some(pomona_crds::ImageCounts {
+            total: 1260,
+            ..Default::default()
+        });
+        status.shards = Some(pomona_crds::ShardCounts {
+            total: 3,
+            ..Default::default()
+        });
+        assert_eq!(
+            recorded_plan(&spec, Some(&status)),
+            PlanState::Ready(PlanTotals {
+                images: 1260,
+                shards: 3,
+                images_per_shard: spec.sharding.images_per_shard
+            })
+        );
+    }
+}

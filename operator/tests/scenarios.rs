@@ -1,0 +1,772 @@
+//! Scenario tests of the controller: whole runs reconciled against an in-memory API server
+//! (kube's mocked service, `tower_test`) and a real S3 server (s3s-fs, credentials checked),
+//! where the test plays Kubernetes' Job controller and kubelet by writing Job status and pods.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_api::{Call, FakeApi};
+use http::Method;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::runtime::controller::Action;
+use pomona_crds::contract::{PodSummary, Step};
+use pomona_crds::{FeatureExtraction, FeatureExtractionStatus, PcaResult, Phase};
+use pomona_operator::controller::{Context, Error, error_policy, reconcile};
+use pomona_operator::metrics::Metrics;
+use pomona_operator::settings::Settings;
+use pomona_storage::testing::{ACCESS_KEY, BUCKET, REGION, S3Server, SECRET_KEY};
+use serde_json::{Value, json};
+
+const NS: &str = "fruits";
+const FX: &str = "/apis/pomona.dev/v1alpha1/namespaces/fruits/featureextractions/fruits-360";
+const EXTRACT: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-extract";
+const REDUCE: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-reduce";
+const PODS: &str = "/api/v1/namespaces/fruits/pods";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fruits/events";
+const SECRET: &str = "/api/v1/namespaces/fruits/secrets/fruits-s3";
+
+/// A run of 10 images (2 varieties) in shards of 4: 3 shards of 4, 4 and 2 images.
+struct Harness {
+    api: FakeApi,
+    client: Client,
+    s3: S3Server,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    fn new(patch: impl FnOnce(&mut FeatureExtraction)) -> Self {
+        let s3 = S3Server::start();
+        for (variety, n) in [("Apple Red 1", 6), ("Banana 1", 4)] {
+            let dir = s3.root().join(BUCKET).join("images/Training").join(variety);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                std::fs::write(
+                    dir.join(format!("{i}_100.jpg")),
+                    b"not decoded by the planner",
+                )
+                .unwrap();
+            }
+        }
+        let (api, client) = FakeApi::start();
+        let mut fx: FeatureExtraction = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../crds/examples/fruits-360.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        fx.metadata.namespace = Some(NS.into());
+        fx.spec.storage.endpoint = Some(s3.endpoint.clone());
+        fx.spec.storage.region = REGION.into();
+        fx.spec.sharding.images_per_shard = 4;
+        patch(&mut fx);
+        api.put(FX, serde_json::to_value(&fx).unwrap());
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("fruits-s3".into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
+            data: Some(
+                [
+                    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+            ),
+            ..Default::default()
+        };
+        api.put(SECRET, serde_json::to_value(&secret).unwrap());
+        let ctx = Self::context(&client);
+        Self {
+            api,
+            client,
+            s3,
+            ctx,
+        }
+    }
+
+    fn context(client: &Client) -> Arc<Context> {
+        Arc::new(Context::new(
+            client.clone(),
+            Settings::default(),
+            Arc::new(Metrics::default()),
+            Some("pomona-operator-0".into()),
+        ))
+    }
+
+    /// A new operator process: a fresh context (Event cache, metrics, backoff counts).
+    fn restart(&mut self) {
+        self.ctx = Self::context(&self.client);
+    }
+
+    fn fx(&self) -> FeatureExtraction {
+        serde_json::from_value(self.api.object(FX).expect("the resource exists")).unwrap()
+    }
+
+    async fn reconcile(&self) -> Result<Action, Error> {
+        reconcile(Arc::new(self.fx()), self.ctx.clone()).await
+    }
+
+    /// Reconciles and expects success.
+    async fn step(&self) -> Action {
+        match self.reconcile().await {
+            Ok(action) => action,
+            Err(e) => panic!("reconcile failed: {e}"),
+        }
+    }
+
+    fn status(&self) -> FeatureExtractionStatus {
+        self.fx().status.expect("a status is written")
+    }
+
+    fn condition(&self, type_: &str) -> (String, String, String) {
+        let status = self.status();
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn job(&self, path: &str) -> Value {
+        self.api
+            .object(path)
+            .unwrap_or_else(|| panic!("{path} missing"))
+    }
+
+    fn args(&self, path: &str) -> Vec<String> {
+        let job = self.job(path);
+        serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+            .unwrap()
+    }
+
+    /// Plays the Job controller: sets the Job's status.
+    fn job_status(&self, path: &str, status: Value) {
+        self.api.edit(path, json!({ "status": status }));
+    }
+
+    /// Plays the kubelet: a pod of `job` (index `index`), finished in `phase` with `exit` and
+    /// `message` as its termination message.
+    fn pod(&self, job: &str, index: u32, attempt: u32, phase: &str, exit: i32, message: &str) {
+        let job_name = job.rsplit('/').next().unwrap();
+        let template = &self.job(job)["spec"]["template"]["metadata"]["labels"];
+        let mut labels = template.clone();
+        labels["batch.kubernetes.io/job-name"] = json!(job_name);
+        let name = format!("{job_name}-{index}-{attempt}");
+        self.api.put(
+            &format!("{PODS}/{name}"),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": name, "namespace": NS, "labels": labels,
+                    "annotations": {"batch.kubernetes.io/job-completion-index": index.to_string()}
+                },
+                "status": {
+                    "phase": phase,
+                    "containerStatuses": [{
+                        "name": "pomona", "image": "pomona", "imageID": "", "ready": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {
+                            "exitCode": exit, "message": message,
+                            "reason": if exit == 0 { "Completed" } else { "Error" },
+                            "finishedAt": format!("2026-11-25T10:{:02}:00Z", 10 + index + attempt)
+                        }}
+                    }]
+                }
+            }),
+        );
+    }
+
+    fn extract_summary(shard: u32, images: u64, failed: u64) -> String {
+        PodSummary {
+            step: Step::Extract,
+            shard: Some(shard),
+            images,
+            processed: images - failed,
+            failed,
+            seconds: 2.5,
+            peak_rss_mib: Some(420),
+            pca: None,
+            error: None,
+        }
+        .to_line()
+    }
+
+    fn writes_to(&self, path: &str) -> Vec<Call> {
+        self.api
+            .writes()
+            .into_iter()
+            .filter(|c| c.path == path)
+            .collect()
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.api
+            .writes()
+            .into_iter()
+            .filter(|c| c.path.starts_with(EVENTS))
+            .filter_map(|c| c.body?["reason"].as_str().map(String::from))
+            .collect()
+    }
+
+    fn s3_file(&self, key: &str) -> std::path::PathBuf {
+        self.s3.root().join(BUCKET).join(key)
+    }
+}
+
+fn complete(extra: Value) -> Value {
+    let mut status = json!({
+        "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]
+    });
+    common::fake_api::merge(&mut status, &extra);
+    status
+}
+
+#[tokio::test]
+async fn a_whole_run_goes_from_plan_to_succeeded() {
+    let h = Harness::new(|_| {});
+
+    // 1. Plan and create the extract Job: one Job apply, one status write.
+    let action = h.step().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let plan: Value = serde_json::from_slice(
+        &std::fs::read(h.s3_file("runs/fruits-360/manifests/plan.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (plan["images"].as_u64(), plan["shards"].as_u64()),
+        (Some(10), Some(3))
+    );
+    for shard in 0..3 {
+        assert!(
+            h.s3_file(&format!(
+                "runs/fruits-360/manifests/shard-0000{shard}.jsonl"
+            ))
+            .is_file()
+        );
+    }
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Extracting));
+    assert_eq!(status.observed_generation, Some(1));
+    let images = status.images.unwrap();
+    assert_eq!((images.total, images.processed, images.failed), (10, 0, 0));
+    assert_eq!(status.shards.unwrap().total, 3);
+    assert_eq!(h.condition("Planned").0, "True");
+    assert_eq!(h.condition("Progressing").0, "True");
+    assert_eq!(h.condition("Complete").0, "False");
+
+    let applies = h.writes_to(EXTRACT);
+    assert_eq!(applies.len(), 1, "{applies:?}");
+    let apply = &applies[0];
+    assert_eq!(apply.method, Method::PATCH);
+    assert!(
+        apply
+            .content_type
+            .as_deref()
+            .unwrap()
+            .starts_with("application/apply-patch"),
+        "server-side apply"
+    );
+    assert!(
+        apply.query.contains("fieldManager=pomona-operator"),
+        "{}",
+        apply.query
+    );
+    assert!(apply.query.contains("force=true"), "{}", apply.query);
+    let job = h.job(EXTRACT);
+    assert_eq!(job["spec"]["completions"], 3);
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(
+        job["metadata"]["ownerReferences"][0]["uid"],
+        h.fx().metadata.uid.unwrap()
+    );
+    let status_writes = h.writes_to(&format!("{FX}/status"));
+    assert_eq!(status_writes.len(), 1);
+    assert!(
+        status_writes[0]
+            .query
+            .contains("fieldManager=pomona-operator")
+    );
+    assert_eq!(
+        status_writes[0].body.as_ref().unwrap()["kind"],
+        "FeatureExtraction"
+    );
+    assert_eq!(h.event_reasons(), ["JobCreated", "Extracting"]);
+
+    // 2. Nothing changed: nothing is written.
+    h.api.clear_calls();
+    h.step().await;
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+
+    // 3. Two shards done, one running.
+    h.pod(
+        EXTRACT,
+        0,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(0, 4, 0),
+    );
+    h.pod(
+        EXTRACT,
+        1,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(1, 4, 0),
+    );
+    h.job_status(
+        EXTRACT,
+        json!({"active": 1, "succeeded": 2, "completedIndexes": "0-1"}),
+    );
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Extracting));
+    let images = status.images.unwrap();
+    assert_eq!((images.processed, images.failed), (8, 0));
+    let shards = status.shards.unwrap();
+    assert_eq!((shards.succeeded, shards.failed, shards.active), (2, 0, 1));
+    assert!(
+        h.api.object(REDUCE).is_none(),
+        "no reduce before extraction ends"
+    );
+
+    // 4. The last shard ends with one bad image: the reduce Job starts.
+    h.pod(
+        EXTRACT,
+        2,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(2, 2, 1),
+    );
+    h.job_status(
+        EXTRACT,
+        complete(json!({"active": 0, "succeeded": 3, "completedIndexes": "0-2"})),
+    );
+    h.api.clear_calls();
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Reducing));
+    let images = status.images.unwrap();
+    assert_eq!((images.total, images.processed, images.failed), (10, 9, 1));
+    let args = h.args(REDUCE);
+    assert_eq!(args[0], "reduce");
+    assert!(
+        args.contains(&"--variance-to-keep=0.95".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--failed-shards")),
+        "{args:?}"
+    );
+    assert_eq!(
+        h.writes_to(EXTRACT).len(),
+        0,
+        "a finished Job is left alone"
+    );
+    assert_eq!(h.event_reasons(), ["JobCreated", "Reducing"]);
+
+    // 5. The reduce pod reports its PCA: Succeeded, with outputs.
+    let reduce_summary = PodSummary {
+        step: Step::Reduce,
+        shard: None,
+        images: 10,
+        processed: 9,
+        failed: 1,
+        seconds: 1.0,
+        peak_rss_mib: Some(110),
+        pca: Some(PcaResult {
+            components: 7,
+            explained_variance: 0.951,
+            reused: false,
+        }),
+        error: None,
+    };
+    h.pod(REDUCE, 0, 0, "Succeeded", 0, &reduce_summary.to_line());
+    h.job_status(REDUCE, complete(json!({"succeeded": 1})));
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(h.condition("Complete").0, "True");
+    assert_eq!(h.condition("Progressing").0, "False");
+    assert_eq!(h.condition("Failed").0, "False");
+    assert_eq!(status.pca, reduce_summary.pca);
+    let outputs = status.outputs.unwrap();
+    assert_eq!(
+        outputs.features.as_deref(),
+        Some("s3://fruits/runs/fruits-360/features/")
+    );
+    assert!(outputs.csv.is_some());
+    assert!(status.completion_time.is_some());
+    assert_eq!(h.event_reasons(), ["Succeeded"]);
+
+    // 6. A finished run stays put, even when its Jobs are gone (ttlSecondsAfterFinished).
+    h.api.remove(EXTRACT);
+    h.api.remove(REDUCE);
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+    assert!(h.api.object(EXTRACT).is_none());
+
+    // The metrics saw the images.
+    let text = h.ctx.metrics.render([Some(Phase::Succeeded)]);
+    assert!(text.contains("pomona_images_processed_total 9"), "{text}");
+    assert!(text.contains("pomona_images_failed_total 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_restart_mid_run_neither_plans_again_nor_duplicates_the_job() {
+    let mut h = Harness::new(|_| {});
+    // The first status write is lost: the plan is written to S3 but not recorded.
+    h.api.fail_next(Method::PATCH, &format!("{FX}/status"), 500);
+    let err = h.reconcile().await.unwrap_err();
+    assert!(matches!(err, Error::Api(_)), "{err}");
+    let plan_file = h.s3_file("runs/fruits-360/manifests/plan.json");
+    let first_plan = std::fs::read(&plan_file).unwrap();
+
+    // Meanwhile a new image arrives; the next reconcile reuses the written plan.
+    std::fs::write(
+        h.s3_file("images/Training/Banana 1/99_100.jpg"),
+        b"arrived after planning",
+    )
+    .unwrap();
+    h.step().await;
+    assert_eq!(std::fs::read(&plan_file).unwrap(), first_plan);
+    assert_eq!(h.status().images.unwrap().total, 10);
+    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 1, "one Job");
+
+    // The operator restarts, and S3 is unreachable: the run goes on from its status alone.
+    h.s3.stop();
+    h.restart();
+    h.api.clear_calls();
+    h.pod(
+        EXTRACT,
+        0,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(0, 4, 0),
+    );
+    h.job_status(
+        EXTRACT,
+        json!({"active": 2, "succeeded": 1, "completedIndexes": "0"}),
+    );
+    h.step().await;
+    assert!(h.writes_to(EXTRACT).is_empty(), "no second Job apply");
+    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 1);
+    let status = h.status();
+    assert_eq!(status.shards.unwrap().succeeded, 1);
+    assert_eq!(status.images.unwrap().processed, 4);
+    let writes: Vec<String> = h.api.writes().into_iter().map(|c| c.path).collect();
+    assert_eq!(writes, [format!("{FX}/status")], "only the status changed");
+}
+
+#[tokio::test]
+async fn a_retried_index_counts_once_and_a_failed_index_fails_the_run() {
+    let h = Harness::new(|_| {});
+    h.step().await;
+    // Shard 0 succeeded on its second try (the first pod was OOM-killed).
+    h.pod(EXTRACT, 0, 0, "Failed", 137, "");
+    h.pod(
+        EXTRACT,
+        0,
+        1,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(0, 4, 0),
+    );
+    h.pod(
+        EXTRACT,
+        2,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(2, 2, 0),
+    );
+    // Shard 1 failed for good: the runner could not read its images.
+    let failure = PodSummary {
+        error: Some("AccessDenied reading s3://fruits/images/Training/Banana 1/0_100.jpg".into()),
+        ..serde_json::from_str(&Harness::extract_summary(1, 4, 0)).unwrap()
+    };
+    h.pod(EXTRACT, 1, 0, "Failed", 3, &failure.to_line());
+    h.job_status(
+        EXTRACT,
+        json!({
+            "active": 0, "succeeded": 2, "failed": 2,
+            "completedIndexes": "0,2", "failedIndexes": "1",
+            "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]
+        }),
+    );
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let images = status.images.unwrap();
+    assert_eq!(
+        (images.processed, images.failed),
+        (6, 4),
+        "shard 0 counted once"
+    );
+    let (on, reason, message) = h.condition("Failed");
+    assert_eq!((on.as_str(), reason.as_str()), ("True", "ShardsFailed"));
+    assert!(message.contains("shard 1: AccessDenied"), "{message}");
+    assert!(h.api.object(REDUCE).is_none());
+    let warning = h
+        .api
+        .writes()
+        .into_iter()
+        .find(|c| c.path.starts_with(EVENTS))
+        .unwrap();
+    assert_eq!(warning.body.unwrap()["type"], "Warning");
+}
+
+#[tokio::test]
+async fn a_failed_index_within_max_failed_shards_is_dead_lettered_by_reduce() {
+    let h = Harness::new(|fx| fx.spec.sharding.max_failed_shards = 1);
+    h.step().await;
+    assert_eq!(h.job(EXTRACT)["spec"]["maxFailedIndexes"], 1);
+    h.pod(
+        EXTRACT,
+        0,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(0, 4, 0),
+    );
+    h.pod(EXTRACT, 1, 0, "Failed", 3, "");
+    h.pod(
+        EXTRACT,
+        2,
+        0,
+        "Succeeded",
+        0,
+        &Harness::extract_summary(2, 2, 0),
+    );
+    h.job_status(
+        EXTRACT,
+        json!({
+            "active": 0, "succeeded": 2, "failed": 1,
+            "completedIndexes": "0,2", "failedIndexes": "1",
+            "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]
+        }),
+    );
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Reducing));
+    assert!(
+        status
+            .message
+            .unwrap()
+            .contains("within spec.sharding.maxFailedShards")
+    );
+    let args = h.args(REDUCE);
+    assert!(args.contains(&"--failed-shards=1".to_string()), "{args:?}");
+}
+
+#[tokio::test]
+async fn suspend_pauses_and_resume_continues() {
+    // Suspended from the start: nothing is listed or created.
+    let mut h = Harness::new(|fx| fx.spec.suspend = true);
+    h.s3.stop();
+    assert_eq!(h.step().await, Action::await_change());
+    assert_eq!(h.status().phase, Some(Phase::Suspended));
+    assert_eq!(h.condition("Suspended").0, "True");
+    assert!(h.api.object(EXTRACT).is_none());
+
+    // Resumed: planned and started.
+    h = Harness::new(|fx| fx.spec.suspend = true);
+    h.step().await;
+    h.api.edit(
+        FX,
+        json!({"spec": {"suspend": false}, "metadata": {"generation": 2}}),
+    );
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Extracting));
+    assert_eq!(h.status().observed_generation, Some(2));
+    assert_eq!(h.job(EXTRACT)["spec"]["suspend"], false);
+
+    // Suspended mid-run: the Job is suspended (its own suspend), and resumed again.
+    h.api.edit(
+        FX,
+        json!({"spec": {"suspend": true}, "metadata": {"generation": 3}}),
+    );
+    h.api.clear_calls();
+    h.step().await;
+    assert_eq!(h.job(EXTRACT)["spec"]["suspend"], true);
+    assert_eq!(h.writes_to(EXTRACT).len(), 1);
+    assert_eq!(h.status().phase, Some(Phase::Suspended));
+    assert_eq!(h.condition("Progressing").0, "False");
+    assert!(h.event_reasons().contains(&"Suspended".to_string()));
+
+    h.api.edit(
+        FX,
+        json!({"spec": {"suspend": false}, "metadata": {"generation": 4}}),
+    );
+    h.step().await;
+    assert_eq!(h.job(EXTRACT)["spec"]["suspend"], false);
+    assert_eq!(h.status().phase, Some(Phase::Extracting));
+    assert_eq!(h.condition("Suspended").0, "False");
+    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 1);
+}
+
+#[tokio::test]
+async fn parallelism_follows_the_spec() {
+    let h = Harness::new(|_| {});
+    h.step().await;
+    assert_eq!(h.job(EXTRACT)["spec"]["parallelism"], 3);
+    h.api
+        .edit(FX, json!({"spec": {"sharding": {"parallelism": 1}}}));
+    h.step().await;
+    assert_eq!(h.job(EXTRACT)["spec"]["parallelism"], 1);
+}
+
+#[tokio::test]
+async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
+    let h = Harness::new(|_| {});
+    h.step().await;
+    let owner = &h.job(EXTRACT)["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "FeatureExtraction");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(owner["blockOwnerDeletion"], true);
+    assert_eq!(h.job(EXTRACT)["spec"]["ttlSecondsAfterFinished"], 86400);
+
+    h.api.edit(
+        FX,
+        json!({"metadata": {"deletionTimestamp": "2026-11-25T11:00:00Z"}}),
+    );
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+}
+
+#[tokio::test]
+async fn a_region_outside_the_allowed_list_is_refused() {
+    let h = Harness::new(|fx| fx.spec.storage.region = "us-east-1".into());
+    assert_eq!(h.step().await, Action::await_change());
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let (on, reason, message) = h.condition("Failed");
+    assert_eq!((on.as_str(), reason.as_str()), ("True", "RegionNotAllowed"));
+    assert!(
+        message.contains("us-east-1") && message.contains("eu-west-3"),
+        "{message}"
+    );
+    assert!(h.api.object(EXTRACT).is_none());
+    assert!(
+        !h.s3_file("runs/fruits-360/manifests/plan.json").exists(),
+        "nothing listed"
+    );
+    assert_eq!(h.event_reasons(), ["Failed"]);
+}
+
+#[tokio::test]
+async fn an_empty_source_fails_the_run() {
+    let h = Harness::new(|fx| fx.spec.source.uri = "s3://fruits/images/Nothing/".into());
+    assert_eq!(h.step().await, Action::await_change());
+    assert_eq!(h.status().phase, Some(Phase::Failed));
+    let (_, reason, message) = h.condition("Failed");
+    assert_eq!(reason, "EmptySource");
+    assert!(message.contains("no images to process"), "{message}");
+}
+
+#[tokio::test]
+async fn an_output_holding_another_runs_plan_is_refused() {
+    let h = Harness::new(|_| {});
+    h.step().await;
+    // A second resource writes to the same output prefix, from another source.
+    let other_path = "/apis/pomona.dev/v1alpha1/namespaces/fruits/featureextractions/other";
+    let mut other = h.fx();
+    other.metadata.name = Some("other".into());
+    other.metadata.uid = None;
+    other.status = None;
+    other.spec.source.uri = "s3://fruits/images/".into();
+    h.api.put(other_path, serde_json::to_value(&other).unwrap());
+    let stored = || -> FeatureExtraction {
+        serde_json::from_value(h.api.object(other_path).unwrap()).unwrap()
+    };
+    assert_eq!(
+        reconcile(Arc::new(stored()), h.ctx.clone()).await.unwrap(),
+        Action::await_change()
+    );
+    let status = stored().status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let message = status.message.unwrap();
+    assert!(
+        message.contains("choose another spec.output.uri"),
+        "{message}"
+    );
+    assert!(
+        h.api
+            .object("/apis/batch/v1/namespaces/fruits/jobs/other-extract")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn storage_errors_are_retried_with_backoff_and_shown() {
+    let h = Harness::new(|_| {});
+    h.api.edit(
+        SECRET,
+        json!({"data": {"AWS_SECRET_ACCESS_KEY": "d3Jvbmc="}}), // "wrong"
+    );
+    let err = h.reconcile().await.unwrap_err();
+    assert!(matches!(err, Error::Plan(_)), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "no secret in errors: {err}"
+    );
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Planning));
+    let message = status.message.unwrap();
+    assert!(message.contains("planning will be retried"), "{message}");
+    assert!(message.contains("fruits"), "names the bucket: {message}");
+    assert!(h.event_reasons().contains(&"PlanningRetrying".to_string()));
+    let fx = Arc::new(h.fx());
+    let delays: Vec<Action> = (0..3)
+        .map(|_| error_policy(fx.clone(), &err, h.ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+    let text = h.ctx.metrics.render([]);
+    assert!(
+        text.contains("pomona_reconcile_errors_total{category=\"Storage\"} 1"),
+        "{text}"
+    );
+
+    // A missing Secret is reported as such.
+    h.api.remove(SECRET);
+    let err = h.reconcile().await.unwrap_err();
+    assert!(err.to_string().contains("was not found"), "{err}");
+
+    // Fixed: the run is planned, and the backoff starts over.
+    h.api.put(
+        SECRET,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "fruits-s3", "namespace": NS},
+               "stringData": {}, "data": {
+                   "AWS_ACCESS_KEY_ID": b64(ACCESS_KEY), "AWS_SECRET_ACCESS_KEY": b64(SECRET_KEY)}}),
+    );
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Extracting));
+    assert_eq!(
+        error_policy(fx, &err, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+fn b64(s: &str) -> Value {
+    serde_json::to_value(ByteString(s.as_bytes().to_vec())).unwrap()
+}
