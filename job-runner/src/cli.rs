@@ -73,9 +73,15 @@ pub struct ModelArgs {
     /// Name of the model output holding the features.
     #[arg(long, default_value = "features")]
     pub output_name: String,
-    /// Width and height the images are resized to.
+    /// Width and height the images are resized to (a square input).
     #[arg(long, default_value_t = 224)]
     pub size: u32,
+    /// Width the images are resized to, for a model with a non-square input (default: --size).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Height the images are resized to (default: --size).
+    #[arg(long)]
+    pub height: Option<u32>,
     /// Tensor layout of the model input.
     #[arg(long, value_enum, default_value_t = LayoutArg::Nhwc)]
     pub layout: LayoutArg,
@@ -131,13 +137,16 @@ impl ModelArgs {
         let uri = self.model_uri()?;
         let (folder, key) = split_object_uri(&uri)?;
         let storage = Storage::open(&folder, s3).await?;
-        let preprocess = Preprocess::new(self.size, self.size)
-            .map_err(|e| Permanent(e.to_string()))?
-            .with_layout(match self.layout {
-                LayoutArg::Nhwc => Layout::Nhwc,
-                LayoutArg::Nchw => Layout::Nchw,
-            })
-            .with_normalization(self.scale, self.offset);
+        let preprocess = Preprocess::new(
+            self.width.unwrap_or(self.size),
+            self.height.unwrap_or(self.size),
+        )
+        .map_err(|e| Permanent(e.to_string()))?
+        .with_layout(match self.layout {
+            LayoutArg::Nhwc => Layout::Nhwc,
+            LayoutArg::Nchw => Layout::Nchw,
+        })
+        .with_normalization(self.scale, self.offset);
         let options = ModelOptions {
             intra_threads: threads.inference,
             input_name: self.input_name.clone(),

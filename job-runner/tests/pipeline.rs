@@ -336,3 +336,34 @@ fn extract_shards_from_a_real_s3_server() {
     assert_corpus_accounted(&corpus, &features, &dead_letters(&parts("deadletter")));
     assert!(run.join("stats/part-00001.safetensors").is_file());
 }
+
+#[test]
+fn a_resize_the_model_does_not_take_is_refused_before_any_image() {
+    let tmp = TempDir::new("size");
+    let input = tmp.path().join("in");
+    copy_varieties(&input, &["Banana 1"]);
+    let out = pomona(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            tmp.path().join("out").to_str().unwrap(),
+            "--width",
+            "200",
+            "--height",
+            "224",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "a permanent error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fixed at 224x224") && stderr.contains("224x200"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path().join("out/features").exists(),
+        "nothing extracted"
+    );
+}

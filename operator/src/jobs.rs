@@ -44,7 +44,8 @@ pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> 
     args.extend([
         format!("--input-name={}", model.input.name),
         format!("--output-name={}", model.output),
-        format!("--size={}", model.input.width),
+        format!("--width={}", model.input.width),
+        format!("--height={}", model.input.height),
         format!(
             "--layout={}",
             match model.input.layout {

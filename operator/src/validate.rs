@@ -21,17 +21,6 @@ pub enum Invalid {
          (--runner-image / POMONA_RUNNER_IMAGE): set spec.runner.image"
     )]
     NoRunnerImage,
-    /// The runner resizes images to a square only.
-    #[error(
-        "spec.model.input is {width}x{height}: the pomona runner resizes images to a square \
-         (one --size), so width and height must be equal"
-    )]
-    NonSquareInput {
-        /// `spec.model.input.width`.
-        width: u32,
-        /// `spec.model.input.height`.
-        height: u32,
-    },
     /// The plan has more shards than one Indexed Job can run.
     #[error(
         "{images} images in shards of {images_per_shard} make {shards} shards, more than the \
@@ -62,7 +51,6 @@ impl Invalid {
         match self {
             Invalid::Region(_) => "RegionNotAllowed",
             Invalid::NoRunnerImage => "NoRunnerImage",
-            Invalid::NonSquareInput { .. } => "UnsupportedModelInput",
             Invalid::TooManyShards { .. } => "TooManyShards",
             Invalid::Plan { reason, .. } => reason,
         }
@@ -77,13 +65,6 @@ pub fn validate(spec: &FeatureExtractionSpec, settings: &Settings) -> Result<(),
     let image = spec.runner.image.as_deref().map(str::trim);
     if image.is_none_or(str::is_empty) && settings.default_image().is_none() {
         return Err(Invalid::NoRunnerImage);
-    }
-    let input = &spec.model.input;
-    if input.width != input.height {
-        return Err(Invalid::NonSquareInput {
-            width: input.width,
-            height: input.height,
-        });
     }
     Ok(())
 }
