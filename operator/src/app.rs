@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -83,7 +84,9 @@ pub fn init_logging(args: &RunArgs) -> anyhow::Result<()> {
 /// Runs the operator until SIGTERM/SIGINT, or until this replica loses the Lease (an error:
 /// the pod restarts as a standby).
 pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes API to talk to (in a pod: its service account; else KUBECONFIG)")?;
     let identity = args
         .identity
         .clone()

@@ -59,7 +59,18 @@ fn main() -> ExitCode {
                 }
             };
             if let Err(e) = runtime.block_on(run(args, settings)) {
-                tracing::error!("{e:#}");
+                // kube's errors print their causes in their own message: each cause is shown
+                // only when the message before it does not already hold it.
+                let mut text = String::new();
+                for cause in e.chain().map(ToString::to_string) {
+                    if !text.contains(&cause) {
+                        if !text.is_empty() {
+                            text.push_str(": ");
+                        }
+                        text.push_str(&cause);
+                    }
+                }
+                tracing::error!("{text}");
                 return ExitCode::FAILURE;
             }
         }
