@@ -1,5 +1,7 @@
 //! Helpers shared by pomona's end-to-end tests (`tests/tests/*.rs`).
 
+pub mod e2e;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace root (the folder of the top-level `Cargo.toml`).
