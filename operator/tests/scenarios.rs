@@ -186,6 +186,13 @@ impl Harness {
         );
     }
 
+    /// Plays the kubelet for a successful extract pod: shard `index`, attempt `attempt`, with
+    /// `failed` of its `images` dead-lettered.
+    fn extracted(&self, index: u32, attempt: u32, images: u64, failed: u64) {
+        let summary = Self::extract_summary(index, images, failed);
+        self.pod(EXTRACT, index, attempt, "Succeeded", 0, &summary);
+    }
+
     fn extract_summary(shard: u32, images: u64, failed: u64) -> String {
         PodSummary {
             step: Step::Extract,
@@ -308,22 +315,8 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
 
     // 3. Two shards done, one running.
-    h.pod(
-        EXTRACT,
-        0,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(0, 4, 0),
-    );
-    h.pod(
-        EXTRACT,
-        1,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(1, 4, 0),
-    );
+    h.extracted(0, 0, 4, 0);
+    h.extracted(1, 0, 4, 0);
     h.job_status(
         EXTRACT,
         json!({"active": 1, "succeeded": 2, "completedIndexes": "0-1"}),
@@ -341,14 +334,7 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     );
 
     // 4. The last shard ends with one bad image: the reduce Job starts.
-    h.pod(
-        EXTRACT,
-        2,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(2, 2, 1),
-    );
+    h.extracted(2, 0, 2, 1);
     h.job_status(
         EXTRACT,
         complete(json!({"active": 0, "succeeded": 3, "completedIndexes": "0-2"})),
@@ -450,14 +436,7 @@ async fn a_restart_mid_run_neither_plans_again_nor_duplicates_the_job() {
     h.s3.stop();
     h.restart();
     h.api.clear_calls();
-    h.pod(
-        EXTRACT,
-        0,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(0, 4, 0),
-    );
+    h.extracted(0, 0, 4, 0);
     h.job_status(
         EXTRACT,
         json!({"active": 2, "succeeded": 1, "completedIndexes": "0"}),
@@ -478,22 +457,8 @@ async fn a_retried_index_counts_once_and_a_failed_index_fails_the_run() {
     h.step().await;
     // Shard 0 succeeded on its second try (the first pod was OOM-killed).
     h.pod(EXTRACT, 0, 0, "Failed", 137, "");
-    h.pod(
-        EXTRACT,
-        0,
-        1,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(0, 4, 0),
-    );
-    h.pod(
-        EXTRACT,
-        2,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(2, 2, 0),
-    );
+    h.extracted(0, 1, 4, 0);
+    h.extracted(2, 0, 2, 0);
     // Shard 1 failed for good: the runner could not read its images.
     let failure = PodSummary {
         error: Some("AccessDenied reading s3://fruits/images/Training/Banana 1/0_100.jpg".into()),
@@ -536,23 +501,9 @@ async fn a_failed_index_within_max_failed_shards_is_dead_lettered_by_reduce() {
     let h = Harness::new(|fx| fx.spec.sharding.max_failed_shards = 1);
     h.step().await;
     assert_eq!(h.job(EXTRACT)["spec"]["maxFailedIndexes"], 1);
-    h.pod(
-        EXTRACT,
-        0,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(0, 4, 0),
-    );
+    h.extracted(0, 0, 4, 0);
     h.pod(EXTRACT, 1, 0, "Failed", 3, "");
-    h.pod(
-        EXTRACT,
-        2,
-        0,
-        "Succeeded",
-        0,
-        &Harness::extract_summary(2, 2, 0),
-    );
+    h.extracted(2, 0, 2, 0);
     h.job_status(
         EXTRACT,
         json!({
