@@ -8,6 +8,11 @@
 //! logged, so that tests assert which calls the operator made (one Job creation, no status write
 //! when nothing changed…). Tests play the part of Kubernetes' own controllers by editing the
 //! stored objects (a Job's status, its pods).
+//!
+//! [`FakeApi::serve_http`] serves the same state over HTTP on 127.0.0.1, for the operator
+//! binary, with watches answered from the objects changed since the requested
+//! `resourceVersion` (each watch request returns what changed, or nothing after a second, and
+//! the client watches again).
 
 #![allow(dead_code)]
 
@@ -15,7 +20,12 @@ use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -82,6 +92,26 @@ fn labels_match(object: &Value, selector: &str) -> bool {
         let (k, v) = term.split_once('=').unwrap_or((term, ""));
         object["metadata"]["labels"][k].as_str() == Some(v)
     })
+}
+
+/// Whether the object at `key` belongs to the collection at `path`: its namespaced collection
+/// (`…/namespaces/NS/jobs`), or the cluster-wide one (`…/jobs`).
+fn in_collection(key: &str, path: &str) -> bool {
+    let Some((parent, _name)) = key.rsplit_once('/') else {
+        return false;
+    };
+    if parent == path {
+        return true;
+    }
+    match parent.split_once("/namespaces/") {
+        Some((group, rest)) => match rest.split_once('/') {
+            Some((_ns, resource)) => {
+                !resource.contains('/') && format!("{group}/{resource}") == path
+            }
+            None => false,
+        },
+        None => false,
+    }
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
@@ -214,13 +244,13 @@ impl FakeApi {
         if let Some(object) = state.objects.get(path) {
             return (200, object.clone());
         }
-        // A collection: the objects directly under it.
-        let prefix = format!("{path}/");
+        // A collection: the objects directly under it (in every namespace for a cluster-wide
+        // path).
         let selector = query_param(query, "labelSelector").unwrap_or_default();
         let items: Vec<Value> = state
             .objects
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+            .filter(|(k, _)| in_collection(k, path))
             .map(|(_, v)| v.clone())
             .filter(|v| labels_match(v, &selector))
             .collect();
@@ -326,5 +356,84 @@ impl FakeApi {
     /// Fails the next `method` request to `path` with `code`.
     pub fn fail_next(&self, method: Method, path: &str, code: u16) {
         self.lock().failures.push((method, path.to_string(), code));
+    }
+
+    /// Objects of the collection at `path` changed after resource version `since`, as watch
+    /// events (one JSON object per line).
+    fn watch_events(&self, path: &str, query: &str, since: u64) -> String {
+        let selector = query_param(query, "labelSelector").unwrap_or_default();
+        let state = self.lock();
+        let mut out = String::new();
+        for (key, object) in &state.objects {
+            let version: u64 = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if version > since && in_collection(key, path) && labels_match(object, &selector) {
+                out.push_str(&json!({"type": "MODIFIED", "object": object}).to_string());
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Serves the fake over HTTP on 127.0.0.1; returns its address.
+    pub async fn serve_http(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let api = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let api = api.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body.collect().await?.to_bytes();
+                                Ok::<_, hyper::Error>(api.answer_http(&parts, &bytes).await)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn answer_http(
+        &self,
+        parts: &http::request::Parts,
+        bytes: &[u8],
+    ) -> Response<Full<Bytes>> {
+        let query = parts.uri.query().unwrap_or_default().to_string();
+        let body = if query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1") {
+            let since = query_param(&query, "resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut events = String::new();
+            for _ in 0..20 {
+                events = self.watch_events(parts.uri.path(), &query, since);
+                if !events.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (200, events.into_bytes())
+        } else {
+            let (code, value) = self.handle(parts, bytes);
+            (code, serde_json::to_vec(&value).unwrap())
+        };
+        Response::builder()
+            .status(StatusCode::from_u16(body.0).unwrap())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.1)))
+            .unwrap()
     }
 }
