@@ -267,8 +267,38 @@ fn latest_failure(pods: &[PodObservation], index: Option<u32>) -> Option<&PodObs
 }
 
 /// Image and shard counts from the extract Job and its pods. Each index counts once: the
-/// summary of its latest succeeded pod; a failed index counts all its images as failed.
+/// summary of its latest succeeded pod; a failed index counts all its images as failed. Once
+/// the reduce pod has reported, its counts (read back from the outputs in S3, the failed
+/// shards' dead letters included) are the run's. Counts never go down: pods of a long run may
+/// be garbage-collected before it ends, and what they reported stays counted.
 fn counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) {
+    let (images, shards) = pod_counts(obs);
+    let reduced = obs
+        .reduce_pods
+        .iter()
+        .filter(|p| p.phase == PodPhase::Succeeded)
+        .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
+        .and_then(|p| p.summary.as_ref());
+    let images = match (images, reduced) {
+        (Some(counted), Some(summary)) => Some(ImageCounts {
+            total: counted.total,
+            processed: summary.processed,
+            failed: summary.failed,
+        }),
+        (counted, _) => counted.map(|c| {
+            let old = obs.old.and_then(|o| o.images).unwrap_or_default();
+            ImageCounts {
+                total: c.total,
+                processed: c.processed.max(old.processed),
+                failed: c.failed.max(old.failed),
+            }
+        }),
+    };
+    (images, shards)
+}
+
+/// [`counts`] from the extract Job and its pods alone.
+fn pod_counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) {
     let PlanState::Ready(plan) = obs.plan else {
         return (None, None);
     };

@@ -437,3 +437,60 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
     assert!(message.contains("exit code 137 (OOMKilled)"), "{message}");
     assert!(serde_json::to_string(&s.conditions).unwrap().len() < 8 * 1024);
 }
+
+#[test]
+fn counts_survive_pod_garbage_collection_and_reduce_has_the_last_word() {
+    let spec = spec();
+    let pods = ok3();
+    let running = job(None, "0-1", "", 1);
+    let mut obs = Observed {
+        generation: Some(1),
+        spec: &spec,
+        old: None,
+        invalid: None,
+        plan: PlanState::Ready(PLAN),
+        extract: Some(&running),
+        extract_pods: &pods[..2],
+        reduce: None,
+        reduce_pods: &[],
+        pca: None,
+        retrying: None,
+    };
+    let two_shards = compute(&obs, &at(10));
+    let counted = two_shards.images.unwrap();
+    assert_eq!(counted.processed + counted.failed, 1000, "{counted:?}");
+
+    // The first pods are garbage-collected before the run ends: what they reported stays.
+    obs.old = Some(&two_shards);
+    obs.extract_pods = &pods[2..];
+    let after_gc = compute(&obs, &at(20));
+    assert_eq!(after_gc.images, two_shards.images);
+
+    // The reduce pod reads the outputs back and reports the run's counts, which win.
+    let done = job(Some(("Complete", "CompletionsReached")), "0-2", "", 0);
+    let reducing = job(None, "", "", 1);
+    let reduce_pod = PodObservation {
+        index: None,
+        summary: Some(PodSummary {
+            step: Step::Reduce,
+            shard: None,
+            images: 1260,
+            processed: 1255,
+            failed: 5,
+            seconds: 2.0,
+            peak_rss_mib: None,
+            pca: None,
+            error: None,
+        }),
+        ..pod(0, PodPhase::Succeeded, 0, 0, 30)
+    };
+    obs.extract = Some(&done);
+    obs.reduce = Some(&reducing);
+    obs.reduce_pods = std::slice::from_ref(&reduce_pod);
+    let reduced = compute(&obs, &at(40));
+    let images = reduced.images.unwrap();
+    assert_eq!(
+        (images.total, images.processed, images.failed),
+        (1260, 1255, 5)
+    );
+}
