@@ -408,9 +408,11 @@ impl<'a> Run<'a> {
             .patch(&name, &params, &Patch::Apply(desired))
             .await?;
         if current.is_none() {
-            let what = match desired.spec.as_ref().and_then(|s| s.completions) {
-                Some(n) if n > 1 || name.ends_with("-extract") => {
-                    format!("created Job {name} with {n} indexes")
+            let spec = desired.spec.as_ref();
+            let what = match spec.and_then(|s| s.completions) {
+                Some(n) if spec.and_then(|s| s.completion_mode.as_deref()) == Some("Indexed") => {
+                    let plural = if n == 1 { "" } else { "s" };
+                    format!("created Job {name}: {n} shard{plural}")
                 }
                 _ => format!("created Job {name}"),
             };

@@ -86,6 +86,17 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
         "FeatureExtraction"
     );
     assert_eq!(h.event_reasons(), ["JobCreated", "Extracting"]);
+    let created = h
+        .api
+        .writes()
+        .into_iter()
+        .find(|c| c.path.starts_with(EVENTS))
+        .and_then(|c| c.body)
+        .unwrap();
+    assert_eq!(created["note"], "created Job fruits-360-extract: 3 shards");
+    assert_eq!(created["type"], "Normal");
+    assert_eq!(created["reportingController"], "pomona-operator");
+    assert_eq!(created["regarding"]["kind"], "FeatureExtraction");
 
     // 2. Nothing changed: nothing is written.
     h.api.clear_calls();
