@@ -186,15 +186,26 @@ impl<'a> Run<'a> {
             // The Jobs go with the resource: they carry its controller ownerReference.
             return Ok(Action::await_change());
         }
-        let old = self.fx.status.as_ref();
+        let stored = self.fx.status.as_ref();
         let now = Time(Timestamp::now());
+        // A run that failed before it was planned (a spec the operator refused, an empty
+        // source) ran nothing: it is looked at again on every change of the resource, and when
+        // the operator restarts with other settings. Its status is recomputed as if unfinished.
+        let reopened =
+            stored
+                .filter(|s| failed_before_planning(s))
+                .map(|s| FeatureExtractionStatus {
+                    phase: None,
+                    ..s.clone()
+                });
+        let old = reopened.as_ref().or(stored);
         if old.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
             // A finished run is never restarted; only observedGeneration follows the spec.
             let new = FeatureExtractionStatus {
                 observed_generation: self.fx.metadata.generation,
                 ..old.cloned().unwrap_or_default()
             };
-            self.write_status(old, &new).await?;
+            self.write_status(stored, &new).await?;
             return Ok(Action::await_change());
         }
 
@@ -242,7 +253,7 @@ impl<'a> Run<'a> {
             new = compute(&jobs);
         }
 
-        self.write_status(old, &new).await?;
+        self.write_status(stored, &new).await?;
         if let Some(e) = retrying {
             self.event(
                 EventType::Warning,
@@ -497,6 +508,11 @@ pub fn recorded_plan(
         }),
         _ => PlanState::NotStarted,
     }
+}
+
+/// Whether the run failed before a plan was recorded: nothing of it ran.
+fn failed_before_planning(status: &FeatureExtractionStatus) -> bool {
+    status.phase == Some(Phase::Failed) && status.shards.is_none()
 }
 
 /// The PCA the reduce pod reported, from its termination summary.

@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use pomona_crds::contract::{PodSummary, Step};
 use pomona_crds::{FeatureExtraction, PcaResult, Phase};
 use pomona_operator::controller::{Error, error_policy, reconcile};
+use pomona_operator::settings::Settings;
 use pomona_storage::testing::{ACCESS_KEY, SECRET_KEY};
 use serde_json::{Value, json};
 
@@ -505,4 +506,56 @@ async fn storage_errors_are_retried_with_backoff_and_shown() {
         error_policy(fx, &err, h.ctx.clone()),
         Action::requeue(Duration::from_secs(5))
     );
+}
+
+#[tokio::test]
+async fn a_run_refused_before_planning_starts_once_its_cause_is_fixed() {
+    // No runner image anywhere: refused, nothing listed.
+    let mut h = Harness::new(|fx| fx.spec.runner.image = None);
+    h.restart_with(Settings {
+        runner_image: String::new(),
+        ..Settings::default()
+    });
+    assert_eq!(h.step().await, Action::await_change());
+    assert_eq!(h.status().phase, Some(Phase::Failed));
+    assert_eq!(h.condition("Failed").1, "NoRunnerImage");
+    assert!(h.api.object(EXTRACT).is_none());
+
+    // The user names an image: the run is planned and starts.
+    h.api.edit(
+        FX,
+        json!({"spec": {"runner": {"image": "registry.example/pomona:1"}}, "metadata": {"generation": 2}}),
+    );
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Extracting));
+    assert_eq!(h.condition("Failed").0, "False");
+    assert_eq!(
+        h.job(EXTRACT)["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/pomona:1"
+    );
+    assert!(
+        h.event_reasons()
+            .ends_with(&["JobCreated".into(), "Extracting".into()])
+    );
+}
+
+#[tokio::test]
+async fn an_empty_source_is_listed_again_after_a_change() {
+    let h = Harness::new(|fx| fx.spec.source.uri = "s3://fruits/images/Later/".into());
+    h.step().await;
+    assert_eq!(h.condition("Failed").1, "EmptySource");
+    let dir = h.s3_file("images/Later/Kiwi 1");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..5 {
+        std::fs::write(dir.join(format!("{i}.jpg")), b"uploaded later").unwrap();
+    }
+    h.api.edit(
+        FX,
+        json!({"spec": {"sharding": {"parallelism": 2}}, "metadata": {"generation": 2}}),
+    );
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Extracting));
+    assert_eq!(status.images.unwrap().total, 5);
+    assert_eq!(status.shards.unwrap().total, 2);
 }

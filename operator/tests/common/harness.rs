@@ -93,9 +93,13 @@ impl Harness {
     }
 
     pub fn context(client: &Client) -> Arc<Context> {
+        Self::context_with(client, Settings::default())
+    }
+
+    pub fn context_with(client: &Client, settings: Settings) -> Arc<Context> {
         Arc::new(Context::new(
             client.clone(),
-            Settings::default(),
+            settings,
             Arc::new(Metrics::default()),
             Some("pomona-operator-0".into()),
         ))
@@ -104,6 +108,11 @@ impl Harness {
     /// A new operator process: a fresh context (Event cache, metrics, backoff counts).
     pub fn restart(&mut self) {
         self.ctx = Self::context(&self.client);
+    }
+
+    /// A new operator process with other settings.
+    pub fn restart_with(&mut self, settings: Settings) {
+        self.ctx = Self::context_with(&self.client, settings);
     }
 
     pub fn fx(&self) -> FeatureExtraction {
