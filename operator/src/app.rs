@@ -179,15 +179,19 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(controller);
+    tokio::pin!(controller, lost);
+    let lost_leadership = |why: String| Err(anyhow::anyhow!("lost leadership: {why}"));
     let outcome = tokio::select! {
         () = &mut controller => Ok(()),
-        why = lost => Err(anyhow::anyhow!("lost leadership: {why}")),
+        why = &mut lost => lost_leadership(why),
         () = shutdown_signal() => {
             tracing::info!("shutting down: finishing the reconciles under way");
             let _ = stop_tx.send(());
-            controller.await;
-            Ok(())
+            // The Lease is still renewed while the reconciles under way finish.
+            tokio::select! {
+                () = &mut controller => Ok(()),
+                why = &mut lost => lost_leadership(why),
+            }
         }
     };
     metrics.set_leader(false);
@@ -196,9 +200,6 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
             Ok(()) => tracing::info!(identity = elector.identity(), "released the Lease"),
             Err(e) => tracing::warn!(error = %e, "releasing the Lease failed"),
         }
-    }
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, "stopping");
     }
     outcome
 }
