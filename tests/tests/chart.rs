@@ -147,6 +147,7 @@ fn deployment_sets_the_operators_environment() {
         "POMONA_WATCH_NAMESPACE",
         "POMONA_LEADER_ELECTION",
         "POMONA_LEASE_NAME",
+        "POMONA_LEASE_SECONDS",
         "POMONA_LEASE_NAMESPACE",
         "POD_NAME",
         "POD_NAMESPACE",
