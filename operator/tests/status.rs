@@ -319,24 +319,33 @@ fn job_and_pod_states_give_phase_conditions_and_counts() {
     }
 }
 
+/// A planned run at generation 1 whose extract Job has `pods`, before any status.
+fn extracting<'a>(
+    spec: &'a FeatureExtractionSpec,
+    extract: &'a JobStatus,
+    pods: &'a [PodObservation],
+) -> Observed<'a> {
+    Observed {
+        generation: Some(1),
+        spec,
+        old: None,
+        invalid: None,
+        plan: PlanState::Ready(PLAN),
+        extract: Some(extract),
+        extract_pods: pods,
+        reduce: None,
+        reduce_pods: &[],
+        pca: None,
+        retrying: None,
+    }
+}
+
 #[test]
 fn unchanged_statuses_keep_their_times_and_are_not_rewritten() {
     let spec = spec();
     let pods = ok3();
     let extract = job(None, "0", "", 2);
-    let mut obs = Observed {
-        generation: Some(1),
-        spec: &spec,
-        old: None,
-        invalid: None,
-        plan: PlanState::Ready(PLAN),
-        extract: Some(&extract),
-        extract_pods: &pods[..1],
-        reduce: None,
-        reduce_pods: &[],
-        pca: None,
-        retrying: None,
-    };
+    let mut obs = extracting(&spec, &extract, &pods[..1]);
     let first = compute(&obs, &at(0));
     obs.old = Some(&first);
     let again = compute(&obs, &at(50));
@@ -443,19 +452,7 @@ fn counts_survive_pod_garbage_collection_and_reduce_has_the_last_word() {
     let spec = spec();
     let pods = ok3();
     let running = job(None, "0-1", "", 1);
-    let mut obs = Observed {
-        generation: Some(1),
-        spec: &spec,
-        old: None,
-        invalid: None,
-        plan: PlanState::Ready(PLAN),
-        extract: Some(&running),
-        extract_pods: &pods[..2],
-        reduce: None,
-        reduce_pods: &[],
-        pca: None,
-        retrying: None,
-    };
+    let mut obs = extracting(&spec, &running, &pods[..2]);
     let two_shards = compute(&obs, &at(10));
     let counted = two_shards.images.unwrap();
     assert_eq!(counted.processed + counted.failed, 1000, "{counted:?}");
