@@ -21,7 +21,7 @@ use pomona_crds::FeatureExtraction;
 use crate::controller::{Context, error_policy, reconcile};
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::serve::{Health, bind, serve};
+use crate::serve::{Health, serve};
 use crate::settings::Settings;
 
 /// Log line format.
@@ -110,7 +110,10 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
         ready: false.into(),
         phases: Box::new(phases),
     });
-    let listener = bind(args.metrics_addr).await?;
+    // Bound before leading, so a taken port fails at start.
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(serve(listener, health.clone()));
 

@@ -3,7 +3,6 @@
 //! too, so that rolling updates of a two-replica Deployment proceed).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -64,11 +63,6 @@ pub fn respond(health: &Health, method: &Method, path: &str) -> Response<Full<By
             plain,
         ),
     }
-}
-
-/// Binds `addr` (so a taken port fails at start, not later).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves the endpoints on `listener` until the task is dropped.
@@ -150,7 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_over_tcp() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve(listener, Arc::new(health(true))));
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -23,13 +23,13 @@ const NAMED_SHARDS: usize = 5;
 /// The condition types of a run, in the order they are written.
 pub const CONDITIONS: [&str; 5] = ["Planned", "Progressing", "Complete", "Failed", "Suspended"];
 
-/// How far listing the source has got.
+/// Whether the run is planned. (Planning happens within one reconcile: a run is seen before it,
+/// or after it; one whose planning failed for a reason that may pass is shown as `Planning` by
+/// [`Observed::retrying`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanState {
     /// Nothing listed yet.
     NotStarted,
-    /// Listing the source and writing the manifests.
-    Listing,
     /// The plan is written.
     Ready(PlanTotals),
 }
@@ -218,7 +218,7 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     if suspend {
         return suspended();
     }
-    if let (Some(problem), PlanState::NotStarted | PlanState::Listing) = (obs.retrying, obs.plan) {
+    if let (Some(problem), PlanState::NotStarted) = (obs.retrying, obs.plan) {
         return verdict(
             Phase::Planning,
             "PlanningRetrying",
@@ -227,7 +227,6 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     }
     match obs.plan {
         PlanState::NotStarted => verdict(Phase::Pending, "Pending", "waiting to list the source"),
-        PlanState::Listing => verdict(Phase::Planning, "Planning", "listing the source"),
         PlanState::Ready(plan) => verdict(
             Phase::Extracting,
             "Planned",

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::harness::*;
 use pomona_crds::Phase;
-use pomona_crds::contract::{PodSummary, Step};
 use pomona_storage::testing::TempDir;
 use serde_json::json;
 
@@ -131,22 +130,12 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
     );
     eventually("the reduce Job", || h.api.object(REDUCE).is_some()).await;
 
-    let summary = PodSummary {
-        step: Step::Reduce,
-        shard: None,
-        images: 10,
-        processed: 10,
-        failed: 0,
-        seconds: 1.0,
-        peak_rss_mib: None,
-        pca: Some(pomona_crds::PcaResult {
-            components: 5,
-            explained_variance: 0.96,
-            reused: false,
-        }),
-        error: None,
+    let pca = pomona_crds::PcaResult {
+        components: 5,
+        explained_variance: 0.96,
+        reused: false,
     };
-    h.pod(REDUCE, 0, 0, "Succeeded", 0, &summary.to_line());
+    h.reduced(0, pca.clone());
     h.job_status(REDUCE, complete(json!({"succeeded": 1})));
     eventually("status Succeeded", || {
         h.api
@@ -155,7 +144,7 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
     })
     .await;
     let status = h.status();
-    assert_eq!(status.pca, summary.pca);
+    assert_eq!(status.pca, Some(pca));
     assert_eq!(status.images.unwrap().processed, 10);
     for line in [
         "pomona_runs{phase=\"Succeeded\"} 1",

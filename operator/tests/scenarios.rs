@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::harness::*;
 use http::Method;
 use kube::runtime::controller::Action;
-use pomona_crds::contract::{PodSummary, Step};
+use pomona_crds::contract::PodSummary;
 use pomona_crds::{FeatureExtraction, PcaResult, Phase};
 use pomona_operator::controller::{Error, error_policy, reconcile};
 use pomona_operator::settings::Settings;
@@ -153,22 +153,12 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert_eq!(h.event_reasons(), ["JobCreated", "Reducing"]);
 
     // 5. The reduce pod reports its PCA: Succeeded, with outputs.
-    let reduce_summary = PodSummary {
-        step: Step::Reduce,
-        shard: None,
-        images: 10,
-        processed: 9,
-        failed: 1,
-        seconds: 1.0,
-        peak_rss_mib: Some(110),
-        pca: Some(PcaResult {
-            components: 7,
-            explained_variance: 0.951,
-            reused: false,
-        }),
-        error: None,
+    let pca = PcaResult {
+        components: 7,
+        explained_variance: 0.951,
+        reused: false,
     };
-    h.pod(REDUCE, 0, 0, "Succeeded", 0, &reduce_summary.to_line());
+    h.reduced(1, pca.clone());
     h.job_status(REDUCE, complete(json!({"succeeded": 1})));
     h.api.clear_calls();
     assert_eq!(h.step().await, Action::await_change());
@@ -177,7 +167,7 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert_eq!(h.condition("Complete").0, "True");
     assert_eq!(h.condition("Progressing").0, "False");
     assert_eq!(h.condition("Failed").0, "False");
-    assert_eq!(status.pca, reduce_summary.pca);
+    assert_eq!(status.pca, Some(pca));
     let outputs = status.outputs.unwrap();
     assert_eq!(
         outputs.features.as_deref(),

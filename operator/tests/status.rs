@@ -81,6 +81,8 @@ struct Case {
     images: Option<(u64, u64, u64)>,
     shards: Option<(u32, u32, u32, u32)>,
     message: &'static str,
+    /// A planning failure the operator retries.
+    retrying: Option<&'static str>,
 }
 
 fn base(name: &'static str, phase: Phase) -> Case {
@@ -96,6 +98,7 @@ fn base(name: &'static str, phase: Phase) -> Case {
         images: None,
         shards: None,
         message: "",
+        retrying: None,
     }
 }
 
@@ -115,8 +118,10 @@ fn cases() -> Vec<Case> {
             ..base("nothing yet", Phase::Pending)
         },
         Case {
-            plan: PlanState::Listing,
-            ..base("listing", Phase::Planning)
+            plan: PlanState::NotStarted,
+            retrying: Some("listing s3://fruits/images/ failed: access denied"),
+            message: "planning will be retried: listing s3://fruits/images/ failed",
+            ..base("planning retried", Phase::Planning)
         },
         Case {
             images: Some((1260, 0, 0)),
@@ -250,7 +255,7 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
         pca: None,
-        retrying: None,
+        retrying: c.retrying,
     };
     compute(&obs, &at(100))
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::runtime::controller::Action;
 use pomona_crds::contract::{PodSummary, Step};
-use pomona_crds::{FeatureExtraction, FeatureExtractionStatus};
+use pomona_crds::{FeatureExtraction, FeatureExtractionStatus, PcaResult};
 use pomona_operator::controller::{Context, Error, reconcile};
 use pomona_operator::metrics::Metrics;
 use pomona_operator::settings::Settings;
@@ -214,6 +214,23 @@ impl Harness {
             error: None,
         }
         .to_line()
+    }
+
+    /// Plays the kubelet for the reduce pod: it read back all 10 images, `failed` of them
+    /// dead-lettered, and fitted `pca`.
+    pub fn reduced(&self, failed: u64, pca: PcaResult) {
+        let summary = PodSummary {
+            step: Step::Reduce,
+            shard: None,
+            images: 10,
+            processed: 10 - failed,
+            failed,
+            seconds: 1.0,
+            peak_rss_mib: Some(110),
+            pca: Some(pca),
+            error: None,
+        };
+        self.pod(REDUCE, 0, 0, "Succeeded", 0, &summary.to_line());
     }
 
     pub fn writes_to(&self, path: &str) -> Vec<Call> {
