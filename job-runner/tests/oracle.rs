@@ -112,15 +112,20 @@ fn decode_and_resize_match_pil() {
     }
 }
 
+/// The features Python onnxruntime computes for `images` (paths) with PIL's preprocessing.
+fn python_features(model: &std::path::Path, images: &[String]) -> Vec<serde_json::Value> {
+    let mut args = vec!["--model", model.to_str().unwrap()];
+    args.extend(images.iter().map(String::as_str));
+    oracle_json(&args)
+}
+
 /// Features of the whole Rust pipeline vs the whole Python pipeline.
 #[test]
 fn features_match_python_oracle() {
     init_ort();
     let (imgs, strs) = paths();
     let model = model_path();
-    let mut args = vec!["--model", model.to_str().unwrap()];
-    args.extend(strs.iter().map(String::as_str));
-    let oracle = oracle_json(&args);
+    let oracle = python_features(&model, &strs);
 
     let p = Preprocess::default();
     let mut m = Model::load(&model, ModelOptions::default()).unwrap();
@@ -161,9 +166,7 @@ fn features_exact_given_pil_pixels() {
     init_ort();
     let (imgs, strs) = paths();
     let model = model_path();
-    let mut args = vec!["--model", model.to_str().unwrap()];
-    args.extend(strs.iter().map(String::as_str));
-    let oracle = oracle_json(&args);
+    let oracle = python_features(&model, &strs);
     let mut pargs = vec!["--pixels"];
     pargs.extend(strs.iter().map(String::as_str));
     let pixels = oracle_json(&pargs);

@@ -22,33 +22,25 @@ pub enum Format {
 /// `img` encoded as `format`. JPEG and WebP take RGB8, PNG any colour type.
 pub fn encode(img: &DynamicImage, format: Format) -> Vec<u8> {
     let mut out = Vec::new();
-    let rgb = || img.to_rgb8();
     match format {
         Format::Png => img.write_with_encoder(PngEncoder::new(&mut out)).unwrap(),
-        Format::Jpeg => {
-            let rgb = rgb();
-            JpegEncoder::new_with_quality(&mut out, 95)
-                .write_image(
-                    rgb.as_raw(),
-                    rgb.width(),
-                    rgb.height(),
-                    ExtendedColorType::Rgb8,
-                )
-                .unwrap()
-        }
-        Format::WebP => {
-            let rgb = rgb();
-            WebPEncoder::new_lossless(&mut out)
-                .write_image(
-                    rgb.as_raw(),
-                    rgb.width(),
-                    rgb.height(),
-                    ExtendedColorType::Rgb8,
-                )
-                .unwrap()
-        }
+        Format::Jpeg => write_rgb8(JpegEncoder::new_with_quality(&mut out, 95), img),
+        Format::WebP => write_rgb8(WebPEncoder::new_lossless(&mut out), img),
     }
     out
+}
+
+/// Writes `img`, converted to RGB8, with `encoder`.
+fn write_rgb8(encoder: impl ImageEncoder, img: &DynamicImage) {
+    let rgb = img.to_rgb8();
+    encoder
+        .write_image(
+            rgb.as_raw(),
+            rgb.width(),
+            rgb.height(),
+            ExtendedColorType::Rgb8,
+        )
+        .unwrap();
 }
 
 /// 40x20 test card: red 8x8 block at the top-left, blue elsewhere.
