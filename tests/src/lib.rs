@@ -1,6 +1,7 @@
 //! Helpers shared by pomona's end-to-end tests (`tests/tests/*.rs`).
 
 pub mod e2e;
+pub mod kubelet;
 
 use std::path::{Path, PathBuf};
 

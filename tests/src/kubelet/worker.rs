@@ -1,0 +1,821 @@
+//! One pod's life on the node: sandbox, volumes, containers started, watched, probed,
+//! restarted by the pod's policy, stopped on deletion (SIGTERM, then SIGKILL after the grace
+//! period) or deadline, and its status reported to the API server after every change.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use rustix::process::Signal;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::Kubelet;
+use super::env::{self, PodFacts, Sources};
+use super::images::StartError;
+use super::probe::{self, Counter};
+use super::sandbox::{self, Launch, Mount, PodNetwork};
+use super::status::{self, Ended, Record, Snapshot, State};
+use super::volumes;
+
+/// What a container's process ended with: (container index, generation, exit code).
+type Exit = (usize, u32, i32);
+
+/// One container of the pod and its process.
+struct Slot {
+    spec: Container,
+    record: Record,
+    /// The process of the current generation, while it runs.
+    pid: Option<u32>,
+    /// Bumped at each start; an exit of an older generation is stale.
+    generation: u32,
+    started: Option<Instant>,
+    /// The termination-message file and log of the current generation.
+    message_file: Option<PathBuf>,
+    log: Option<PathBuf>,
+    /// Not before this instant (restart back-off, or retry of a failed start).
+    retry_at: Option<Instant>,
+    readiness: Option<Counter>,
+    liveness: Option<Counter>,
+    /// SIGKILL after this instant (SIGTERM was sent).
+    kill_at: Option<Instant>,
+}
+
+/// The pod's whole state on the node.
+struct PodWork {
+    k: Arc<Kubelet>,
+    pod: Pod,
+    dir: PathBuf,
+    net: Option<PodNetwork>,
+    volumes: BTreeMap<String, PathBuf>,
+    slots: Vec<Slot>,
+    start_time: Timestamp,
+    accepted: Instant,
+    /// Set when the pod must end whatever its containers do (deadline), with why.
+    failed: Option<(String, String)>,
+    /// SIGTERM was sent to everything for a deletion.
+    deleting: bool,
+    last_sent: Option<PodStatus>,
+    exits: mpsc::UnboundedSender<Exit>,
+}
+
+/// Runs `pod` until it is finished (terminal, or deleted) or the kubelet shuts down.
+pub async fn run(
+    k: Arc<Kubelet>,
+    mut updates: watch::Receiver<Option<Pod>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(pod) = updates.borrow().clone() else {
+        return;
+    };
+    let name = pod_name(&pod);
+    let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let mut work = PodWork::new(k, pod, exits_tx);
+    if let Err(e) = work.setup().await {
+        tracing::error!("pod {name}: {e:#}");
+        work.fail_setup(&format!("{e:#}")).await;
+        work.cleanup().await;
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            changed = updates.changed() => {
+                let current = if changed.is_ok() { updates.borrow().clone() } else { None };
+                match current {
+                    Some(pod) => work.pod = pod,
+                    None => {
+                        // The object is gone: stop at once, nothing left to report to.
+                        work.kill_all(Signal::KILL);
+                        work.cleanup().await;
+                        return;
+                    }
+                }
+            }
+            Some(exit) = exits.recv() => work.exited(exit),
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {
+                tracing::info!("pod {name}: stopping with the kubelet");
+                work.stop_for_shutdown(&mut exits).await;
+                work.cleanup().await;
+                return;
+            }
+        }
+        work.step().await;
+        work.report().await;
+        if work.finished() {
+            if work.pod.metadata.deletion_timestamp.is_some() {
+                work.remove().await;
+            }
+            work.cleanup().await;
+            tracing::info!("pod {name}: finished ({})", work.phase());
+            return;
+        }
+    }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl PodWork {
+    fn new(k: Arc<Kubelet>, pod: Pod, exits: mpsc::UnboundedSender<Exit>) -> Self {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = k.state_dir.join("pods").join(&uid);
+        let spec = pod.spec.clone().unwrap_or_default();
+        // A pod this node accepted before (the kubelet restarted): its processes are gone.
+        let seen_before = pod.status.as_ref().and_then(|s| s.start_time.clone());
+        let start_time = seen_before
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
+        let slots = spec
+            .containers
+            .iter()
+            .map(|c| {
+                let lost = seen_before.is_some().then(|| Ended {
+                    exit_code: 137,
+                    reason: "ContainerStatusUnknown".into(),
+                    message: Some(
+                        "The container could not be located when the pod was terminated".into(),
+                    ),
+                    started_at: None,
+                    finished_at: Timestamp::now(),
+                });
+                Slot {
+                    spec: c.clone(),
+                    record: Record {
+                        name: c.name.clone(),
+                        image: c.image.clone().unwrap_or_default(),
+                        image_id: String::new(),
+                        container_id: None,
+                        state: match &lost {
+                            Some(e) => State::Terminated(e.clone()),
+                            None => State::Waiting {
+                                reason: "ContainerCreating".into(),
+                                message: None,
+                            },
+                        },
+                        last: None,
+                        restart_count: 0,
+                        ready: false,
+                    },
+                    pid: None,
+                    generation: 0,
+                    started: None,
+                    message_file: None,
+                    log: None,
+                    // Start now; a lost container only if its policy restarts it.
+                    retry_at: (lost.is_none() || restarts(&spec.restart_policy, 137))
+                        .then(Instant::now),
+                    readiness: None,
+                    liveness: None,
+                    kill_at: None,
+                }
+            })
+            .collect();
+        Self {
+            k,
+            pod,
+            dir,
+            net: None,
+            volumes: BTreeMap::new(),
+            slots,
+            start_time,
+            accepted: Instant::now(),
+            failed: None,
+            deleting: false,
+            last_sent: None,
+            exits,
+        }
+    }
+
+    fn spec(&self) -> k8s_openapi::api::core::v1::PodSpec {
+        self.pod.spec.clone().unwrap_or_default()
+    }
+
+    fn restart_policy(&self) -> String {
+        self.spec()
+            .restart_policy
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    /// Sandbox and volumes.
+    async fn setup(&mut self) -> Result<()> {
+        let spec = self.spec();
+        if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            anyhow::bail!("the local kubelet does not run init containers");
+        }
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("{}", self.dir.display()))?;
+        let slot = self.k.take_slot();
+        self.net = Some(
+            self.k
+                .network
+                .create(slot)
+                .await
+                .inspect_err(|_| self.k.free_slot(slot))?,
+        );
+        let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
+        self.volumes = volumes::prepare(&self.k.client, &self.pod, &self.dir, fs_group).await?;
+        Ok(())
+    }
+
+    /// A pod whose sandbox or volumes cannot be made: its containers wait with the reason, and
+    /// the status says so (a kubelet keeps retrying; this one reports and leaves it Pending).
+    async fn fail_setup(&mut self, why: &str) {
+        for s in &mut self.slots {
+            s.record.state = State::Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: Some(why.into()),
+            };
+            s.retry_at = None;
+        }
+        self.report().await;
+    }
+
+    /// Advances every container: deadlines, kills, starts and restarts, probes.
+    async fn step(&mut self) {
+        self.check_deletion();
+        self.check_deadline();
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if let Some(at) = self.slots[i].kill_at
+                && now >= at
+                && let Some(pid) = self.slots[i].pid
+            {
+                sandbox::signal(pid, Signal::KILL);
+                self.slots[i].kill_at = None;
+            }
+            if self.stopping() {
+                continue;
+            }
+            if self.slots[i].pid.is_none() && self.slots[i].retry_at.is_some_and(|t| now >= t) {
+                self.start(i).await;
+            }
+            self.probe(i).await;
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.deleting || self.failed.is_some()
+    }
+
+    fn check_deletion(&mut self) {
+        if self.deleting || self.pod.metadata.deletion_timestamp.is_none() {
+            return;
+        }
+        self.deleting = true;
+        let grace = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(self.spec().termination_grace_period_seconds)
+            .unwrap_or(30);
+        tracing::info!(
+            "pod {}: deleted, stopping its containers ({grace} s grace)",
+            pod_name(&self.pod)
+        );
+        self.terminate_all(grace);
+    }
+
+    fn check_deadline(&mut self) {
+        let Some(deadline) = self.spec().active_deadline_seconds else {
+            return;
+        };
+        if self.failed.is_some()
+            || self.accepted.elapsed() < Duration::from_secs(deadline.max(0) as u64)
+        {
+            return;
+        }
+        self.failed = Some((
+            "DeadlineExceeded".into(),
+            "Pod was active on the node longer than the specified deadline".into(),
+        ));
+        let grace = self.spec().termination_grace_period_seconds.unwrap_or(30);
+        self.terminate_all(grace);
+    }
+
+    /// SIGTERM to every running container, SIGKILL after `grace` seconds; containers that
+    /// never ran end as a kubelet reports them.
+    fn terminate_all(&mut self, grace: i64) {
+        let kill_at = Instant::now() + Duration::from_secs(grace.max(0) as u64);
+        for s in &mut self.slots {
+            s.retry_at = None;
+            match s.pid {
+                Some(pid) => {
+                    sandbox::signal(
+                        pid,
+                        if grace == 0 {
+                            Signal::KILL
+                        } else {
+                            Signal::TERM
+                        },
+                    );
+                    s.kill_at = Some(kill_at);
+                }
+                None if !matches!(s.record.state, State::Terminated(_)) => {
+                    s.record.state = State::Terminated(Ended {
+                        exit_code: 137,
+                        reason: "ContainerStatusUnknown".into(),
+                        message: Some(
+                            "The container could not be located when the pod was deleted".into(),
+                        ),
+                        started_at: None,
+                        finished_at: Timestamp::now(),
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn kill_all(&mut self, signal: Signal) {
+        for s in &self.slots {
+            if let Some(pid) = s.pid {
+                sandbox::signal(pid, signal);
+            }
+        }
+    }
+
+    /// The kubelet is stopping: SIGTERM, up to 5 s, then SIGKILL; no status is reported.
+    async fn stop_for_shutdown(&mut self, exits: &mut mpsc::UnboundedReceiver<Exit>) {
+        self.kill_all(Signal::TERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.slots.iter().any(|s| s.pid.is_some()) {
+            match tokio::time::timeout_at(deadline, exits.recv()).await {
+                Ok(Some(exit)) => self.exited(exit),
+                _ => {
+                    self.kill_all(Signal::KILL);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts container `i`, or records why it cannot start.
+    async fn start(&mut self, i: usize) {
+        let retry = Instant::now() + Duration::from_secs(10);
+        match self.launch(i).await {
+            Ok(()) => {}
+            Err(Failure::Waiting(reason, message)) => {
+                let s = &mut self.slots[i];
+                let reason = if reason == "ErrImagePull"
+                    && matches!(&s.record.state, State::Waiting { reason: r, .. } if r == "ErrImagePull" || r == "ImagePullBackOff")
+                {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
+                s.record.state = State::Waiting {
+                    reason,
+                    message: Some(message),
+                };
+                s.retry_at = Some(retry);
+            }
+            Err(Failure::Start(message)) => {
+                let s = &mut self.slots[i];
+                s.retry_at = None;
+                self.ended(
+                    i,
+                    Ended {
+                        exit_code: 128,
+                        reason: "StartError".into(),
+                        message: Some(message),
+                        started_at: None,
+                        finished_at: Timestamp::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    async fn launch(&mut self, i: usize) -> Result<(), Failure> {
+        let pod = self.pod.clone();
+        let spec = self.spec();
+        let c = self.slots[i].spec.clone();
+        let image_ref = c.image.clone().unwrap_or_default();
+        let image = self
+            .k
+            .images
+            .get(&image_ref)
+            .map_err(|e| match e {
+                StartError::ImagePull(m) => Failure::Waiting("ErrImagePull".into(), m),
+                StartError::NotFound(m) => Failure::Start(m),
+            })?
+            .clone();
+        let config_error = |m: String| Failure::Waiting("CreateContainerConfigError".into(), m);
+        let net = self.net.clone().expect("a sandbox before any container");
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let (secret_names, config_map_names) = env::references(&c);
+        let mut sources = Sources::default();
+        for name in secret_names {
+            let data = volumes::secret(&self.k.client, &ns, &name, true)
+                .await
+                .map_err(|e| config_error(format!("{e:#}")))?;
+            if !data.is_empty() {
+                sources.secrets.insert(name, data);
+            }
+        }
+        for name in config_map_names {
+            let data = volumes::config_map(&self.k.client, &ns, &name, true)
+                .await
+                .map_err(|e| config_error(format!("{e:#}")))?;
+            if !data.is_empty() {
+                sources.config_maps.insert(name, data);
+            }
+        }
+        let facts = PodFacts {
+            pod_ip: net.ip.clone(),
+            host_ip: self.k.network.gateway(),
+            api_host: self.k.api_host.clone(),
+            api_port: self.k.api_port,
+            node_cpu_millis: self.k.cpu_millis,
+            node_memory_bytes: self.k.memory_bytes,
+        };
+        let environment =
+            env::resolve(&pod, &c, &image.env, &sources, &facts).map_err(config_error)?;
+        let defined: BTreeMap<String, String> = environment.iter().cloned().collect();
+        let expand = |v: &Option<Vec<String>>| -> Vec<String> {
+            v.iter()
+                .flatten()
+                .map(|s| env::expand(s, &defined))
+                .collect()
+        };
+        let exec = image
+            .exec(&expand(&c.command), &expand(&c.args))
+            .map_err(|e| match e {
+                StartError::ImagePull(m) => Failure::Waiting("ErrImagePull".into(), m),
+                StartError::NotFound(m) => Failure::Start(m),
+            })?;
+
+        let (image_uid, image_gid) = image.user().map_err(config_error)?;
+        let pod_sc = spec.security_context.clone().unwrap_or_default();
+        let sc = c.security_context.clone().unwrap_or_default();
+        let uid = sc.run_as_user.or(pod_sc.run_as_user).unwrap_or(image_uid);
+        let gid = sc.run_as_group.or(pod_sc.run_as_group).unwrap_or(image_gid);
+        if sc.run_as_non_root.or(pod_sc.run_as_non_root) == Some(true) && uid == 0 {
+            return Err(config_error(
+                "container has runAsNonRoot and image will run as root".into(),
+            ));
+        }
+        let mut groups = vec![gid];
+        groups.extend(pod_sc.fs_group);
+        groups.extend(pod_sc.supplemental_groups.iter().flatten().copied());
+        groups.sort_unstable();
+        groups.dedup();
+
+        let mut mounts = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            let host = self.volumes.get(&m.name).ok_or_else(|| {
+                config_error(format!("volume {:?} is not defined in the pod", m.name))
+            })?;
+            let host = match m.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                Some(sub) => host.join(sub),
+                None => host.clone(),
+            };
+            mounts.push(Mount {
+                host,
+                path: m.mount_path.clone(),
+                read_only: m.read_only == Some(true),
+            });
+        }
+
+        let s = &mut self.slots[i];
+        s.generation += 1;
+        let generation = s.generation;
+        let run_dir = self
+            .dir
+            .join("containers")
+            .join(format!("{}-{}", c.name, s.record.restart_count));
+        let termination_path = c
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into());
+        let message_file = sandbox::prepare_dev(&run_dir.join("dev"), &termination_path, uid, gid)
+            .map_err(|e| config_error(format!("prepare /dev: {e}")))?;
+        let launch = Launch {
+            netns: net.netns.clone(),
+            program: exec.program.clone(),
+            args: exec.args.clone(),
+            env: environment,
+            uid,
+            gid,
+            groups,
+            working_dir: c
+                .working_dir
+                .clone()
+                .or(image.working_dir.clone())
+                .unwrap_or_else(|| "/".into()),
+            mounts,
+            dev: run_dir.join("dev"),
+            termination_path,
+            log: run_dir.with_extension("log"),
+        };
+        let mut child = sandbox::start(&launch).map_err(|e| Failure::Start(format!("{e:#}")))?;
+        let pid = child.id().unwrap_or_default();
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => sandbox::exit_code(status),
+                Err(_) => 255,
+            };
+            let _ = exits.send((i, generation, code));
+        });
+        let uid_of_pod = pod.metadata.uid.clone().unwrap_or_default();
+        s.pid = Some(pid);
+        s.started = Some(Instant::now());
+        s.retry_at = None;
+        s.message_file = Some(message_file);
+        s.log = Some(launch.log.clone());
+        s.record.image_id = format!(
+            "{}@local:{}",
+            super::images::repository(&image_ref),
+            exec.program.display()
+        );
+        s.record.container_id = Some(format!(
+            "local://{uid_of_pod}/{}/{}",
+            c.name, s.record.restart_count
+        ));
+        s.record.state = State::Running {
+            started_at: Timestamp::now(),
+        };
+        s.record.ready = c.readiness_probe.is_none();
+        s.readiness = c.readiness_probe.as_ref().map(Counter::new);
+        s.liveness = c.liveness_probe.as_ref().map(Counter::new);
+        tracing::info!(
+            "pod {}: started container {} (pid {pid}) at {}",
+            pod_name(&pod),
+            c.name,
+            net.ip
+        );
+        Ok(())
+    }
+
+    /// A process ended.
+    fn exited(&mut self, (i, generation, exit_code): Exit) {
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
+        if s.generation != generation || s.pid.is_none() {
+            return;
+        }
+        s.pid = None;
+        s.kill_at = None;
+        let started_at = match &s.record.state {
+            State::Running { started_at } => Some(*started_at),
+            _ => None,
+        };
+        let message = termination_message(s, exit_code);
+        let ended = Ended {
+            exit_code,
+            reason: if exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            },
+            message,
+            started_at,
+            finished_at: Timestamp::now(),
+        };
+        self.ended(i, ended);
+    }
+
+    /// Records how container `i` ended and whether, and when, it restarts.
+    fn ended(&mut self, i: usize, ended: Ended) {
+        let policy = self.restart_policy();
+        let stopping = self.stopping();
+        let s = &mut self.slots[i];
+        s.record.ready = false;
+        if stopping || !restarts(&Some(policy), ended.exit_code) {
+            s.record.state = State::Terminated(ended);
+            return;
+        }
+        // Back-off doubles from 10 s to 5 min, and starts over after 10 min of running.
+        let ran_long = s
+            .started
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(600));
+        let exponent = if ran_long {
+            0
+        } else {
+            s.record.restart_count.min(5)
+        };
+        let backoff = Duration::from_secs((10u64 << exponent).min(300));
+        s.record.last = Some(ended);
+        s.record.restart_count += 1;
+        s.record.state = State::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some(format!(
+                "back-off {}s restarting failed container={} pod={}",
+                backoff.as_secs(),
+                s.record.name,
+                self.pod.metadata.name.as_deref().unwrap_or_default()
+            )),
+        };
+        s.retry_at = Some(Instant::now() + backoff);
+    }
+
+    async fn probe(&mut self, i: usize) {
+        let Some(net) = self.net.clone() else { return };
+        let s = &mut self.slots[i];
+        if s.pid.is_none() || s.kill_at.is_some() {
+            return;
+        }
+        let elapsed = s
+            .started
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or_default();
+        if let (Some(p), Some(counter)) = (s.spec.readiness_probe.clone(), s.readiness.as_mut())
+            && elapsed >= counter.next_at
+        {
+            let ok = probe::check(&p, &s.spec, &net.ip).await.is_ok();
+            if let Some(verdict) = counter.record(&p, ok, elapsed) {
+                s.record.ready = verdict;
+            }
+        }
+        if let (Some(p), Some(counter)) = (s.spec.liveness_probe.clone(), s.liveness.as_mut())
+            && elapsed >= counter.next_at
+        {
+            let result = probe::check(&p, &s.spec, &net.ip).await;
+            if counter.record(&p, result.is_ok(), elapsed) == Some(false) {
+                tracing::info!(
+                    "container {} failed its liveness probe ({:?}); restarting it",
+                    s.record.name,
+                    result.err()
+                );
+                let grace = p
+                    .termination_grace_period_seconds
+                    .or(self
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|p| p.termination_grace_period_seconds))
+                    .unwrap_or(30);
+                if let Some(pid) = s.pid {
+                    sandbox::signal(pid, Signal::TERM);
+                }
+                s.kill_at = Some(Instant::now() + Duration::from_secs(grace.max(0) as u64));
+            }
+        }
+    }
+
+    fn snapshot_status(&self) -> PodStatus {
+        let records: Vec<Record> = self.slots.iter().map(|s| s.record.clone()).collect();
+        let previous = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let policy = self.restart_policy();
+        let snapshot = Snapshot {
+            containers: &records,
+            restart_policy: &policy,
+            deleting: self.deleting,
+            failed: self.failed.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
+            pod_ip: self.net.as_ref().map(|n| n.ip.as_str()),
+            host_ip: &self.k.host_ip,
+            start_time: self.start_time,
+            previous: &previous,
+            now: Timestamp::now(),
+        };
+        status::pod_status(&snapshot)
+    }
+
+    fn phase(&self) -> String {
+        self.snapshot_status().phase.unwrap_or_default()
+    }
+
+    /// The pod is terminal and no process of it is left.
+    fn finished(&self) -> bool {
+        let phase = self.phase();
+        (phase == "Succeeded" || phase == "Failed") && self.slots.iter().all(|s| s.pid.is_none())
+    }
+
+    /// Sends the status when it changed.
+    async fn report(&mut self) {
+        let mut status = self.snapshot_status();
+        // A terminal phase waits until every process has really ended.
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+            && self.slots.iter().any(|s| s.pid.is_some())
+        {
+            status.phase = Some("Running".into());
+        }
+        if self
+            .last_sent
+            .as_ref()
+            .is_some_and(|last| same_ignoring_times(last, &status))
+        {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.k.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        let name = self.pod.metadata.name.clone().unwrap_or_default();
+        let patch = Patch::Strategic(json!({ "status": status }));
+        match api
+            .patch_status(&name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(pod) => {
+                self.pod.status = pod.status;
+                self.last_sent = Some(status);
+            }
+            Err(e) => tracing::warn!("pod {}: report status: {e}", pod_name(&self.pod)),
+        }
+    }
+
+    /// Removes a deleted pod's object once its containers stopped (grace 0, this uid only).
+    async fn remove(&self) {
+        let api: Api<Pod> = Api::namespaced(
+            self.k.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        let name = self.pod.metadata.name.clone().unwrap_or_default();
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: self.pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        if let Err(e) = api.delete(&name, &params).await {
+            tracing::debug!("pod {}: final delete: {e}", pod_name(&self.pod));
+        }
+    }
+
+    /// Removes the sandbox; the pod's folder (logs) stays until the kubelet stops.
+    async fn cleanup(&mut self) {
+        if let Some(net) = self.net.take() {
+            self.k.network.delete(&net).await;
+            self.k.free_slot(net.slot);
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("volumes"));
+    }
+}
+
+/// Why a container did not start.
+enum Failure {
+    /// It waits and is retried: (reason, message).
+    Waiting(String, String),
+    /// It could not run at all (exit code 128).
+    Start(String),
+}
+
+/// Whether a container that exited with `code` restarts under `policy`.
+fn restarts(policy: &Option<String>, code: i32) -> bool {
+    match policy.as_deref().unwrap_or("Always") {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
+/// The termination message: the file the container wrote (at most 4096 bytes), else with
+/// `FallbackToLogsOnError` and a failure, the end of its log (80 lines, 2048 bytes).
+fn termination_message(s: &Slot, exit_code: i32) -> Option<String> {
+    let written = s
+        .message_file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .filter(|b| !b.is_empty())
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned());
+    if written.is_some() {
+        return written;
+    }
+    let fallback = s.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+    if !fallback || exit_code == 0 {
+        return None;
+    }
+    let log = std::fs::read(s.log.as_ref()?).ok()?;
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    let cut = tail.len().saturating_sub(2048);
+    let start = (cut..=tail.len())
+        .find(|&i| tail.is_char_boundary(i))
+        .unwrap_or(tail.len());
+    Some(tail[start..].to_string()).filter(|t| !t.is_empty())
+}
+
+/// Two statuses equal but for condition transition times.
+fn same_ignoring_times(a: &PodStatus, b: &PodStatus) -> bool {
+    let strip = |s: &PodStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_transition_time = None;
+        }
+        s
+    };
+    strip(a) == strip(b)
+}
