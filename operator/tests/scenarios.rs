@@ -318,20 +318,14 @@ async fn suspend_pauses_and_resume_continues() {
     // Resumed: planned and started.
     h = Harness::new(|fx| fx.spec.suspend = true);
     h.step().await;
-    h.api.edit(
-        FX,
-        json!({"spec": {"suspend": false}, "metadata": {"generation": 2}}),
-    );
+    h.api.edit(FX, json!({"spec": {"suspend": false}}));
     h.step().await;
     assert_eq!(h.status().phase, Some(Phase::Extracting));
     assert_eq!(h.status().observed_generation, Some(2));
     assert_eq!(h.job(EXTRACT)["spec"]["suspend"], false);
 
     // Suspended mid-run: the Job is suspended (its own suspend), and resumed again.
-    h.api.edit(
-        FX,
-        json!({"spec": {"suspend": true}, "metadata": {"generation": 3}}),
-    );
+    h.api.edit(FX, json!({"spec": {"suspend": true}}));
     h.api.clear_calls();
     h.step().await;
     assert_eq!(h.job(EXTRACT)["spec"]["suspend"], true);
@@ -340,10 +334,7 @@ async fn suspend_pauses_and_resume_continues() {
     assert_eq!(h.condition("Progressing").0, "False");
     assert!(h.event_reasons().contains(&"Suspended".to_string()));
 
-    h.api.edit(
-        FX,
-        json!({"spec": {"suspend": false}, "metadata": {"generation": 4}}),
-    );
+    h.api.edit(FX, json!({"spec": {"suspend": false}}));
     h.step().await;
     assert_eq!(h.job(EXTRACT)["spec"]["suspend"], false);
     assert_eq!(h.status().phase, Some(Phase::Extracting));
@@ -372,10 +363,14 @@ async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
     assert_eq!(owner["blockOwnerDeletion"], true);
     assert_eq!(h.job(EXTRACT)["spec"]["ttlSecondsAfterFinished"], 86400);
 
+    // Deleted with a finalizer (a foreground deletion's, say): the resource stays, with a
+    // deletionTimestamp, until the garbage collector has removed its Jobs.
     h.api.edit(
         FX,
-        json!({"metadata": {"deletionTimestamp": "2026-11-25T11:00:00Z"}}),
+        json!({"metadata": {"finalizers": ["foregroundDeletion"]}}),
     );
+    h.api.remove(FX);
+    assert!(h.fx().metadata.deletion_timestamp.is_some());
     h.api.clear_calls();
     assert_eq!(h.step().await, Action::await_change());
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
@@ -514,7 +509,7 @@ async fn a_run_refused_before_planning_starts_once_its_cause_is_fixed() {
     // The user names an image: the run is planned and starts.
     h.api.edit(
         FX,
-        json!({"spec": {"runner": {"image": "registry.example/pomona:1"}}, "metadata": {"generation": 2}}),
+        json!({"spec": {"runner": {"image": "registry.example/pomona:1"}}}),
     );
     h.step().await;
     assert_eq!(h.status().phase, Some(Phase::Extracting));
@@ -539,10 +534,8 @@ async fn an_empty_source_is_listed_again_after_a_change() {
     for i in 0..5 {
         std::fs::write(dir.join(format!("{i}.jpg")), b"uploaded later").unwrap();
     }
-    h.api.edit(
-        FX,
-        json!({"spec": {"sharding": {"parallelism": 2}}, "metadata": {"generation": 2}}),
-    );
+    h.api
+        .edit(FX, json!({"spec": {"sharding": {"parallelism": 2}}}));
     h.step().await;
     let status = h.status();
     assert_eq!(status.phase, Some(Phase::Extracting));
