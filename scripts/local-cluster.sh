@@ -280,6 +280,8 @@ export POMONA_E2E_S3_BUCKET=$BUCKET
 export POMONA_E2E_IMAGES=$SHARED/data/fruits-360-sample/Training
 export POMONA_E2E_MODEL=$SHARED/models/mobilenetv2_features.onnx
 export POMONA_E2E_OPERATOR_NAMESPACE=pomona-system
+export POMONA_E2E_RUNNER_SERVICE_ACCOUNT=pomona-runner
+export POMONA_E2E_TIMEOUT_SECS=300
 export POMONA_E2E_KUBELET_LOG=$STATE/logs/pomona-kubelet.log
 export POMONA_E2E_POD_LOGS=$STATE/kubelet/pods
 EOF

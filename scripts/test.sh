@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (idempotent, from the package registries only;
 # see scripts/tools.sh) and runs them all — the Helm chart's checks (scripts/chart-checks.sh),
-# format check, clippy, and every test with nextest.
+# format check, clippy, every test with nextest, then the cluster tests (tests/tests/cluster.rs)
+# on the local cluster (scripts/local-cluster.sh: a real control plane built from Kubernetes' Go
+# modules, brought up for them and taken down after, unless it was already up).
 #
 #   ./scripts/test.sh                               everything, as CI runs it
-#   ./scripts/test.sh -E 'package(pomona-crds)'     extra arguments go to `cargo nextest run`
+#   ./scripts/test.sh -E 'package(pomona-crds)'     extra arguments go to `cargo nextest run`,
+#                                                   and the cluster tests are left out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -21,6 +24,7 @@ ensure_s3s_fs        # POMONA_S3S_FS: the S3 server the pipeline tests start on 
 ensure_validators    # POMONA_KUBERNETES_VALIDATE: checks the Jobs `pomona-operator render` prints
 ensure_helm          # POMONA_HELM, POMONA_HELM3: the chart checks
 ensure_checkov       # POMONA_CHECKOV: the chart's security policies
+ensure_control_plane # POMONA_CONTROL_PLANE: etcd, kube-apiserver, kube-controller-manager (cluster tests)
 echo "nextest $(cargo nextest --version | head -1), ORT $ORT_DYLIB_PATH"
 
 step "helm chart (scripts/chart-checks.sh)"
@@ -33,4 +37,21 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
+
+if [ $# -gt 0 ]; then
+    echo "cluster tests left out (arguments were given): run ./scripts/test.sh alone for them"
+    exit $status
+fi
+step "cluster tests on the local cluster (scripts/local-cluster.sh)"
+if ./scripts/local-cluster.sh status | grep -q '^kube-apiserver .*running'; then
+    echo "the local cluster is already up: it stays up"
+else
+    trap './scripts/local-cluster.sh down' EXIT
+fi
+./scripts/local-cluster.sh up
+eval "$(./scripts/local-cluster.sh env)"
+cargo nextest run -p pomona-tests --locked --no-fail-fast --run-ignored only -E 'binary(cluster)' \
+    || status=$?
+exit $status

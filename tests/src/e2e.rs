@@ -1,23 +1,17 @@
-//! When the cluster tests (`tests/tests/cluster.rs`) run, skip or fail, and the settings they
-//! run with.
+//! The settings of the cluster tests (`tests/tests/cluster.rs`).
 //!
 //! They need a Kubernetes cluster with pomona installed (the API server from `KUBECONFIG`), an
 //! S3-compatible service reachable both from the test process and from the cluster's pods, a
-//! model and a folder of images. `POMONA_E2E` says what to do when any of that is missing:
+//! model and a folder of images. The tests are `#[ignore]`d, so a plain `cargo test` or
+//! `cargo nextest run` lists them as skipped, with the reason; `scripts/test.sh` runs them on the
+//! local cluster (`--run-ignored only`), and the kind workflow on kind. Once asked to run, a
+//! test fails when anything is missing: a cluster test that cannot run is never counted as
+//! passed.
 //!
-//! | `POMONA_E2E` | missing cluster or settings |
-//! | --- | --- |
-//! | unset, empty or `auto` | the test prints why and passes (skips) |
-//! | `required` | the test fails with the same reason (the kind workflow sets this) |
-//! | `off` | the tests skip even when everything is there |
-//!
-//! The settings (see [`E2eSettings`]) come from environment variables named in [`VARS`].
+//! `scripts/local-cluster.sh env` prints every variable for the local cluster.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-/// The environment variable that says whether the cluster tests must run.
-pub const MODE_VAR: &str = "POMONA_E2E";
 
 /// The host-side URL of the S3 service (`http://127.0.0.1:30900` on kind).
 pub const S3_ENDPOINT: &str = "POMONA_E2E_S3_ENDPOINT";
@@ -54,76 +48,16 @@ pub const TIMEOUT_SECS: &str = "POMONA_E2E_TIMEOUT_SECS";
 /// Optional: when set to `1`, a failed test leaves its namespace in place for inspection
 /// (the workflow then prints its objects and logs).
 pub const KEEP_FAILED: &str = "POMONA_E2E_KEEP_FAILED";
-
-/// What `POMONA_E2E` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Run when everything is there, else skip.
-    Auto,
-    /// Run; anything missing fails the test.
-    Required,
-    /// Never run.
-    Off,
-}
-
-impl Mode {
-    /// Parses the value of `POMONA_E2E`. An unknown value is an error rather than a silent
-    /// skip, so that a typo in a workflow (`require`) cannot turn the tests off.
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
-        match value.map(str::trim) {
-            None | Some("") | Some("auto") => Ok(Mode::Auto),
-            Some("required") => Ok(Mode::Required),
-            Some("off") => Ok(Mode::Off),
-            Some(other) => Err(format!(
-                "{MODE_VAR}={other:?} is not one of `auto`, `required`, `off`"
-            )),
-        }
-    }
-}
-
-/// The outcome of [`decide`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Run the test.
-    Run,
-    /// Pass without running, for this reason.
-    Skip(String),
-    /// Fail at once, for this reason.
-    Fail(String),
-}
-
-/// Whether a cluster test runs, skips or fails.
-///
-/// `mode` is the raw value of `POMONA_E2E`; `missing` the [`VARS`] that are unset; `cluster`
-/// is `Ok` when the API server answered, else why not (`None`: not checked, because the
-/// settings were already missing or the tests are off).
-pub fn decide(
-    mode: Option<&str>,
-    missing: &[&str],
-    cluster: Option<Result<(), String>>,
-) -> Decision {
-    let mode = match Mode::parse(mode) {
-        Ok(mode) => mode,
-        Err(e) => return Decision::Fail(e),
-    };
-    if mode == Mode::Off {
-        return Decision::Skip(format!("{MODE_VAR}=off"));
-    }
-    let reason = if !missing.is_empty() {
-        Some(format!("not set: {}", missing.join(", ")))
-    } else {
-        match cluster {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(format!("no reachable Kubernetes API server: {e}")),
-            None => Some("the cluster was not checked".into()),
-        }
-    };
-    match (reason, mode) {
-        (None, _) => Decision::Run,
-        (Some(r), Mode::Required) => Decision::Fail(format!("{MODE_VAR}=required but {r}")),
-        (Some(r), _) => Decision::Skip(r),
-    }
-}
+/// Optional: the namespace of the operator's Deployment (default `pomona-system`).
+pub const OPERATOR_NAMESPACE: &str = "POMONA_E2E_OPERATOR_NAMESPACE";
+/// Optional: the runner service account the operator gives runner pods (the chart's
+/// `runner.serviceAccount`); each test creates it in its namespace, as a cluster admin lists a
+/// namespace in `runner.serviceAccount.namespaces`. Unset: runner pods use `default`.
+pub const RUNNER_SERVICE_ACCOUNT: &str = "POMONA_E2E_RUNNER_SERVICE_ACCOUNT";
+/// Optional: the local kubelet's folder of pods (`<uid>/containers/<name>-<n>.log`), where the
+/// operator's logs are read when the node serves no logs (the local cluster). Unset: logs come
+/// from the API (`pods/log`).
+pub const POD_LOGS: &str = "POMONA_E2E_POD_LOGS";
 
 /// The variables of [`VARS`] that are unset or empty in `env`.
 pub fn missing_vars(env: &BTreeMap<String, String>) -> Vec<&'static str> {
@@ -156,16 +90,27 @@ pub struct E2eSettings {
     pub timeout_secs: u64,
     /// See [`KEEP_FAILED`].
     pub keep_failed: bool,
+    /// See [`OPERATOR_NAMESPACE`].
+    pub operator_namespace: String,
+    /// See [`RUNNER_SERVICE_ACCOUNT`].
+    pub runner_service_account: Option<String>,
+    /// See [`POD_LOGS`].
+    pub pod_logs: Option<PathBuf>,
 }
 
 impl E2eSettings {
-    /// The settings in `env`, or `None` when one of [`VARS`] is missing.
-    pub fn from_env(env: &BTreeMap<String, String>) -> Option<Self> {
-        if !missing_vars(env).is_empty() {
-            return None;
+    /// The settings in `env`, or which of [`VARS`] are missing.
+    pub fn from_env(env: &BTreeMap<String, String>) -> Result<Self, String> {
+        let missing = missing_vars(env);
+        if !missing.is_empty() {
+            return Err(format!(
+                "not set: {} (`eval \"$(scripts/local-cluster.sh env)\"` sets them for the local cluster)",
+                missing.join(", ")
+            ));
         }
         let get = |k: &str| env.get(k).map(|s| s.trim().to_string()).unwrap_or_default();
-        Some(Self {
+        let optional = |k: &str| Some(get(k)).filter(|s| !s.is_empty());
+        Ok(Self {
             s3_endpoint: get(S3_ENDPOINT),
             s3_cluster_endpoint: get(S3_CLUSTER_ENDPOINT),
             access_key: get(S3_ACCESS_KEY),
@@ -173,11 +118,13 @@ impl E2eSettings {
             bucket: get(S3_BUCKET),
             images: PathBuf::from(get(IMAGES)),
             model: PathBuf::from(get(MODEL)),
-            region: Some(get(REGION))
-                .filter(|r| !r.is_empty())
-                .unwrap_or_else(|| "eu-west-3".into()),
+            region: optional(REGION).unwrap_or_else(|| "eu-west-3".into()),
             timeout_secs: get(TIMEOUT_SECS).parse().unwrap_or(900),
             keep_failed: get(KEEP_FAILED) == "1",
+            operator_namespace: optional(OPERATOR_NAMESPACE)
+                .unwrap_or_else(|| "pomona-system".into()),
+            runner_service_account: optional(RUNNER_SERVICE_ACCOUNT),
+            pod_logs: optional(POD_LOGS).map(PathBuf::from),
         })
     }
 }
@@ -214,62 +161,6 @@ mod tests {
     }
 
     #[test]
-    fn mode_values() {
-        assert_eq!(Mode::parse(None), Ok(Mode::Auto));
-        assert_eq!(Mode::parse(Some("")), Ok(Mode::Auto));
-        assert_eq!(Mode::parse(Some("auto")), Ok(Mode::Auto));
-        assert_eq!(Mode::parse(Some(" required ")), Ok(Mode::Required));
-        assert_eq!(Mode::parse(Some("off")), Ok(Mode::Off));
-        assert!(Mode::parse(Some("require")).is_err());
-        assert!(Mode::parse(Some("1")).is_err());
-    }
-
-    #[test]
-    fn runs_only_with_every_setting_and_a_cluster() {
-        assert_eq!(decide(None, &[], Some(Ok(()))), Decision::Run);
-        assert_eq!(decide(Some("required"), &[], Some(Ok(()))), Decision::Run);
-    }
-
-    #[test]
-    fn skips_without_settings_or_cluster_unless_required() {
-        let no_settings = decide(None, &[S3_ENDPOINT, MODEL], None);
-        assert_eq!(
-            no_settings,
-            Decision::Skip(format!("not set: {S3_ENDPOINT}, {MODEL}"))
-        );
-        let no_cluster = decide(Some("auto"), &[], Some(Err("connection refused".into())));
-        assert!(
-            matches!(&no_cluster, Decision::Skip(r) if r.contains("connection refused")),
-            "{no_cluster:?}"
-        );
-
-        let required = decide(Some("required"), &[IMAGES], None);
-        assert!(
-            matches!(&required, Decision::Fail(r) if r.contains(IMAGES) && r.contains("required")),
-            "{required:?}"
-        );
-        let required = decide(Some("required"), &[], Some(Err("no kubeconfig".into())));
-        assert!(
-            matches!(&required, Decision::Fail(r) if r.contains("no kubeconfig")),
-            "{required:?}"
-        );
-        // Missing settings win over an unchecked cluster, and an unchecked cluster never runs.
-        assert!(matches!(decide(None, &[], None), Decision::Skip(_)));
-    }
-
-    #[test]
-    fn off_skips_and_a_typo_fails() {
-        assert_eq!(
-            decide(Some("off"), &[], Some(Ok(()))),
-            Decision::Skip(format!("{MODE_VAR}=off"))
-        );
-        assert!(matches!(
-            decide(Some("yes"), &[], Some(Ok(()))),
-            Decision::Fail(_)
-        ));
-    }
-
-    #[test]
     fn settings_come_from_the_environment() {
         assert_eq!(missing_vars(&BTreeMap::new()), VARS.to_vec());
         let mut e = full_env();
@@ -278,19 +169,27 @@ mod tests {
         assert_eq!(s.bucket, "pomona-e2e");
         assert_eq!(s.region, "eu-west-3");
         assert_eq!(s.timeout_secs, 900);
+        assert_eq!(s.operator_namespace, "pomona-system");
+        assert_eq!((s.runner_service_account, s.pod_logs), (None, None));
         assert!(!s.keep_failed);
 
         e.insert(TIMEOUT_SECS.into(), "120".into());
         e.insert(KEEP_FAILED.into(), "1".into());
         e.insert(REGION.into(), "eu-central-1".into());
+        e.insert(RUNNER_SERVICE_ACCOUNT.into(), "pomona-runner".into());
         let s = E2eSettings::from_env(&e).expect("complete");
         assert_eq!(
             (s.timeout_secs, s.keep_failed, s.region.as_str()),
             (120, true, "eu-central-1")
         );
+        assert_eq!(s.runner_service_account.as_deref(), Some("pomona-runner"));
 
         e.insert(S3_BUCKET.into(), "  ".into());
-        assert_eq!(missing_vars(&e), vec![S3_BUCKET]);
-        assert_eq!(E2eSettings::from_env(&e), None);
+        e.remove(MODEL);
+        let err = E2eSettings::from_env(&e).expect_err("incomplete");
+        assert!(
+            err.starts_with(&format!("not set: {S3_BUCKET}, {MODEL}")),
+            "{err}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by pomona's end-to-end tests (`tests/tests/*.rs`).
 
+pub mod cluster;
 pub mod e2e;
 pub mod kubelet;
 

@@ -1,543 +1,87 @@
-//! Cluster tests: FeatureExtraction runs on a real Kubernetes cluster with pomona installed,
-//! against an S3-compatible service (MinIO on kind in `.github/workflows/e2e.yml`).
+//! Cluster tests: FeatureExtraction runs on a real Kubernetes cluster with pomona installed — the
+//! local cluster of `scripts/local-cluster.sh` (in `scripts/test.sh`), or kind with MinIO
+//! (`.github/workflows/e2e.yml`).
 //!
 //! Each test makes its own namespace (removed when the test ends, pass or fail), a credentials
-//! Secret, and a unique prefix in the bucket holding the model and the images; it applies a
-//! FeatureExtraction, waits for it to finish and checks the status and the objects written.
-//! Without a cluster or settings they skip, unless `POMONA_E2E=required` (see
-//! `pomona_tests::e2e` for the variables).
+//! Secret, and a prefix of its own in the bucket holding the model and the images; it applies
+//! FeatureExtractions and checks their status, Events and outputs, and that the operator was
+//! never refused by the API server. They are `#[ignore]`d: without a cluster they show as
+//! skipped (`scripts/test.sh` runs them with `--run-ignored only`), and once asked to run,
+//! anything missing fails them. See `pomona_tests::e2e` for the settings.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use arrow_array::{Array, StringArray};
 use bytes::Bytes;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use pomona_crds::{FeatureExtraction, Phase};
-use pomona_storage::{S3Config, StaticCredentials, Storage};
-use pomona_tests::e2e::{
-    Decision, E2eSettings, KEEP_FAILED, MODE_VAR, Mode, decide, missing_vars, process_env,
+use pomona_tests::cluster::{
+    Run, assert_no_forbidden, assert_outputs, assert_outputs_of, assert_succeeded, cluster,
+    pick_images, shards,
 };
 use serde_json::json;
 
-/// A cluster to run on, with the settings, or `None` (after saying why) when the test skips.
-struct Cluster {
-    client: Client,
-    settings: E2eSettings,
+/// The phase of a resource.
+fn phase(fx: &FeatureExtraction) -> Option<Phase> {
+    fx.status.as_ref().and_then(|s| s.phase)
 }
 
-/// Decides whether this test runs (see `pomona_tests::e2e::decide`); panics when it must run
-/// and cannot.
-async fn cluster() -> Option<Cluster> {
-    let env = process_env();
-    let mode = env.get(MODE_VAR).map(String::as_str);
-    let missing = missing_vars(&env);
-    let mut client = None;
-    let checked = if missing.is_empty() && Mode::parse(mode).is_ok_and(|m| m != Mode::Off) {
-        Some(connect().await.map(|c| client = Some(c)))
-    } else {
-        None
-    };
-    match decide(mode, &missing, checked) {
-        Decision::Run => Some(Cluster {
-            client: client.expect("a connected client"),
-            settings: E2eSettings::from_env(&env).expect("every setting is present"),
-        }),
-        Decision::Skip(reason) => {
-            eprintln!("skipping this cluster test: {reason}");
-            None
-        }
-        Decision::Fail(reason) => panic!("{reason}"),
-    }
-}
-
-/// A client from `KUBECONFIG` (or the in-cluster config) whose API server answers.
-async fn connect() -> Result<Client, String> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| format!("no client configuration: {e}"))?;
-    let version = tokio::time::timeout(Duration::from_secs(15), client.apiserver_version())
-        .await
-        .map_err(|_| "the API server did not answer within 15 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    eprintln!("cluster: Kubernetes {}", version.git_version);
-    Ok(client)
-}
-
-/// A name unique to this test run: `<base>-<base36 time>`.
-fn unique(base: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_nanos();
-    let mut n = (nanos / 1_000) as u64 ^ u64::from(std::process::id());
-    let mut digits = Vec::new();
-    while n > 0 {
-        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
-        n /= 36;
-    }
-    digits.reverse();
-    format!("{base}-{}", String::from_utf8(digits).expect("ASCII"))
-}
-
-/// A namespace of the test's own, deleted when dropped (also when the test panics: then its
-/// FeatureExtractions and pods are printed first, and with `POMONA_E2E_KEEP_FAILED=1` it is
-/// kept for the workflow to dump).
-struct TestNamespace {
-    name: String,
-    keep_failed: bool,
-}
-
-impl TestNamespace {
-    async fn create(client: &Client, base: &str, keep_failed: bool) -> Self {
-        let name = unique(&format!("pomona-e2e-{base}"));
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/part-of".to_string(),
-                    "pomona-e2e".to_string(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
-        eprintln!("namespace {name}");
-        Self { name, keep_failed }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        let keep = failed && self.keep_failed;
-        let name = self.name.clone();
-        // The test's runtime may be unwinding: clean up from a runtime and client of our own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the clean-up");
-            runtime.block_on(async {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                if failed {
-                    dump(&client, &name).await;
-                }
-                if keep {
-                    eprintln!("keeping namespace {name} ({KEEP_FAILED}=1)");
-                } else if let Err(e) = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::background())
-                    .await
-                {
-                    eprintln!("could not delete namespace {name}: {e}");
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-/// Prints what a failed test leaves behind: each FeatureExtraction's status and each pod's
-/// state and termination message.
-async fn dump(client: &Client, ns: &str) {
-    let fxs: Api<FeatureExtraction> = Api::namespaced(client.clone(), ns);
-    if let Ok(list) = fxs.list(&ListParams::default()).await {
-        for fx in list {
-            let status = serde_json::to_string_pretty(&fx.status).unwrap_or_default();
-            eprintln!(
-                "featureextraction {}/{}: {status}",
-                ns,
-                fx.metadata.name.unwrap_or_default()
-            );
-        }
-    }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    if let Ok(list) = pods.list(&ListParams::default()).await {
-        for pod in list {
-            let name = pod.metadata.name.unwrap_or_default();
-            let status = pod.status.unwrap_or_default();
-            eprintln!("pod {ns}/{name}: {}", status.phase.unwrap_or_default());
-            for cs in status.container_statuses.unwrap_or_default() {
-                if let Some(t) = cs.state.and_then(|s| s.terminated) {
-                    eprintln!(
-                        "  {}: exit {} {} {}",
-                        cs.name,
-                        t.exit_code,
-                        t.reason.unwrap_or_default(),
-                        t.message.unwrap_or_default().trim()
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Everything one test sets up: its namespace, the Secret, the model and images uploaded
-/// under a unique prefix of the bucket.
-struct Run {
-    client: Client,
-    settings: E2eSettings,
-    ns: TestNamespace,
-    /// `s3://bucket/e2e/<namespace>/`.
-    root: String,
-    /// The images uploaded, by key relative to the source prefix.
-    images: Vec<String>,
-}
-
-const SECRET: &str = "e2e-s3";
-
-impl Run {
-    async fn new(cluster: Cluster, base: &str, images: Vec<(String, Bytes)>) -> Self {
-        let Cluster { client, settings } = cluster;
-        let ns = TestNamespace::create(&client, base, settings.keep_failed).await;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(SECRET.into()),
-                ..ObjectMeta::default()
-            },
-            string_data: Some(BTreeMap::from([
-                ("AWS_ACCESS_KEY_ID".to_string(), settings.access_key.clone()),
-                (
-                    "AWS_SECRET_ACCESS_KEY".to_string(),
-                    settings.secret_key.clone(),
-                ),
-            ])),
-            ..Secret::default()
-        };
-        Api::<Secret>::namespaced(client.clone(), &ns.name)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create the credentials Secret");
-
-        let root = format!("s3://{}/e2e/{}/", settings.bucket, ns.name);
-        let bucket = storage(&settings, &root).await;
-        let model = std::fs::read(&settings.model)
-            .unwrap_or_else(|e| panic!("{}: {e}", settings.model.display()));
-        bucket
-            .put("model/model.onnx", Bytes::from(model))
-            .await
-            .expect("upload the model");
-        let keys: Vec<String> = images.iter().map(|(k, _)| k.clone()).collect();
-        let started = Instant::now();
-        upload_all(&bucket, "images/", images).await;
-        eprintln!(
-            "uploaded the model and {} images under {root} in {:.1} s",
-            keys.len(),
-            started.elapsed().as_secs_f64()
-        );
-        Self {
-            client,
-            settings,
-            ns,
-            root,
-            images: keys,
-        }
-    }
-
-    fn output_uri(&self) -> String {
-        format!("{}run/", self.root)
-    }
-
-    /// A FeatureExtraction over this run's images with the given sharding and runner settings.
-    fn resource(&self, name: &str, sharding: serde_json::Value) -> FeatureExtraction {
-        serde_json::from_value(json!({
-            "apiVersion": "pomona.dev/v1alpha1",
-            "kind": "FeatureExtraction",
-            "metadata": { "name": name, "namespace": self.ns.name },
-            "spec": {
-                "storage": {
-                    "region": self.settings.region,
-                    "endpoint": self.settings.s3_cluster_endpoint,
-                    "forcePathStyle": true,
-                    "credentialsSecret": { "name": SECRET },
-                },
-                "source": { "uri": format!("{}images/", self.root), "label": "ParentDirectory" },
-                "model": { "uri": format!("{}model/model.onnx", self.root) },
-                "sharding": sharding,
-                "pca": { "components": 8 },
-                "output": { "uri": self.output_uri(), "csv": true },
-                "runner": {
-                    "batchSize": 8,
-                    "resources": {
-                        "requests": { "cpu": "250m", "memory": "512Mi" },
-                        "limits": { "cpu": "1", "memory": "1Gi" },
-                    },
-                },
-            },
-        }))
-        .expect("a valid FeatureExtraction")
-    }
-
-    async fn apply(&self, fx: &FeatureExtraction) -> Api<FeatureExtraction> {
-        let api: Api<FeatureExtraction> = Api::namespaced(self.client.clone(), &self.ns.name);
-        api.create(&PostParams::default(), fx)
-            .await
-            .expect("create the FeatureExtraction");
-        api
-    }
-
-    fn timeout(&self) -> Duration {
-        Duration::from_secs(self.settings.timeout_secs)
-    }
-
-    /// Waits until the run's Complete or Failed condition is true, or the timeout.
-    async fn wait_finished(&self, api: &Api<FeatureExtraction>, name: &str) -> FeatureExtraction {
-        let deadline = Instant::now() + self.timeout();
-        let mut last_phase = None;
-        loop {
-            let fx = api.get(name).await.expect("read the FeatureExtraction");
-            let status = fx.status.clone().unwrap_or_default();
-            if status.phase != last_phase {
-                eprintln!("{name}: phase {:?}", status.phase);
-                last_phase = status.phase;
-            }
-            let finished = status
-                .conditions
-                .iter()
-                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
-            if finished {
-                return fx;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not finish within {} s: {}",
-                self.settings.timeout_secs,
-                serde_json::to_string_pretty(&fx.status).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    }
-
-    /// Storage at this run's output prefix.
-    async fn output(&self) -> Storage {
-        storage(&self.settings, &self.output_uri()).await
-    }
-}
-
-async fn storage(settings: &E2eSettings, uri: &str) -> Storage {
-    let config = S3Config {
-        region: Some(settings.region.clone()),
-        endpoint: Some(settings.s3_endpoint.clone()),
-        force_path_style: Some(true),
-        credentials: Some(StaticCredentials {
-            access_key_id: settings.access_key.clone(),
-            secret_access_key: settings.secret_key.clone(),
-            session_token: None,
-        }),
-        ..S3Config::default()
-    };
-    Storage::open(uri, &config)
-        .await
-        .unwrap_or_else(|e| panic!("open {uri}: {e}"))
-}
-
-/// Uploads `files` under `prefix`, 16 at a time.
-async fn upload_all(storage: &Storage, prefix: &str, files: Vec<(String, Bytes)>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (key, data) in files {
-        while tasks.len() >= 16 {
-            tasks.join_next().await.expect("a task").expect("upload");
-        }
-        let storage = storage.clone();
-        let key = format!("{prefix}{key}");
-        tasks.spawn(async move {
-            storage
-                .put(&key, data)
-                .await
-                .unwrap_or_else(|e| panic!("upload {key}: {e}"))
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("upload");
-    }
-}
-
-/// Up to `per_variety` JPEGs of each of the first `varieties` folders of `dir` (sorted by
-/// name), as `<Variety>/<file>` keys with their bytes.
-fn pick_images(dir: &Path, varieties: usize, per_variety: usize) -> Vec<(String, Bytes)> {
-    let sorted = |dir: &Path| -> Vec<PathBuf> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.expect("a folder entry").path())
-            .collect();
-        entries.sort();
-        entries
-    };
-    let mut picked = Vec::new();
-    for variety in sorted(dir)
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .take(varieties)
-    {
-        let label = variety
-            .file_name()
-            .expect("a name")
-            .to_string_lossy()
-            .to_string();
-        let jpegs = sorted(&variety).into_iter().filter(|p| {
-            p.extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
-        });
-        for file in jpegs.take(per_variety) {
-            let name = file
-                .file_name()
-                .expect("a name")
-                .to_string_lossy()
-                .to_string();
-            let data = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            picked.push((format!("{label}/{name}"), Bytes::from(data)));
-        }
-    }
-    assert!(
-        !picked.is_empty(),
-        "no images under {} (expected <Variety>/*.jpg)",
-        dir.display()
-    );
-    picked
-}
-
-/// Asserts that `fx` succeeded with every one of `images` accounted for, `bad` of them
-/// dead-lettered, in `shards` shards, with a PCA of 8 components.
-fn assert_succeeded(fx: &FeatureExtraction, images: usize, bad: usize, shards: u32) {
-    let name = fx.metadata.name.as_deref().unwrap_or_default();
-    let status = fx.status.clone().unwrap_or_default();
-    let shown = serde_json::to_string_pretty(&status).unwrap_or_default();
-    assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {shown}");
-    assert!(
-        status
-            .conditions
+/// Whether the resource's condition `kind` is True.
+fn condition(fx: &FeatureExtraction, kind: &str) -> bool {
+    fx.status.as_ref().is_some_and(|s| {
+        s.conditions
             .iter()
-            .any(|c| c.type_ == "Complete" && c.status == "True"),
-        "{name} has Complete=True: {shown}"
-    );
-    let counts = status.images.expect("status.images");
-    assert_eq!(
-        counts.total, images as u64,
-        "{name}: images listed: {shown}"
-    );
-    assert_eq!(
-        counts.processed + counts.failed,
-        counts.total,
-        "{name}: every image processed or dead-lettered: {shown}"
-    );
-    assert_eq!(counts.failed, bad as u64, "{name}: images failed: {shown}");
-    let s = status.shards.expect("status.shards");
-    assert_eq!(
-        (s.total, s.succeeded, s.failed, s.active),
-        (shards, shards, 0, 0),
-        "{name}: shards (total, succeeded, failed, active): {shown}"
-    );
-    let pca = status.pca.expect("status.pca");
-    assert_eq!(pca.components, 8, "{name}: {shown}");
-    assert!(!pca.reused, "{name}: {shown}");
-    assert!(
-        pca.explained_variance > 0.0 && pca.explained_variance <= 1.0,
-        "{name}: explained variance: {shown}"
-    );
-    let outputs = status.outputs.expect("status.outputs");
-    for (what, uri) in [
-        ("features", &outputs.features),
-        ("deadLetter", &outputs.dead_letter),
-        ("pcaModel", &outputs.pca_model),
-        ("reduced", &outputs.reduced),
-        ("report", &outputs.report),
-    ] {
-        assert!(
-            uri.as_deref().is_some_and(|u| u.starts_with("s3://")),
-            "{name}: status.outputs.{what}: {shown}"
-        );
-    }
+            .any(|c| c.type_ == kind && c.status == "True")
+    })
 }
 
-/// Asserts the objects of a complete run under its output prefix; returns the paths in its
-/// dead-letter files.
-async fn assert_outputs(out: &Storage, shards: u32) -> Vec<String> {
-    let keys: BTreeSet<String> = out
-        .list("")
-        .await
-        .expect("list the output")
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    let shown = keys.iter().cloned().collect::<Vec<_>>().join("\n");
-    let count = |dir: &str, ext: &str| {
-        keys.iter()
-            .filter(|k| k.starts_with(dir) && k.ends_with(ext))
-            .count()
-    };
-    assert!(keys.contains("_SUCCESS"), "_SUCCESS in:\n{shown}");
-    assert_eq!(
-        count("features/part-", ".parquet"),
-        shards as usize,
-        "{shown}"
-    );
-    assert_eq!(
-        count("deadletter/part-", ".parquet"),
-        shards as usize,
-        "{shown}"
-    );
-    assert_eq!(
-        count("reduced/part-", ".parquet"),
-        shards as usize,
-        "{shown}"
-    );
-    assert!(count("pca/", "") >= 1, "a fitted PCA in:\n{shown}");
-    assert!(keys.contains("reduced.csv"), "reduced.csv in:\n{shown}");
-    for file in [
-        "report/explained_variance.png",
-        "report/scatter.png",
-        "report/summary.json",
-    ] {
-        assert!(keys.contains(file), "{file} in:\n{shown}");
-    }
-    let png = out
-        .get("report/scatter.png")
-        .await
-        .expect("read the scatter");
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n"),
-        "scatter.png is a PNG"
-    );
+/// Patches `spec.suspend`.
+async fn set_suspend(api: &Api<FeatureExtraction>, name: &str, suspend: bool) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "suspend": suspend } })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("set suspend={suspend} on {name}: {e}"));
+}
 
-    let mut dead = Vec::new();
-    for key in keys.iter().filter(|k| k.starts_with("deadletter/")) {
-        let data = out.get(key).await.expect("read a dead-letter file");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-            .and_then(|b| b.build())
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        for batch in reader {
-            let batch = batch.unwrap_or_else(|e| panic!("{key}: {e}"));
-            let paths = batch
-                .column_by_name("path")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .unwrap_or_else(|| panic!("{key}: a string column `path`"));
-            dead.extend((0..paths.len()).map(|i| paths.value(i).to_string()));
+/// Waits until an extract pod of `name` runs, and returns it.
+async fn running_extract_pod(run: &Run, api: &Api<FeatureExtraction>, name: &str) -> Pod {
+    let deadline = Instant::now() + run.timeout();
+    loop {
+        let running = run.pods(name, "extract").await.into_iter().find(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        if let Some(pod) = running {
+            return pod;
         }
+        let phase = phase(&api.get(name).await.expect("read the FeatureExtraction"));
+        assert!(
+            !phase.is_some_and(Phase::is_finished) && Instant::now() < deadline,
+            "no extract pod of {name} was seen running before the run ended ({phase:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    dead
 }
 
-fn shards(images: usize, per_shard: usize) -> u32 {
-    images.div_ceil(per_shard) as u32
+/// The completion index of a Job pod.
+fn index(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get("batch.kubernetes.io/job-completion-index")
+        .cloned()
 }
 
 /// The whole sample (or whatever `POMONA_E2E_IMAGES` holds) in four shards, two at a time.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
 async fn cluster_run_succeeds_and_writes_every_output() {
-    let Some(cluster) = cluster().await else {
-        return;
-    };
+    let cluster = cluster().await;
     let images = pick_images(&cluster.settings.images, usize::MAX, usize::MAX);
     let run = Run::new(cluster, "happy", images).await;
     let n = run.images.len();
@@ -555,15 +99,23 @@ async fn cluster_run_succeeds_and_writes_every_output() {
         dead.is_empty(),
         "no image of the sample is dead-lettered: {dead:?}"
     );
+    run.assert_event(
+        "fruits",
+        "Normal",
+        "JobCreated",
+        &format!("{expected_shards} shards"),
+    )
+    .await;
+    run.assert_event("fruits", "Normal", "Succeeded", "").await;
+    assert_no_forbidden(&run.client, &run.settings).await;
 }
 
 /// A text file and a truncated JPEG among good images: the run succeeds and dead-letters
 /// exactly those two.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
 async fn cluster_bad_images_are_dead_lettered() {
-    let Some(cluster) = cluster().await else {
-        return;
-    };
+    let cluster = cluster().await;
     let mut images = pick_images(&cluster.settings.images, 3, 20);
     let variety = images[0]
         .0
@@ -599,67 +151,449 @@ async fn cluster_bad_images_are_dead_lettered() {
             "{key} is in the dead-letter files: {dead:?}"
         );
     }
+    assert_no_forbidden(&run.client, &run.settings).await;
 }
 
 /// An extract pod deleted while it runs: its shard is run again and the run still accounts for
 /// every image.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
 async fn cluster_run_survives_a_deleted_extract_pod() {
-    let Some(cluster) = cluster().await else {
-        return;
-    };
-    let images = pick_images(&cluster.settings.images, 5, 60);
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 10, 60);
     let run = Run::new(cluster, "podkill", images).await;
     let n = run.images.len();
     let per_shard = n.div_ceil(2).max(1);
-    let mut fx = run.resource(
+    let fx = run.resource(
         "podkill",
         json!({ "imagesPerShard": per_shard, "parallelism": 1, "retriesPerShard": 3 }),
     );
-    // Half a CPU makes each shard take long enough to be caught running.
-    fx.spec.runner.resources = serde_json::from_value(json!({
-        "requests": { "cpu": "250m", "memory": "512Mi" },
-        "limits": { "cpu": "500m", "memory": "1Gi" },
-    }))
-    .expect("resources");
     let api = run.apply(&fx).await;
-
-    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &run.ns.name);
-    let selector = "app.kubernetes.io/instance=podkill,app.kubernetes.io/component=extract";
-    let deadline = Instant::now() + run.timeout();
-    let deleted = loop {
-        let list = pods
-            .list(&ListParams::default().labels(selector))
-            .await
-            .expect("list the extract pods");
-        let running = list.into_iter().find(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        });
-        if let Some(pod) = running {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            pods.delete(&name, &DeleteParams::default())
-                .await
-                .unwrap_or_else(|e| panic!("delete pod {name}: {e}"));
-            break name;
-        }
-        let phase = api
-            .get("podkill")
-            .await
-            .expect("read the FeatureExtraction")
-            .status
-            .and_then(|s| s.phase);
-        assert!(
-            !phase.is_some_and(Phase::is_finished) && Instant::now() < deadline,
-            "no extract pod was seen running before the run ended ({phase:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("deleted the running extract pod {deleted}");
+    let pod = running_extract_pod(&run, &api, "podkill").await;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    Api::<Pod>::namespaced(run.client.clone(), &run.ns.name)
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete pod {name}: {e}"));
+    eprintln!("deleted the running extract pod {name}");
 
     let done = run.wait_finished(&api, "podkill").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
     let dead = assert_outputs(&run.output().await, expected_shards).await;
     assert!(dead.is_empty(), "no image is dead-lettered: {dead:?}");
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// An extract pod evicted mid-shard (the Eviction API, as a node drain does): the API server
+/// marks it `DisruptionTarget`, the Job's pod failure policy ignores it, and the index runs
+/// again without counting a failure.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_evicted_extract_pod_is_retried_without_a_failure() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 10, 60);
+    let run = Run::new(cluster, "evict", images).await;
+    let n = run.images.len();
+    let per_shard = n.div_ceil(2).max(1);
+    // No retry at all: an eviction counted as a failure would fail the run.
+    let fx = run.resource(
+        "evict",
+        json!({ "imagesPerShard": per_shard, "parallelism": 1, "retriesPerShard": 0 }),
+    );
+    let api = run.apply(&fx).await;
+    let pod = running_extract_pod(&run, &api, "evict").await;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let evicted_index = index(&pod).expect("a completion index");
+    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &run.ns.name);
+    pods.evict(&name, &EvictParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("evict pod {name}: {e}"));
+    eprintln!("evicted the running extract pod {name} (index {evicted_index})");
+    // The eviction marks the pod before its deletion starts.
+    let marked = pods.get_opt(&name).await.expect("read the evicted pod");
+    if let Some(marked) = marked {
+        let disruption = marked
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "DisruptionTarget");
+        assert!(
+            disruption.as_ref().is_some_and(|c| c.status == "True"),
+            "the evicted pod has DisruptionTarget=True: {disruption:?}"
+        );
+    }
+
+    let done = run.wait_finished(&api, "evict").await;
+    let expected_shards = shards(n, per_shard);
+    assert_succeeded(&done, n, 0, expected_shards);
+    let rerun = run
+        .pods("evict", "extract")
+        .await
+        .into_iter()
+        .filter(|p| index(p).as_deref() == Some(evicted_index.as_str()))
+        .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+        .count();
+    assert!(rerun >= 1, "index {evicted_index} ran again and succeeded");
+    let job = Api::<Job>::namespaced(run.client.clone(), &run.ns.name)
+        .get("evict-extract")
+        .await
+        .expect("read the extract Job");
+    let status = job.status.unwrap_or_default();
+    assert_eq!(
+        status.failed_indexes.as_deref().unwrap_or(""),
+        "",
+        "no index failed: {status:?}"
+    );
+    assert_outputs(&run.output().await, expected_shards).await;
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// A run of three shards, one at a time, whose shard 1 manifest is taken away once the plan is
+/// written (shard 0 runs first): shard 1's pod exits 3 (the manifest is missing, a permanent
+/// error) and its index fails at once, without retries. Returns the run, its API and the
+/// manifest to put back.
+async fn run_with_a_failing_shard(
+    base: &str,
+    name: &str,
+    max_failed: u32,
+) -> (Run, Api<FeatureExtraction>, Bytes) {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 3, 100);
+    let run = Run::new(cluster, base, images).await;
+    let per_shard = run.images.len().div_ceil(3);
+    let fx = run.resource(
+        name,
+        json!({ "imagesPerShard": per_shard, "parallelism": 1, "retriesPerShard": 2,
+                "maxFailedShards": max_failed }),
+    );
+    let api = run.apply(&fx).await;
+    run.wait_for(&api, name, "planning", |fx| condition(fx, "Planned"))
+        .await;
+    let out = run.output().await;
+    let manifest = "manifests/shard-00001.jsonl";
+    let saved = out.get(manifest).await.expect("read shard 1's manifest");
+    let removed = out
+        .delete_prefix(manifest)
+        .await
+        .expect("take shard 1's manifest away");
+    assert_eq!(removed, 1, "{manifest} removed");
+    assert!(
+        run.pods(name, "extract")
+            .await
+            .iter()
+            .all(|p| index(p).as_deref() == Some("0")),
+        "shard 1 had not started when its manifest was taken away"
+    );
+    (run, api, saved)
+}
+
+/// Waits until index 1 of the extract Job has failed for good, and checks that its pod exited 3.
+async fn wait_index_1_failed(run: &Run, name: &str) {
+    let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
+    let deadline = Instant::now() + run.timeout();
+    loop {
+        let failed = jobs
+            .get_opt(&format!("{name}-extract"))
+            .await
+            .expect("read the extract Job")
+            .and_then(|j| j.status)
+            .and_then(|s| s.failed_indexes)
+            .unwrap_or_default();
+        if failed == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "index 1 never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pods = run.pods(name, "extract").await;
+    let exit_codes: Vec<i32> = pods
+        .iter()
+        .filter(|p| index(p).as_deref() == Some("1"))
+        .filter_map(|p| {
+            p.status
+                .clone()?
+                .container_statuses?
+                .first()?
+                .state
+                .clone()?
+                .terminated
+        })
+        .map(|t| t.exit_code)
+        .collect();
+    assert_eq!(
+        exit_codes,
+        vec![3],
+        "index 1 ran once and exited 3 (permanent): not retried"
+    );
+}
+
+/// A shard that fails for good within `maxFailedShards`: the run goes on, the reduce step
+/// dead-letters the shard's images with the reason, and every image is accounted for.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_a_shard_failing_for_good_within_the_tolerance_is_dead_lettered() {
+    let (run, api, manifest) = run_with_a_failing_shard("shardok", "tolerant", 1).await;
+    wait_index_1_failed(&run, "tolerant").await;
+    // Put the manifest back for the reduce step, which dead-letters the shard's listed images.
+    run.output()
+        .await
+        .put("manifests/shard-00001.jsonl", manifest.clone())
+        .await
+        .expect("put shard 1's manifest back");
+    let done = run.wait_finished(&api, "tolerant").await;
+    let n = run.images.len();
+    let in_shard_1 = manifest
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let status = done.status.clone().unwrap_or_default();
+    let shown = serde_json::to_string_pretty(&status).unwrap_or_default();
+    assert_eq!(phase(&done), Some(Phase::Succeeded), "{shown}");
+    let counts = status.images.expect("status.images");
+    assert_eq!(
+        (counts.total, counts.processed, counts.failed),
+        (n as u64, (n - in_shard_1) as u64, in_shard_1 as u64),
+        "{shown}"
+    );
+    let s = status.shards.expect("status.shards");
+    assert_eq!((s.total, s.succeeded, s.failed), (3, 2, 1), "{shown}");
+    let dead = assert_outputs_of(&run.output().await, 3, 2).await;
+    assert_eq!(dead.len(), in_shard_1, "shard 1's images are dead-lettered");
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// A shard that fails for good beyond `maxFailedShards`: the run fails with the shard's reason
+/// in its status and a Warning Event, and no reduce step runs.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_a_shard_failing_for_good_beyond_the_tolerance_fails_the_run() {
+    let (run, api, _) = run_with_a_failing_shard("shardfail", "strict", 0).await;
+    let done = run.wait_finished(&api, "strict").await;
+    let status = done.status.clone().unwrap_or_default();
+    let shown = serde_json::to_string_pretty(&status).unwrap_or_default();
+    assert_eq!(phase(&done), Some(Phase::Failed), "{shown}");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("shard 1") && message.contains("shard-00001"),
+        "the status names the shard and why it failed: {shown}"
+    );
+    run.assert_event("strict", "Warning", "Failed", "shard 1")
+        .await;
+    assert!(
+        run.pods("strict", "reduce").await.is_empty(),
+        "no reduce pod for a failed run"
+    );
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// The operator pod holding the Lease deleted mid-run: the other replica takes the Lease and
+/// finishes the run.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_run_survives_the_leading_operator_pod_deleted() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 10, 60);
+    let run = Run::new(cluster, "leader", images).await;
+    let n = run.images.len();
+    let per_shard = n.div_ceil(3).max(1);
+    let fx = run.resource(
+        "leader",
+        json!({ "imagesPerShard": per_shard, "parallelism": 1 }),
+    );
+    let api = run.apply(&fx).await;
+    running_extract_pod(&run, &api, "leader").await;
+
+    let ns = run.settings.operator_namespace.clone();
+    let leases: Api<Lease> = Api::namespaced(run.client.clone(), &ns);
+    let holder = |lease: Lease| {
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default()
+    };
+    let lease_name = leases
+        .list(&Default::default())
+        .await
+        .expect("list the Leases")
+        .into_iter()
+        .map(|l| l.metadata.name.clone().unwrap_or_default())
+        .find(|n| n.contains("pomona"))
+        .expect("the operator's Lease");
+    let leader = holder(leases.get(&lease_name).await.expect("read the Lease"));
+    assert!(!leader.is_empty(), "the Lease has a holder");
+    Api::<Pod>::namespaced(run.client.clone(), &ns)
+        .delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete the leading operator pod {leader}: {e}"));
+    eprintln!("deleted the leading operator pod {leader}");
+
+    let done = run.wait_finished(&api, "leader").await;
+    let expected_shards = shards(n, per_shard);
+    assert_succeeded(&done, n, 0, expected_shards);
+    let now = holder(leases.get(&lease_name).await.expect("read the Lease"));
+    assert!(
+        !now.is_empty() && now != leader,
+        "another replica holds the Lease ({now:?}, was {leader:?})"
+    );
+    assert_outputs(&run.output().await, expected_shards).await;
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// A run created suspended starts no Job; resumed, it is planned and completes.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_suspend_then_resume() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 2, 20);
+    let run = Run::new(cluster, "suspend", images).await;
+    let n = run.images.len();
+    let mut fx = run.resource("paused", json!({ "imagesPerShard": 20, "parallelism": 2 }));
+    fx.spec.suspend = true;
+    let api = run.apply(&fx).await;
+    let suspended = run
+        .wait_for(&api, "paused", "Suspended", |fx| {
+            phase(fx) == Some(Phase::Suspended) && condition(fx, "Suspended")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
+    assert!(
+        jobs.get_opt("paused-extract")
+            .await
+            .expect("read Jobs")
+            .is_none()
+            && run.pods("paused", "extract").await.is_empty(),
+        "no extract Job and no pod while suspended: {:?}",
+        suspended.status
+    );
+    run.assert_event("paused", "Normal", "Suspended", "").await;
+
+    set_suspend(&api, "paused", false).await;
+    let done = run.wait_finished(&api, "paused").await;
+    assert_succeeded(&done, n, 0, shards(n, 20));
+    assert!(!condition(&done, "Suspended"), "no longer suspended");
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// The API server refuses malformed resources with the CRD's own messages, and immutable fields
+/// cannot change, before the operator sees anything.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_invalid_resources_and_immutable_edits_are_refused() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 1, 2);
+    let run = Run::new(cluster, "invalid", images).await;
+    let valid = serde_json::to_value(run.resource("valid", json!({ "imagesPerShard": 10 })))
+        .expect("a resource as JSON");
+    let with = |name: &str, pointer: &str, value: serde_json::Value| {
+        let mut v = valid.clone();
+        v["metadata"]["name"] = json!(name);
+        *v.pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("{pointer} in the resource")) = value;
+        serde_json::from_value::<FeatureExtraction>(v).expect("a FeatureExtraction")
+    };
+    let cases = [
+        (
+            with(
+                "two-pcas",
+                "/spec/pca",
+                json!({ "components": 5, "varianceToKeep": 0.9 }),
+            ),
+            "pca needs exactly one of components, varianceToKeep and from",
+        ),
+        (
+            with("variance", "/spec/pca", json!({ "varianceToKeep": 1.5 })),
+            "varianceToKeep must be in (0, 1]",
+        ),
+        (
+            with(
+                "not-s3",
+                "/spec/source/uri",
+                json!("https://example.com/images/"),
+            ),
+            "source.uri must be an S3 URI: s3://bucket/prefix/",
+        ),
+        (
+            with(
+                "inside",
+                "/spec/output/uri",
+                json!(format!("{}images/out/", run.root)),
+            ),
+            "output.uri must not lie inside source.uri",
+        ),
+        (
+            with(
+                "endpoint",
+                "/spec/storage/endpoint",
+                json!("http://10.0.0.1:9000/path"),
+            ),
+            "endpoint must be http(s)://host[:port] with no path",
+        ),
+    ];
+    let api: Api<FeatureExtraction> = Api::namespaced(run.client.clone(), &run.ns.name);
+    for (fx, message) in cases {
+        let name = fx.metadata.name.clone().unwrap_or_default();
+        let err = api
+            .create(&Default::default(), &fx)
+            .await
+            .expect_err(&format!("{name} is refused"));
+        match err {
+            kube::Error::Api(e) => {
+                assert_eq!(e.code, 422, "{name}: {e:?}");
+                assert!(
+                    e.message.contains(message),
+                    "{name}: {:?} says {message:?}",
+                    e.message
+                );
+            }
+            other => panic!("{name}: not an API refusal: {other}"),
+        }
+    }
+
+    // Immutable fields of a created (suspended) resource.
+    let mut fx = run.resource("fixed", json!({ "imagesPerShard": 10, "parallelism": 1 }));
+    fx.spec.suspend = true;
+    run.apply(&fx).await;
+    let edits = [
+        (
+            json!({ "spec": { "source": { "uri": format!("{}other/", run.root) } } }),
+            "source is immutable: create a new FeatureExtraction for other images",
+        ),
+        (
+            json!({ "spec": { "sharding": { "imagesPerShard": 11 } } }),
+            "only sharding.parallelism can change after creation",
+        ),
+        (
+            json!({ "spec": { "pca": { "components": 9 } } }),
+            "pca is immutable",
+        ),
+    ];
+    for (patch, message) in edits {
+        let err = api
+            .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err(&format!("{patch} is refused"));
+        match err {
+            kube::Error::Api(e) => {
+                assert_eq!(e.code, 422, "{patch}: {e:?}");
+                assert!(
+                    e.message.contains(message),
+                    "{patch}: {:?} says {message:?}",
+                    e.message
+                );
+            }
+            other => panic!("{patch}: not an API refusal: {other}"),
+        }
+    }
+    api.patch(
+        "fixed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "sharding": { "parallelism": 3 } } })),
+    )
+    .await
+    .expect("parallelism may change");
+    assert_no_forbidden(&run.client, &run.settings).await;
 }
