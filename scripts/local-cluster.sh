@@ -4,6 +4,7 @@
 #   ./scripts/local-cluster.sh up       build what is missing, start everything, install the chart
 #   ./scripts/local-cluster.sh env      shell exports to use it: eval "$(./scripts/local-cluster.sh env)"
 #   ./scripts/local-cluster.sh status   what runs, and the node
+#   ./scripts/local-cluster.sh is-up    exits 0 when its API server runs
 #   ./scripts/local-cluster.sh down     stop exactly what `up` started (by pid) and remove its state
 #
 # What runs (each a process of this machine, its pid in $STATE/pids/):
@@ -45,7 +46,15 @@ log() { printf '[local-cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 pidfile() { echo "$STATE/pids/$1.pid"; }
-running() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# running NAME: its recorded pid is alive and is that program (not a pid reused since).
+running() {
+    local f pid
+    f=$(pidfile "$1")
+    [ -f "$f" ] || return 1
+    pid=$(cat "$f")
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$1"* ]]
+}
 
 # start NAME COMMAND…: runs COMMAND in its own session, output to $STATE/logs/NAME.log.
 start() {
@@ -71,7 +80,7 @@ wait_for() {
     done
 }
 
-kubectl_() { "$POMONA_KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
+kubectl_() { "${POMONA_KUBECTL:-$POMONA_TOOLS/bin/kubectl}" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 
 # ---------------------------------------------------------------------------------------------
 # Certificates: a cluster CA, the API server's serving certificate, one client certificate per
@@ -148,12 +157,9 @@ pki() {
 # ---------------------------------------------------------------------------------------------
 
 network() {
-    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-        ip link add "$BRIDGE" type bridge
-        ip addr add "$NODE_IP/16" dev "$BRIDGE"
-        ip link set "$BRIDGE" up
-        log "bridge $BRIDGE up on $NODE_IP/16"
-    fi
+    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+    ip addr replace "$NODE_IP/16" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
 }
 
 images_table() { # the local kubelet's images: what each Dockerfile's image holds, on this host
@@ -266,26 +272,30 @@ up() {
 }
 
 env_() {
-    cat <<EOF
-export KUBECONFIG=$STATE/admin.kubeconfig
-export AWS_ENDPOINT_URL=http://$NODE_IP:$S3_PORT
-export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY
-export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
-export AWS_REGION=$REGION
-export POMONA_E2E_S3_ENDPOINT=http://$NODE_IP:$S3_PORT
-export POMONA_E2E_S3_CLUSTER_ENDPOINT=http://$NODE_IP:$S3_PORT
-export POMONA_E2E_S3_ACCESS_KEY=$S3_ACCESS_KEY
-export POMONA_E2E_S3_SECRET_KEY=$S3_SECRET_KEY
-export POMONA_E2E_S3_BUCKET=$BUCKET
-export POMONA_E2E_IMAGES=$SHARED/data/fruits-360-sample/Training
-export POMONA_E2E_MODEL=$SHARED/models/mobilenetv2_features.onnx
-export POMONA_E2E_OPERATOR_NAMESPACE=pomona-system
-export POMONA_E2E_RUNNER_SERVICE_ACCOUNT=pomona-runner
-export POMONA_E2E_TIMEOUT_SECS=300
-export POMONA_E2E_KUBELET_LOG=$STATE/logs/pomona-kubelet.log
-export POMONA_E2E_POD_LOGS=$STATE/kubelet/pods
-EOF
+    local var
+    for var in \
+        "KUBECONFIG=$STATE/admin.kubeconfig" \
+        "AWS_ENDPOINT_URL=http://$NODE_IP:$S3_PORT" \
+        "AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY" \
+        "AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY" \
+        "AWS_REGION=$REGION" \
+        "POMONA_E2E_S3_ENDPOINT=http://$NODE_IP:$S3_PORT" \
+        "POMONA_E2E_S3_CLUSTER_ENDPOINT=http://$NODE_IP:$S3_PORT" \
+        "POMONA_E2E_S3_ACCESS_KEY=$S3_ACCESS_KEY" \
+        "POMONA_E2E_S3_SECRET_KEY=$S3_SECRET_KEY" \
+        "POMONA_E2E_S3_BUCKET=$BUCKET" \
+        "POMONA_E2E_IMAGES=$SHARED/data/fruits-360-sample/Training" \
+        "POMONA_E2E_MODEL=$SHARED/models/mobilenetv2_features.onnx" \
+        "POMONA_E2E_OPERATOR_NAMESPACE=pomona-system" \
+        "POMONA_E2E_RUNNER_SERVICE_ACCOUNT=pomona-runner" \
+        "POMONA_E2E_TIMEOUT_SECS=300" \
+        "POMONA_E2E_POD_LOGS=$STATE/kubelet/pods" \
+        "PATH=$POMONA_TOOLS/bin:$PATH"; do
+        printf 'export %s=%q\n' "${var%%=*}" "${var#*=}"
+    done
 }
+
+is_up() { running kube-apiserver; }
 
 status_() {
     local name
@@ -303,6 +313,7 @@ status_() {
 }
 
 down() {
+    [ "$(id -u)" = 0 ] || die "needs root (it stops root's processes and network namespaces)"
     local name pid
     # The kubelet first: it stops its pods' processes (SIGTERM, then SIGKILL) as it exits.
     for name in pomona-kubelet kube-controller-manager kube-apiserver s3s-fs etcd; do
@@ -337,8 +348,9 @@ case "${1:-}" in
     down) down ;;
     env) env_ ;;
     status) status_ ;;
+    is-up) is_up ;;
     *)
-        echo "usage: $0 up | down | env | status" >&2
+        echo "usage: $0 up | down | env | status | is-up" >&2
         exit 2
         ;;
 esac

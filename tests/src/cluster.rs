@@ -653,8 +653,15 @@ pub async fn operator_logs(client: &Client, settings: &E2eSettings) -> Vec<Strin
     let mut lines = Vec::new();
     for pod in list {
         let name = pod.metadata.name.unwrap_or_default();
-        if let Ok(text) = pods.logs(&name, &LogParams::default()).await {
-            lines.extend(text.lines().map(String::from));
+        // The restarted container's previous run too.
+        for previous in [false, true] {
+            let params = LogParams {
+                previous,
+                ..LogParams::default()
+            };
+            if let Ok(text) = pods.logs(&name, &params).await {
+                lines.extend(text.lines().map(String::from));
+            }
         }
     }
     lines

@@ -77,6 +77,22 @@ fn index(pod: &Pod) -> Option<String> {
         .cloned()
 }
 
+/// Asserts that completion index `index` of run `name` ran again, in a pod other than `gone`,
+/// and succeeded.
+async fn assert_index_reran(run: &Run, name: &str, index_of_gone: &str, gone: &str) {
+    let reran = run
+        .pods(name, "extract")
+        .await
+        .into_iter()
+        .filter(|p| index(p).as_deref() == Some(index_of_gone))
+        .filter(|p| p.metadata.name.as_deref() != Some(gone))
+        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+    assert!(
+        reran,
+        "index {index_of_gone} ran again after {gone} and succeeded"
+    );
+}
+
 /// The whole sample (or whatever `POMONA_E2E_IMAGES` holds) in four shards, two at a time.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
@@ -171,6 +187,7 @@ async fn cluster_run_survives_a_deleted_extract_pod() {
     let api = run.apply(&fx).await;
     let pod = running_extract_pod(&run, &api, "podkill").await;
     let name = pod.metadata.name.clone().unwrap_or_default();
+    let deleted_index = index(&pod).expect("a completion index");
     Api::<Pod>::namespaced(run.client.clone(), &run.ns.name)
         .delete(&name, &DeleteParams::default())
         .await
@@ -180,6 +197,7 @@ async fn cluster_run_survives_a_deleted_extract_pod() {
     let done = run.wait_finished(&api, "podkill").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
+    assert_index_reran(&run, "podkill", &deleted_index, &name).await;
     let dead = assert_outputs(&run.output().await, expected_shards).await;
     assert!(dead.is_empty(), "no image is dead-lettered: {dead:?}");
     assert_no_forbidden(&run.client, &run.settings).await;
@@ -210,33 +228,24 @@ async fn cluster_evicted_extract_pod_is_retried_without_a_failure() {
         .await
         .unwrap_or_else(|e| panic!("evict pod {name}: {e}"));
     eprintln!("evicted the running extract pod {name} (index {evicted_index})");
-    // The eviction marks the pod before its deletion starts.
-    let marked = pods.get_opt(&name).await.expect("read the evicted pod");
-    if let Some(marked) = marked {
-        let disruption = marked
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == "DisruptionTarget");
-        assert!(
-            disruption.as_ref().is_some_and(|c| c.status == "True"),
-            "the evicted pod has DisruptionTarget=True: {disruption:?}"
-        );
-    }
+    // The eviction marks the pod before its deletion starts; the Job's tracking finalizer
+    // keeps the object until the Job controller has counted it.
+    let marked = pods.get(&name).await.expect("read the evicted pod");
+    let disruption = marked
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionTarget");
+    assert!(
+        disruption.as_ref().is_some_and(|c| c.status == "True"),
+        "the evicted pod has DisruptionTarget=True: {disruption:?}"
+    );
 
     let done = run.wait_finished(&api, "evict").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
-    let rerun = run
-        .pods("evict", "extract")
-        .await
-        .into_iter()
-        .filter(|p| index(p).as_deref() == Some(evicted_index.as_str()))
-        .filter(|p| p.metadata.name.as_deref() != Some(name.as_str()))
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
-        .count();
-    assert!(rerun >= 1, "index {evicted_index} ran again and succeeded");
+    assert_index_reran(&run, "evict", &evicted_index, &name).await;
     let job = Api::<Job>::namespaced(run.client.clone(), &run.ns.name)
         .get("evict-extract")
         .await
@@ -389,8 +398,8 @@ async fn cluster_a_shard_failing_for_good_beyond_the_tolerance_fails_the_run() {
     assert_no_forbidden(&run.client, &run.settings).await;
 }
 
-/// The operator pod holding the Lease deleted mid-run: the other replica takes the Lease and
-/// finishes the run.
+/// The operator pod holding the Lease deleted mid-run: another pod (the standby replica, or the
+/// one the Deployment starts in its place) takes the Lease and finishes the run.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
 async fn cluster_run_survives_the_leading_operator_pod_deleted() {
@@ -458,7 +467,8 @@ async fn cluster_suspend_then_resume() {
             phase(fx) == Some(Phase::Suspended) && condition(fx, "Suspended")
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The operator writes the status after it has acted on the Jobs: seeing Suspended, the
+    // decision not to create one is made.
     let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
     assert!(
         jobs.get_opt("paused-extract")

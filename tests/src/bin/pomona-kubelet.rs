@@ -77,6 +77,8 @@ async fn main() -> Result<()> {
         bridge: args.bridge.clone(),
         prefix: prefix(&args.pod_prefix)?,
     };
+    // Nothing runs on the node yet: what an earlier, killed kubelet left goes.
+    network.sweep().await;
     let (api_host, api_port) = args
         .api_server
         .rsplit_once(':')

@@ -54,8 +54,7 @@ pub enum StartError {
     NotFound(String),
 }
 
-/// What to execute: the host program and the arguments after it (argv[0] is the command as the
-/// pod named it).
+/// What to execute: the host program (also its argv[0]) and the arguments after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exec {
     /// Host file that runs.

@@ -39,7 +39,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::watcher;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use images::Images;
 use sandbox::Network;
@@ -56,8 +56,6 @@ pub struct Kubelet {
     pub network: Network,
     /// Where pods' folders live.
     pub state_dir: PathBuf,
-    /// The node's address (the bridge's).
-    pub host_ip: String,
     /// Where pods reach the API server (`KUBERNETES_SERVICE_HOST`, `_PORT`).
     pub api_host: String,
     /// See `api_host`.
@@ -66,7 +64,8 @@ pub struct Kubelet {
     pub cpu_millis: u64,
     /// See `cpu_millis`.
     pub memory_bytes: u64,
-    slots: Mutex<BTreeSet<u16>>,
+    /// Network slots in use, and the last one taken.
+    slots: Mutex<(BTreeSet<u16>, u16)>,
 }
 
 impl Kubelet {
@@ -86,30 +85,38 @@ impl Kubelet {
             client,
             node,
             images,
-            host_ip: network.gateway(),
             network,
             state_dir,
             api_host,
             api_port,
             cpu_millis: capacity.cpu_millis,
             memory_bytes: capacity.memory_bytes,
-            slots: Mutex::new(BTreeSet::new()),
+            slots: Mutex::new((BTreeSet::new(), 0)),
         }
     }
 
-    /// The lowest free network slot.
-    pub fn take_slot(&self) -> u16 {
-        let mut used = self.slots.lock().expect("the slot set");
-        let slot = (1..u16::MAX)
-            .find(|s| !used.contains(s))
+    /// A free network slot: `preferred` when it is free (a pod keeps its address across a
+    /// kubelet restart), else the next one after the last taken, so that an address just given
+    /// up is not handed out again at once.
+    pub fn take_slot(&self, preferred: Option<u16>) -> u16 {
+        let mut slots = self.slots.lock().expect("the slot set");
+        let (used, last) = &mut *slots;
+        let next = (1..u16::MAX)
+            .map(|i| (u32::from(*last) + u32::from(i)) % u32::from(u16::MAX))
+            .map(|s| s as u16)
+            .find(|s| *s != 0 && !used.contains(s));
+        let slot = preferred
+            .filter(|p| !used.contains(p))
+            .or(next)
             .expect("a free slot");
         used.insert(slot);
+        *last = slot;
         slot
     }
 
     /// Gives a slot back.
     pub fn free_slot(&self, slot: u16) {
-        self.slots.lock().expect("the slot set").remove(&slot);
+        self.slots.lock().expect("the slot set").0.remove(&slot);
     }
 }
 
@@ -122,8 +129,7 @@ pub async fn run_pods(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) -> R
     let mut workers: BTreeMap<String, watch::Sender<Option<Pod>>> = BTreeMap::new();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
-    let (ended_tx, mut ended) = mpsc::unbounded_channel::<String>();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             event = stream.next() => {
@@ -155,10 +161,10 @@ pub async fn run_pods(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) -> R
                         }
                         let (tx, rx) = watch::channel(Some(pod));
                         workers.insert(uid.clone(), tx);
-                        let (k, shutdown, ended_tx) = (k.clone(), shutdown.clone(), ended_tx.clone());
+                        let (k, shutdown) = (k.clone(), shutdown.clone());
                         tasks.spawn(async move {
                             worker::run(k, rx, shutdown).await;
-                            let _ = ended_tx.send(uid);
+                            uid
                         });
                     }
                     watcher::Event::Delete(pod) => {
@@ -179,10 +185,15 @@ pub async fn run_pods(k: Arc<Kubelet>, mut shutdown: watch::Receiver<bool>) -> R
                     }
                 }
             }
-            Some(uid) = ended.recv() => {
-                workers.remove(&uid);
-                done.insert(uid);
-            }
+            Some(ended) = tasks.join_next(), if !tasks.is_empty() => match ended {
+                // A pod whose object is still there stays done until it goes.
+                Ok(uid) => {
+                    if workers.remove(&uid).is_some() {
+                        done.insert(uid);
+                    }
+                }
+                Err(e) => tracing::error!("a pod worker failed: {e}"),
+            },
             _ = shutdown.changed() => break,
         }
     }

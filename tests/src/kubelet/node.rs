@@ -170,6 +170,7 @@ pub async fn post_status(client: &Client, desired: &Node) -> Result<Node> {
 }
 
 /// Renews the node's Lease every 10 s and posts its status every 60 s, until the process ends.
+/// Each call has 5 s: a slow API server delays a beat, it never stops the heartbeat.
 pub async fn heartbeat(
     client: Client,
     name: String,
@@ -177,22 +178,24 @@ pub async fn heartbeat(
     capacity: Capacity,
     version: String,
 ) {
+    const CALL: Duration = Duration::from_secs(5);
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut node_uid = None;
     let mut beats: u64 = 0;
     loop {
         tick.tick().await;
         let now = Timestamp::now();
-        let uid = Api::<Node>::all(client.clone())
-            .get_opt(&name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|n| n.metadata.uid);
+        if node_uid.is_none()
+            && let Ok(Ok(Some(node))) = tokio::time::timeout(CALL, nodes.get_opt(&name)).await
+        {
+            node_uid = node.metadata.uid;
+        }
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                owner_references: uid.map(|uid| {
+                owner_references: node_uid.clone().map(|uid| {
                     vec![OwnerReference {
                         api_version: "v1".into(),
                         kind: "Node".into(),
@@ -211,13 +214,18 @@ pub async fn heartbeat(
             }),
         };
         let params = PatchParams::apply("pomona-kubelet").force();
-        if let Err(e) = leases.patch(&name, &params, &Patch::Apply(&lease)).await {
-            tracing::warn!("renew the node lease: {e}");
+        match tokio::time::timeout(CALL, leases.patch(&name, &params, &Patch::Apply(&lease))).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("renew the node lease: {e}"),
+            Err(_) => tracing::warn!("renew the node lease: no answer within {CALL:?}"),
         }
         if beats.is_multiple_of(6) && beats > 0 {
             let node = node(&name, &ip, &capacity, &version, now);
-            if let Err(e) = post_status(&client, &node).await {
-                tracing::warn!("{e:#}");
+            match tokio::time::timeout(CALL, post_status(&client, &node)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("{e:#}"),
+                Err(_) => tracing::warn!("post the node status: no answer within {CALL:?}"),
             }
         }
         beats += 1;

@@ -25,6 +25,9 @@ const IP: &str = "/usr/sbin/ip";
 const SH: &str = "/bin/sh";
 const MOUNT: &str = "/usr/bin/mount";
 const SETPRIV: &str = "/usr/bin/setpriv";
+const ENV: &str = "/usr/bin/env";
+/// The only environment of the root-run commands that set a container up.
+const SETUP_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// The devices a container's `/dev` holds, bound from the host's.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
@@ -71,13 +74,29 @@ impl Network {
         )
     }
 
+    /// The slot of a pod address of this network, if it is one.
+    pub fn slot_of(&self, ip: &str) -> Option<u16> {
+        let octets: Vec<u8> = ip
+            .split('.')
+            .map(|o| o.parse().ok())
+            .collect::<Option<_>>()?;
+        match octets[..] {
+            [a, b, c, d] if [a, b] == self.prefix => {
+                let slot = (u32::from(c) * 256 + u32::from(d)).checked_sub(1)?;
+                u16::try_from(slot).ok().filter(|s| *s > 0)
+            }
+            _ => None,
+        }
+    }
+
     /// Makes slot `slot`'s namespace: loopback up, `eth0` on the bridge, a default route
-    /// through the node. A namespace left over from an earlier kubelet is replaced.
+    /// through the node. A namespace left over from an earlier kubelet is removed first, with
+    /// whatever still runs in it.
     pub async fn create(&self, slot: u16) -> Result<PodNetwork> {
         let netns = netns_name(slot);
         let ip = self.address(slot);
         let veth = format!("pmv{slot}");
-        let _ = run(IP, &["netns", "del", &netns]).await;
+        remove_netns(&netns).await;
         let _ = run(IP, &["link", "del", &veth]).await;
         let gateway = self.gateway();
         let cidr = format!("{ip}/16");
@@ -101,11 +120,51 @@ impl Network {
         Ok(PodNetwork { slot, netns, ip })
     }
 
-    /// Removes a pod's namespace (its veth pair goes with it).
+    /// Removes a pod's namespace, with any process left in it (its veth pair goes with it).
     pub async fn delete(&self, net: &PodNetwork) {
-        if let Err(e) = run(IP, &["netns", "del", &net.netns]).await {
-            tracing::warn!("remove {}: {e:#}", net.netns);
+        remove_netns(&net.netns).await;
+    }
+
+    /// Removes every pod namespace an earlier kubelet left (it was killed), with the processes
+    /// still in them: at start, no pod runs on the node.
+    pub async fn sweep(&self) {
+        let Ok(out) = Command::new(IP).args(["netns", "list"]).output().await else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(name) = line
+                .split_whitespace()
+                .next()
+                .filter(|n| n.starts_with("pomona-pod-"))
+            {
+                tracing::info!("removing {name}, left by an earlier run of the kubelet");
+                remove_netns(name).await;
+            }
         }
+    }
+}
+
+/// Kills every process in network namespace `netns`, then removes it (absent: nothing to do).
+async fn remove_netns(netns: &str) {
+    let Ok(out) = Command::new(IP)
+        .args(["netns", "pids", netns])
+        .output()
+        .await
+    else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<u32>() {
+            signal(pid, rustix::process::Signal::KILL);
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    if out.status.success()
+        && let Err(e) = run(IP, &["netns", "del", netns]).await
+    {
+        tracing::warn!("remove {netns}: {e:#}");
     }
 }
 
@@ -232,16 +291,18 @@ pub fn script(l: &Launch) -> String {
         }
     }
     s += &format!("cd {}\n", quote(&l.working_dir));
-    let groups = if l.groups.is_empty() {
-        "--clear-groups".to_string()
-    } else {
-        let list: Vec<String> = l.groups.iter().map(i64::to_string).collect();
-        format!("--groups={}", list.join(","))
-    };
+    let groups: Vec<String> = l.groups.iter().map(i64::to_string).collect();
+    // The container's environment reaches only its own process ("$@" is NAME=VALUE…, then
+    // the program and its arguments): the commands above run as root with a fixed PATH and
+    // nothing else (a pod's LD_PRELOAD must not run as root on the host). The assignments are
+    // in the arguments of `sh` and `setpriv` for the moment of this set-up, then only in the
+    // container's own environment.
     s += &format!(
-        "exec {SETPRIV} --reuid={} --regid={} {groups} --no-new-privs --inh-caps=-all \
-         --bounding-set=-all -- \"$@\"\n",
-        l.uid, l.gid
+        "exec {SETPRIV} --reuid={} --regid={} --groups={} --no-new-privs --inh-caps=-all \
+         --bounding-set=-all -- {ENV} -i -- \"$@\"\n",
+        l.uid,
+        l.gid,
+        groups.join(",")
     );
     s
 }
@@ -257,10 +318,11 @@ pub fn start(l: &Launch) -> Result<Child> {
         .with_context(|| format!("open {}", l.log.display()))?;
     let mut cmd = Command::new(IP);
     cmd.args(["netns", "exec", &l.netns, SH, "-c", &script(l), "sh"])
+        .args(l.env.iter().map(|(k, v)| format!("{k}={v}")))
         .arg(&l.program)
         .args(&l.args)
         .env_clear()
-        .envs(l.env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", SETUP_PATH)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -337,7 +399,13 @@ mod tests {
         );
         assert!(s.contains("remount,bind,ro '/scratch'"), "{s}");
         assert!(s.contains("--rbind"), "{s}");
-        assert!(s.ends_with("--reuid=65532 --regid=65532 --groups=65532 --no-new-privs --inh-caps=-all --bounding-set=-all -- \"$@\"\n"), "{s}");
+        assert!(
+            s.ends_with(
+                "--reuid=65532 --regid=65532 --groups=65532 --no-new-privs --inh-caps=-all \
+                 --bounding-set=-all -- /usr/bin/env -i -- \"$@\"\n"
+            ),
+            "{s}"
+        );
         assert_eq!(quote("it's"), r"'it'\''s'");
     }
 }

@@ -113,10 +113,13 @@ pub fn phase(s: &Snapshot) -> &'static str {
             return if all_succeeded { "Succeeded" } else { "Failed" };
         }
     }
-    let started = s.containers.iter().any(|c| {
-        matches!(c.state, State::Running { .. } | State::Terminated(_)) || c.last.is_some()
-    });
-    if started { "Running" } else { "Pending" }
+    // As the kubelet's getPhase: a container not started yet (waiting, never run) keeps the
+    // pod Pending; one waiting to restart counts as stopped.
+    let fresh = s
+        .containers
+        .iter()
+        .any(|c| matches!(c.state, State::Waiting { .. }) && c.last.is_none());
+    if fresh { "Pending" } else { "Running" }
 }
 
 /// The status to report for a snapshot.

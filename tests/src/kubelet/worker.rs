@@ -27,7 +27,7 @@ use super::volumes;
 type Exit = (usize, u32, i32);
 
 /// One container of the pod and its process.
-struct Slot {
+struct ContainerRun {
     spec: Container,
     record: Record,
     /// The process of the current generation, while it runs.
@@ -53,18 +53,22 @@ struct PodWork {
     dir: PathBuf,
     net: Option<PodNetwork>,
     volumes: BTreeMap<String, PathBuf>,
-    slots: Vec<Slot>,
+    containers: Vec<ContainerRun>,
     start_time: Timestamp,
-    accepted: Instant,
     /// Set when the pod must end whatever its containers do (deadline), with why.
     failed: Option<(String, String)>,
     /// SIGTERM was sent to everything for a deletion.
     deleting: bool,
+    /// The sandbox and volumes are made; until then, when to try again.
+    ready: bool,
+    setup_at: Option<Instant>,
+    /// The status as last reported and accepted.
     last_sent: Option<PodStatus>,
     exits: mpsc::UnboundedSender<Exit>,
 }
 
-/// Runs `pod` until it is finished (terminal, or deleted) or the kubelet shuts down.
+/// Runs `pod` until it is finished (terminal and reported, or deleted and removed) or the
+/// kubelet shuts down.
 pub async fn run(
     k: Arc<Kubelet>,
     mut updates: watch::Receiver<Option<Pod>>,
@@ -76,19 +80,13 @@ pub async fn run(
     let name = pod_name(&pod);
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut work = PodWork::new(k, pod, exits_tx);
-    if let Err(e) = work.setup().await {
-        tracing::error!("pod {name}: {e:#}");
-        work.fail_setup(&format!("{e:#}")).await;
-        work.cleanup().await;
-        return;
-    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             changed = updates.changed() => {
                 let current = if changed.is_ok() { updates.borrow().clone() } else { None };
                 match current {
-                    Some(pod) => work.pod = pod,
+                    Some(pod) => work.updated(pod),
                     None => {
                         // The object is gone: stop at once, nothing left to report to.
                         work.kill_all(Signal::KILL);
@@ -108,9 +106,10 @@ pub async fn run(
         }
         work.step().await;
         work.report().await;
-        if work.finished() {
-            if work.pod.metadata.deletion_timestamp.is_some() {
-                work.remove().await;
+        if work.terminal_reported() {
+            // A deleted pod's object goes once its final status is in (grace 0, this uid).
+            if work.pod.metadata.deletion_timestamp.is_some() && !work.remove().await {
+                continue;
             }
             work.cleanup().await;
             tracing::info!("pod {name}: finished ({})", work.phase());
@@ -138,7 +137,7 @@ impl PodWork {
             .as_ref()
             .map(|t| t.0)
             .unwrap_or_else(Timestamp::now);
-        let slots = spec
+        let containers = spec
             .containers
             .iter()
             .map(|c| {
@@ -151,7 +150,7 @@ impl PodWork {
                     started_at: None,
                     finished_at: Timestamp::now(),
                 });
-                Slot {
+                ContainerRun {
                     spec: c.clone(),
                     record: Record {
                         name: c.name.clone(),
@@ -189,11 +188,12 @@ impl PodWork {
             dir,
             net: None,
             volumes: BTreeMap::new(),
-            slots,
+            containers,
             start_time,
-            accepted: Instant::now(),
             failed: None,
             deleting: false,
+            ready: false,
+            setup_at: Some(Instant::now()),
             last_sent: None,
             exits,
         }
@@ -209,56 +209,85 @@ impl PodWork {
             .unwrap_or_else(|| "Always".into())
     }
 
-    /// Sandbox and volumes.
+    /// Sandbox and volumes. A pod this node ran before (the kubelet restarted) keeps its
+    /// address, as its status already names it.
     async fn setup(&mut self) -> Result<()> {
         let spec = self.spec();
         if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
             anyhow::bail!("the local kubelet does not run init containers");
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("{}", self.dir.display()))?;
-        let slot = self.k.take_slot();
-        self.net = Some(
-            self.k
-                .network
-                .create(slot)
-                .await
-                .inspect_err(|_| self.k.free_slot(slot))?,
-        );
+        if self.net.is_none() {
+            let known = self.pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+            let slot = self
+                .k
+                .take_slot(known.and_then(|ip| self.k.network.slot_of(ip)));
+            let net = self.k.network.create(slot).await;
+            self.net = Some(net.inspect_err(|_| self.k.free_slot(slot))?);
+        }
         let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
         self.volumes = volumes::prepare(&self.k.client, &self.pod, &self.dir, fs_group).await?;
         Ok(())
     }
 
-    /// A pod whose sandbox or volumes cannot be made: its containers wait with the reason, and
-    /// the status says so (a kubelet keeps retrying; this one reports and leaves it Pending).
-    async fn fail_setup(&mut self, why: &str) {
-        for s in &mut self.slots {
-            s.record.state = State::Waiting {
-                reason: "CreateContainerConfigError".into(),
-                message: Some(why.into()),
-            };
-            s.retry_at = None;
+    /// Makes the sandbox when due; until it exists, the containers wait with the reason and it
+    /// is tried again every 10 s (a Secret or ConfigMap not there yet, say).
+    async fn ensure_ready(&mut self) {
+        if self.ready || self.stopping() || self.setup_at.is_none_or(|t| Instant::now() < t) {
+            return;
         }
-        self.report().await;
+        match self.setup().await {
+            Ok(()) => {
+                self.ready = true;
+                self.setup_at = None;
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!("pod {}: {why}", pod_name(&self.pod));
+                self.setup_at = Some(Instant::now() + Duration::from_secs(10));
+                for s in &mut self.containers {
+                    if !matches!(s.record.state, State::Terminated(_)) {
+                        s.record.state = State::Waiting {
+                            reason: "CreateContainerConfigError".into(),
+                            message: Some(why.clone()),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new version of the pod from the watch. When its status differs from what this kubelet
+    /// reported (another writer, or a report that was lost), the next report sends it again.
+    fn updated(&mut self, pod: Pod) {
+        if let (Some(last), Some(now)) = (&self.last_sent, &pod.status)
+            && !ours_equal(last, now)
+        {
+            self.last_sent = None;
+        }
+        self.pod = pod;
     }
 
     /// Advances every container: deadlines, kills, starts and restarts, probes.
     async fn step(&mut self) {
         self.check_deletion();
         self.check_deadline();
+        self.ensure_ready().await;
         let now = Instant::now();
-        for i in 0..self.slots.len() {
-            if let Some(at) = self.slots[i].kill_at
+        for i in 0..self.containers.len() {
+            if let Some(at) = self.containers[i].kill_at
                 && now >= at
-                && let Some(pid) = self.slots[i].pid
+                && let Some(pid) = self.containers[i].pid
             {
                 sandbox::signal(pid, Signal::KILL);
-                self.slots[i].kill_at = None;
+                self.containers[i].kill_at = None;
             }
-            if self.stopping() {
+            if self.stopping() || !self.ready {
                 continue;
             }
-            if self.slots[i].pid.is_none() && self.slots[i].retry_at.is_some_and(|t| now >= t) {
+            if self.containers[i].pid.is_none()
+                && self.containers[i].retry_at.is_some_and(|t| now >= t)
+            {
                 self.start(i).await;
             }
             self.probe(i).await;
@@ -291,9 +320,9 @@ impl PodWork {
         let Some(deadline) = self.spec().active_deadline_seconds else {
             return;
         };
-        if self.failed.is_some()
-            || self.accepted.elapsed() < Duration::from_secs(deadline.max(0) as u64)
-        {
+        // Counted from the pod's start time, which survives a kubelet restart.
+        let active = Timestamp::now().as_second() - self.start_time.as_second();
+        if self.failed.is_some() || active < deadline {
             return;
         }
         self.failed = Some((
@@ -308,7 +337,7 @@ impl PodWork {
     /// never ran end as a kubelet reports them.
     fn terminate_all(&mut self, grace: i64) {
         let kill_at = Instant::now() + Duration::from_secs(grace.max(0) as u64);
-        for s in &mut self.slots {
+        for s in &mut self.containers {
             s.retry_at = None;
             match s.pid {
                 Some(pid) => {
@@ -339,7 +368,7 @@ impl PodWork {
     }
 
     fn kill_all(&mut self, signal: Signal) {
-        for s in &self.slots {
+        for s in &self.containers {
             if let Some(pid) = s.pid {
                 sandbox::signal(pid, signal);
             }
@@ -350,7 +379,7 @@ impl PodWork {
     async fn stop_for_shutdown(&mut self, exits: &mut mpsc::UnboundedReceiver<Exit>) {
         self.kill_all(Signal::TERM);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.slots.iter().any(|s| s.pid.is_some()) {
+        while self.containers.iter().any(|s| s.pid.is_some()) {
             match tokio::time::timeout_at(deadline, exits.recv()).await {
                 Ok(Some(exit)) => self.exited(exit),
                 _ => {
@@ -367,7 +396,7 @@ impl PodWork {
         match self.launch(i).await {
             Ok(()) => {}
             Err(Failure::Waiting(reason, message)) => {
-                let s = &mut self.slots[i];
+                let s = &mut self.containers[i];
                 let reason = if reason == "ErrImagePull"
                     && matches!(&s.record.state, State::Waiting { reason: r, .. } if r == "ErrImagePull" || r == "ImagePullBackOff")
                 {
@@ -382,7 +411,7 @@ impl PodWork {
                 s.retry_at = Some(retry);
             }
             Err(Failure::Start(message)) => {
-                let s = &mut self.slots[i];
+                let s = &mut self.containers[i];
                 s.retry_at = None;
                 self.ended(
                     i,
@@ -401,16 +430,13 @@ impl PodWork {
     async fn launch(&mut self, i: usize) -> Result<(), Failure> {
         let pod = self.pod.clone();
         let spec = self.spec();
-        let c = self.slots[i].spec.clone();
+        let c = self.containers[i].spec.clone();
         let image_ref = c.image.clone().unwrap_or_default();
         let image = self
             .k
             .images
             .get(&image_ref)
-            .map_err(|e| match e {
-                StartError::ImagePull(m) => Failure::Waiting("ErrImagePull".into(), m),
-                StartError::NotFound(m) => Failure::Start(m),
-            })?
+            .map_err(Failure::from)?
             .clone();
         let config_error = |m: String| Failure::Waiting("CreateContainerConfigError".into(), m);
         let net = self.net.clone().expect("a sandbox before any container");
@@ -452,10 +478,7 @@ impl PodWork {
         };
         let exec = image
             .exec(&expand(&c.command), &expand(&c.args))
-            .map_err(|e| match e {
-                StartError::ImagePull(m) => Failure::Waiting("ErrImagePull".into(), m),
-                StartError::NotFound(m) => Failure::Start(m),
-            })?;
+            .map_err(Failure::from)?;
 
         let (image_uid, image_gid) = image.user().map_err(config_error)?;
         let pod_sc = spec.security_context.clone().unwrap_or_default();
@@ -489,7 +512,7 @@ impl PodWork {
             });
         }
 
-        let s = &mut self.slots[i];
+        let s = &mut self.containers[i];
         s.generation += 1;
         let generation = s.generation;
         let run_dir = self
@@ -562,12 +585,14 @@ impl PodWork {
 
     /// A process ended.
     fn exited(&mut self, (i, generation, exit_code): Exit) {
-        let Some(s) = self.slots.get_mut(i) else {
+        let Some(s) = self.containers.get_mut(i) else {
             return;
         };
-        if s.generation != generation || s.pid.is_none() {
+        let Some(pid) = s.pid.filter(|_| s.generation == generation) else {
             return;
-        }
+        };
+        // What the process left behind in its group goes with it, as with a container.
+        sandbox::signal(pid, Signal::KILL);
         s.pid = None;
         s.kill_at = None;
         let started_at = match &s.record.state {
@@ -593,7 +618,7 @@ impl PodWork {
     fn ended(&mut self, i: usize, ended: Ended) {
         let policy = self.restart_policy();
         let stopping = self.stopping();
-        let s = &mut self.slots[i];
+        let s = &mut self.containers[i];
         s.record.ready = false;
         if stopping || !restarts(&Some(policy), ended.exit_code) {
             s.record.state = State::Terminated(ended);
@@ -625,7 +650,7 @@ impl PodWork {
 
     async fn probe(&mut self, i: usize) {
         let Some(net) = self.net.clone() else { return };
-        let s = &mut self.slots[i];
+        let s = &mut self.containers[i];
         if s.pid.is_none() || s.kill_at.is_some() {
             return;
         }
@@ -668,7 +693,7 @@ impl PodWork {
     }
 
     fn snapshot_status(&self) -> PodStatus {
-        let records: Vec<Record> = self.slots.iter().map(|s| s.record.clone()).collect();
+        let records: Vec<Record> = self.containers.iter().map(|s| s.record.clone()).collect();
         let previous = self
             .pod
             .status
@@ -676,13 +701,14 @@ impl PodWork {
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         let policy = self.restart_policy();
+        let gateway = self.k.network.gateway();
         let snapshot = Snapshot {
             containers: &records,
             restart_policy: &policy,
             deleting: self.deleting,
             failed: self.failed.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
             pod_ip: self.net.as_ref().map(|n| n.ip.as_str()),
-            host_ip: &self.k.host_ip,
+            host_ip: &gateway,
             start_time: self.start_time,
             previous: &previous,
             now: Timestamp::now(),
@@ -694,10 +720,11 @@ impl PodWork {
         self.snapshot_status().phase.unwrap_or_default()
     }
 
-    /// The pod is terminal and no process of it is left.
-    fn finished(&self) -> bool {
-        let phase = self.phase();
-        (phase == "Succeeded" || phase == "Failed") && self.slots.iter().all(|s| s.pid.is_none())
+    /// The pod is terminal, no process of it is left, and the API server has that status.
+    fn terminal_reported(&self) -> bool {
+        let sent = self.last_sent.as_ref().and_then(|s| s.phase.as_deref());
+        matches!(sent, Some("Succeeded" | "Failed"))
+            && self.containers.iter().all(|s| s.pid.is_none())
     }
 
     /// Sends the status when it changed.
@@ -705,7 +732,7 @@ impl PodWork {
         let mut status = self.snapshot_status();
         // A terminal phase waits until every process has really ended.
         if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
-            && self.slots.iter().any(|s| s.pid.is_some())
+            && self.containers.iter().any(|s| s.pid.is_some())
         {
             status.phase = Some("Running".into());
         }
@@ -734,8 +761,9 @@ impl PodWork {
         }
     }
 
-    /// Removes a deleted pod's object once its containers stopped (grace 0, this uid only).
-    async fn remove(&self) {
+    /// Removes a deleted pod's object once its containers stopped (grace 0, this uid only);
+    /// whether it is gone.
+    async fn remove(&self) -> bool {
         let api: Api<Pod> = Api::namespaced(
             self.k.client.clone(),
             self.pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -749,8 +777,14 @@ impl PodWork {
             }),
             ..DeleteParams::default()
         };
-        if let Err(e) = api.delete(&name, &params).await {
-            tracing::debug!("pod {}: final delete: {e}", pod_name(&self.pod));
+        match api.delete(&name, &params).await {
+            Ok(_) => true,
+            // Gone already, or another pod of that name now.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
+            Err(e) => {
+                tracing::warn!("pod {}: final delete: {e}", pod_name(&self.pod));
+                false
+            }
         }
     }
 
@@ -772,6 +806,15 @@ enum Failure {
     Start(String),
 }
 
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::ImagePull(m) => Failure::Waiting("ErrImagePull".into(), m),
+            StartError::NotFound(m) => Failure::Start(m),
+        }
+    }
+}
+
 /// Whether a container that exited with `code` restarts under `policy`.
 fn restarts(policy: &Option<String>, code: i32) -> bool {
     match policy.as_deref().unwrap_or("Always") {
@@ -783,7 +826,7 @@ fn restarts(policy: &Option<String>, code: i32) -> bool {
 
 /// The termination message: the file the container wrote (at most 4096 bytes), else with
 /// `FallbackToLogsOnError` and a failure, the end of its log (80 lines, 2048 bytes).
-fn termination_message(s: &Slot, exit_code: i32) -> Option<String> {
+fn termination_message(s: &ContainerRun, exit_code: i32) -> Option<String> {
     let written = s
         .message_file
         .as_ref()
@@ -807,6 +850,36 @@ fn termination_message(s: &Slot, exit_code: i32) -> Option<String> {
         .unwrap_or(tail.len());
     Some(tail[start..].to_string()).filter(|t| !t.is_empty())
 }
+
+/// Whether the API server's status of the pod holds what this kubelet reported: phase,
+/// address, containers, and the conditions it owns (others write other conditions).
+fn ours_equal(reported: &PodStatus, current: &PodStatus) -> bool {
+    let owned = |s: &PodStatus| {
+        let mut conditions: Vec<(String, String)> = s
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str()))
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect();
+        conditions.sort();
+        (
+            s.phase.clone(),
+            s.pod_ip.clone(),
+            s.container_statuses.clone(),
+            conditions,
+        )
+    };
+    owned(reported) == owned(current)
+}
+
+/// The pod conditions a kubelet writes.
+const OWN_CONDITIONS: [&str; 4] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+];
 
 /// Two statuses equal but for condition transition times.
 fn same_ignoring_times(a: &PodStatus, b: &PodStatus) -> bool {
