@@ -19,7 +19,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -27,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
 use crate::jobs::{extract_job, reduce_job};
+use crate::lifecycle::{self, Expiry};
 use crate::metrics::{ErrorCategory, Metrics};
 use crate::names::{Component, bounded, job_name};
 use crate::observe::{PodObservation, PodPhase, job_indexes};
@@ -55,13 +56,32 @@ pub enum Error {
     /// A Job of the run's name exists and belongs to something else.
     #[error("Job {0} exists and is not owned by this FeatureExtraction; waiting for it to go")]
     ForeignJob(String),
+    /// Extraction ended with failed shards, and the extract Job that named them was deleted
+    /// before the reduce step started.
+    #[error(
+        "the extract Job was deleted before the reduce step started: the {0} shards that failed \
+         cannot be named to it; delete and recreate the FeatureExtraction to rerun"
+    )]
+    FailedShardsUnknown(u32),
 }
 
 impl Error {
+    /// The reason of the status condition and Warning Event that report the error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Api(_) => "KubernetesApiError",
+            Error::Plan(_) => "PlanningRetrying",
+            Error::ForeignJob(_) => "ForeignJob",
+            Error::FailedShardsUnknown(_) => "FailedShardsUnknown",
+        }
+    }
+
     /// The metric label of the error.
     pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::Api(_) | Error::ForeignJob(_) => ErrorCategory::Api,
+            Error::Api(_) | Error::ForeignJob(_) | Error::FailedShardsUnknown(_) => {
+                ErrorCategory::Api
+            }
             Error::Plan(PlanFailure::Storage(_)) => ErrorCategory::Storage,
             Error::Plan(PlanFailure::Credentials(_)) => ErrorCategory::Credentials,
             Error::Plan(PlanFailure::Permanent(_)) => ErrorCategory::Spec,
@@ -81,7 +101,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per resource, for the backoff.
     failures: Mutex<HashMap<ObjectRef<FeatureExtraction>, u32>>,
+    /// When each resource last got a Warning Event of each reason, to publish at most one a
+    /// minute.
+    warned: Mutex<HashMap<(ObjectRef<FeatureExtraction>, &'static str), Instant>>,
 }
+
+/// At most one Warning Event of a reason per resource in this long.
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Context {
     /// A context over `client`; `instance` names this replica in Events (its pod name).
@@ -101,6 +127,21 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::default(),
+            warned: Mutex::default(),
+        }
+    }
+
+    /// Whether a Warning of `reason` about `fx` may be published now (and records it).
+    fn may_warn(&self, fx: &FeatureExtraction, reason: &'static str) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ObjectRef::from_obj(fx), reason);
+        let now = Instant::now();
+        match warned.get(&key) {
+            Some(last) if now.duration_since(*last) < WARNING_INTERVAL => false,
+            _ => {
+                warned.insert(key, now);
+                true
+            }
         }
     }
 
@@ -200,13 +241,24 @@ impl<'a> Run<'a> {
                 });
         let old = reopened.as_ref().or(stored);
         if old.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
-            // A finished run is never restarted; only observedGeneration follows the spec.
+            // A finished run is never restarted; only observedGeneration follows the spec, and
+            // its Jobs go once its TTL has passed.
             let new = FeatureExtractionStatus {
                 observed_generation: self.fx.metadata.generation,
                 ..old.cloned().unwrap_or_default()
             };
             self.write_status(stored, &new).await?;
-            return Ok(Action::await_change());
+            let ttl = self.spec().ttl_seconds_after_finished;
+            return Ok(
+                match lifecycle::expiry(ttl, new.completion_time.as_ref(), Timestamp::now()) {
+                    Expiry::Never => Action::await_change(),
+                    Expiry::In(left) => Action::requeue(left),
+                    Expiry::Now => {
+                        self.remove_jobs(ttl.unwrap_or_default()).await?;
+                        Action::await_change()
+                    }
+                },
+            );
         }
 
         // Validate, then plan once.
@@ -223,9 +275,11 @@ impl<'a> Run<'a> {
 
         // Observe the Jobs, act on them, observe again what the apply returned.
         let mut jobs = Jobs::default();
-        if invalid.is_none() && matches!(plan, PlanState::Ready(_)) {
-            jobs = self.observe().await?;
-        }
+        let observed = if invalid.is_none() && matches!(plan, PlanState::Ready(_)) {
+            self.observe().await.map(|found| jobs = found)
+        } else {
+            Ok(())
+        };
         let retry_note = retrying.as_ref().map(ToString::to_string);
         let compute = |jobs: &Jobs| {
             status::compute(
@@ -246,11 +300,35 @@ impl<'a> Run<'a> {
             )
         };
         let mut new = compute(&jobs);
-        if let PlanState::Ready(totals) = plan
-            && invalid.is_none()
-            && self.act(&new, totals, &mut jobs).await?
-        {
-            new = compute(&jobs);
+        let progress = match (observed, plan) {
+            (Err(e), _) => Err(e),
+            (Ok(()), PlanState::Ready(totals)) if invalid.is_none() => {
+                self.act(&new, totals, &mut jobs).await
+            }
+            (Ok(()), _) => Ok(false),
+        };
+        match progress {
+            Ok(true) => new = compute(&jobs),
+            Ok(false) => {}
+            Err(e) => {
+                // An error that stops progress shows in the status and in a Warning Event (at
+                // most one a minute), not only in the log; the reconcile is retried.
+                let base = stored.cloned().unwrap_or(new);
+                let message = e.to_string();
+                let blocked = status::with_error(
+                    &base,
+                    e.reason(),
+                    &message,
+                    self.fx.metadata.generation,
+                    &now,
+                );
+                self.write_status(stored, &blocked).await?;
+                if self.ctx.may_warn(self.fx, e.reason()) {
+                    self.event(EventType::Warning, e.reason(), "Reconcile", &message)
+                        .await;
+                }
+                return Err(e);
+            }
         }
 
         self.write_status(stored, &new).await?;
@@ -305,17 +383,13 @@ impl<'a> Run<'a> {
     async fn observe(&self) -> Result<Jobs, Error> {
         let extract_name = job_name(&self.name, Component::Extract);
         let reduce_name = job_name(&self.name, Component::Reduce);
-        let extract = self.own_job(&extract_name).await?;
-        let reduce = match extract {
-            Some(_) => self.own_job(&reduce_name).await?,
-            None => None,
-        };
+        // Both, always: the extract Job may be gone (deleted by hand) while the reduce Job runs.
         let mut jobs = Jobs {
-            extract,
-            reduce,
+            extract: self.own_job(&extract_name).await?,
+            reduce: self.own_job(&reduce_name).await?,
             ..Jobs::default()
         };
-        if jobs.extract.is_none() {
+        if jobs.extract.is_none() && jobs.reduce.is_none() {
             return Ok(jobs);
         }
         let pods: Api<Pod> = Api::namespaced(
@@ -358,7 +432,8 @@ impl<'a> Run<'a> {
     }
 
     /// Creates the Job the run needs next, or brings an existing one in line with the spec
-    /// (suspend, parallelism). Returns whether it wrote anything.
+    /// (suspend, parallelism). A step that is over is never created again. Returns whether it
+    /// wrote anything.
     async fn act(
         &self,
         status: &FeatureExtractionStatus,
@@ -367,22 +442,45 @@ impl<'a> Run<'a> {
     ) -> Result<bool, Error> {
         let settings = &self.ctx.settings;
         let phase = status.phase.unwrap_or(Phase::Pending);
+        let extracted = lifecycle::extraction_over(status.shards.as_ref());
         let mut wrote = false;
-        if matches!(phase, Phase::Extracting | Phase::Suspended) || jobs.extract.is_some() {
+        if !extracted
+            && (matches!(phase, Phase::Extracting | Phase::Suspended) || jobs.extract.is_some())
+        {
             let desired = extract_job(self.fx, plan.shards, settings);
+            let asked = self.spec().sharding.max_failed_shards;
+            if jobs.extract.is_none() && asked > plan.shards {
+                let note = format!(
+                    "spec.sharding.maxFailedShards {asked} is above the run's {} shards: the \
+                     extract Job tolerates at most {} failed shards",
+                    plan.shards, plan.shards
+                );
+                self.event(
+                    EventType::Normal,
+                    "MaxFailedShardsClamped",
+                    "CreateJob",
+                    &note,
+                )
+                .await;
+            }
             if let Some(applied) = self.sync(jobs.extract.as_ref(), &desired).await? {
                 jobs.extract = Some(applied);
                 wrote = true;
             }
         }
-        let extracted = phase == Phase::Reducing && jobs.extract.is_some();
-        if extracted || jobs.reduce.is_some() {
-            let failed = jobs
-                .extract
-                .as_ref()
-                .and_then(|j| j.status.as_ref())
-                .map(|s| job_indexes(s).1)
-                .unwrap_or_default();
+        if phase == Phase::Reducing || jobs.reduce.is_some() {
+            let failed = match jobs.extract.as_ref() {
+                Some(job) => job
+                    .status
+                    .as_ref()
+                    .map(|s| job_indexes(s).1)
+                    .unwrap_or_default(),
+                None if jobs.reduce.is_some() => Vec::new(),
+                None => match status.shards.as_ref().map_or(0, |s| s.failed) {
+                    0 => Vec::new(),
+                    n => return Err(Error::FailedShardsUnknown(n)),
+                },
+            };
             let desired = reduce_job(self.fx, &failed, settings);
             if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
                 jobs.reduce = Some(applied);
@@ -392,45 +490,94 @@ impl<'a> Run<'a> {
         Ok(wrote)
     }
 
-    /// Applies `desired` when `current` is missing, or differs from it in the fields a spec
-    /// change may move (suspend, parallelism). A finished Job is left alone.
+    /// Creates `desired` with a server-side apply when `current` is missing. A running Job is
+    /// changed only in the fields that may change (suspend, parallelism), by a merge patch: its
+    /// pod template is immutable, so a runner edit applies to the next run, which an Event
+    /// says. A finished Job is left alone.
     async fn sync(&self, current: Option<&Job>, desired: &Job) -> Result<Option<Job>, Error> {
         let name = desired.metadata.name.clone().unwrap_or_default();
-        let mutable = |j: &Job| {
-            j.spec
-                .as_ref()
-                .map(|s| (s.suspend.unwrap_or(false), s.parallelism))
+        let params = PatchParams::apply(&self.ctx.settings.field_manager).force();
+        let Some(job) = current else {
+            let applied = self
+                .jobs
+                .patch(&name, &params, &Patch::Apply(desired))
+                .await?;
+            self.job_created(&name, desired).await;
+            return Ok(Some(applied));
         };
-        let finished = current.and_then(|j| j.status.as_ref()).is_some_and(|s| {
+        let finished = job.status.as_ref().is_some_and(|s| {
             s.conditions
                 .as_deref()
                 .unwrap_or_default()
                 .iter()
                 .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
         });
-        if let Some(job) = current
-            && (finished || mutable(job) == mutable(desired))
-        {
+        if finished {
             return Ok(None);
         }
-        let params = PatchParams::apply(&self.ctx.settings.field_manager).force();
-        let applied = self
-            .jobs
-            .patch(&name, &params, &Patch::Apply(desired))
-            .await?;
-        if current.is_none() {
-            let spec = desired.spec.as_ref();
-            let what = match spec.and_then(|s| s.completions) {
-                Some(n) if spec.and_then(|s| s.completion_mode.as_deref()) == Some("Indexed") => {
-                    let plural = if n == 1 { "" } else { "s" };
-                    format!("created Job {name}: {n} shard{plural}")
-                }
-                _ => format!("created Job {name}"),
-            };
-            self.event(EventType::Normal, "JobCreated", "CreateJob", &what)
+        let edited = self.fx.status.as_ref().and_then(|s| s.observed_generation)
+            != self.fx.metadata.generation;
+        if edited && lifecycle::runner_changed(job, desired) {
+            let note = format!(
+                "spec.runner changed while Job {name} runs: its pods keep their settings, the \
+                 change applies to the next run"
+            );
+            self.event(EventType::Normal, "RunnerChanged", "UpdateJob", &note)
                 .await;
         }
-        Ok(Some(applied))
+        if lifecycle::mutable_fields(job) == lifecycle::mutable_fields(desired) {
+            return Ok(None);
+        }
+        let params = PatchParams {
+            field_manager: Some(self.ctx.settings.field_manager.clone()),
+            ..PatchParams::default()
+        };
+        let patch = lifecycle::mutable_patch(desired);
+        Ok(Some(
+            self.jobs
+                .patch(&name, &params, &Patch::Merge(&patch))
+                .await?,
+        ))
+    }
+
+    /// The `JobCreated` Event of a new Job.
+    async fn job_created(&self, name: &str, desired: &Job) {
+        let spec = desired.spec.as_ref();
+        let what = match spec.and_then(|s| s.completions) {
+            Some(n) if spec.and_then(|s| s.completion_mode.as_deref()) == Some("Indexed") => {
+                let plural = if n == 1 { "" } else { "s" };
+                format!("created Job {name}: {n} shard{plural}")
+            }
+            _ => format!("created Job {name}"),
+        };
+        self.event(EventType::Normal, "JobCreated", "CreateJob", &what)
+            .await;
+    }
+
+    /// Removes the run's Jobs (and, through the garbage collector, their pods) once its TTL
+    /// has passed; Jobs this resource does not own are left alone.
+    async fn remove_jobs(&self, ttl: i32) -> Result<(), Error> {
+        let mut removed = Vec::new();
+        for component in [Component::Extract, Component::Reduce] {
+            let name = job_name(&self.name, component);
+            match self.own_job(&name).await {
+                Ok(Some(_)) => {
+                    self.jobs.delete(&name, &DeleteParams::background()).await?;
+                    removed.push(name);
+                }
+                Ok(None) | Err(Error::ForeignJob(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !removed.is_empty() {
+            let note = format!(
+                "removed Jobs {} and their pods: spec.ttlSecondsAfterFinished is {ttl}",
+                removed.join(", ")
+            );
+            self.event(EventType::Normal, "JobsRemoved", "DeleteJob", &note)
+                .await;
+        }
+        Ok(())
     }
 
     /// Writes `new` with a server-side apply of the status, if it differs from `old` in more

@@ -66,9 +66,19 @@ pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> 
     job_spec.completions = Some(to_i32(shards));
     job_spec.parallelism = Some(to_i32(sharding.parallelism));
     job_spec.backoff_limit_per_index = Some(to_i32(sharding.retries_per_shard));
-    job_spec.max_failed_indexes = Some(to_i32(sharding.max_failed_shards));
+    job_spec.max_failed_indexes = Some(to_i32(max_failed_indexes(
+        sharding.max_failed_shards,
+        shards,
+    )));
     job_spec.pod_failure_policy = Some(failure_policy("FailIndex"));
     job
+}
+
+/// The extract Job's `maxFailedIndexes`: `spec.sharding.maxFailedShards`, at most the number of
+/// shards (Kubernetes refuses `maxFailedIndexes` above `completions`; tolerating every shard
+/// failing is the same as tolerating more).
+pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
+    max_failed_shards.min(shards)
 }
 
 /// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode.
@@ -209,7 +219,9 @@ fn job(
         },
         spec: Some(JobSpec {
             suspend: Some(spec.suspend),
-            ttl_seconds_after_finished: spec.ttl_seconds_after_finished,
+            // No ttlSecondsAfterFinished: the TTL is the run's, not each Job's (the TTL controller
+            // would remove the extract Job while the reduce step runs). The operator removes
+            // the Jobs once the whole run has finished and the time has passed.
             pod_replacement_policy: Some("Failed".into()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {

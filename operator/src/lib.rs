@@ -4,8 +4,9 @@
 //! The operator is built as *read → validate (pure) → build (pure) → apply*:
 //! - pure: the operator's [`settings`], the checks a run passes before it starts ([`validate`],
 //!   data [`residency`] among them), the Job builders ([`jobs`], [`names`]), what is read off
-//!   pods and Jobs ([`observe`]), the [`status`] computation, the leader-election decisions
-//!   ([`leader`]) and [`render`];
+//!   pods and Jobs ([`observe`]), the [`status`] computation, the [`lifecycle`] decisions (the
+//!   run's TTL, steps never redone, the Job fields that may change), the leader-election
+//!   decisions ([`leader`]) and [`render`];
 //! - on the cluster: the [`controller`] (reconcile and error policy), planning through the
 //!   shared planner ([`planner`]), [`metrics`] and the HTTP endpoints ([`serve`]), and the
 //!   process that ties them together ([`app`]).
@@ -14,6 +15,7 @@ pub mod app;
 pub mod controller;
 pub mod jobs;
 pub mod leader;
+pub mod lifecycle;
 pub mod metrics;
 pub mod names;
 pub mod observe;

@@ -215,6 +215,17 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
             ),
         );
     }
+    // Extraction ended and its Job is gone (deleted by hand): it is never redone.
+    if crate::lifecycle::extraction_over(obs.old.and_then(|o| o.shards.as_ref())) {
+        if suspend {
+            return suspended();
+        }
+        return verdict(
+            Phase::Reducing,
+            "Extracted",
+            "every shard is extracted; the reduce step starts",
+        );
+    }
     if suspend {
         return suspended();
     }
@@ -233,6 +244,41 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
             format!("{} images in {} shards", plan.images, plan.shards),
         ),
     }
+}
+
+/// `status` with an error that stops the run's progress: the `Progressing` condition False with
+/// `reason` and the message, which is also the status message. The next reconcile that gets
+/// through computes the status afresh.
+pub fn with_error(
+    status: &FeatureExtractionStatus,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> FeatureExtractionStatus {
+    let message = shorten(message, MAX_MESSAGE);
+    let mut s = status.clone();
+    s.message = Some(message.clone());
+    match s.conditions.iter_mut().find(|c| c.type_ == "Progressing") {
+        Some(c) => {
+            if c.status != "False" {
+                c.last_transition_time = now.clone();
+            }
+            c.status = "False".into();
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => s.conditions.push(Condition {
+            type_: "Progressing".into(),
+            status: "False".into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now.clone(),
+        }),
+    }
+    s
 }
 
 /// "shards 3, 7 failed (MaxFailedIndexesExceeded): shard 3: …; shard 7: …".

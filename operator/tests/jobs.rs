@@ -48,7 +48,10 @@ fn extract_job_is_an_indexed_job_with_the_failure_policy() {
     assert_eq!(spec["backoffLimitPerIndex"], 3);
     assert_eq!(spec["maxFailedIndexes"], 0);
     assert_eq!(spec["suspend"], false);
-    assert_eq!(spec["ttlSecondsAfterFinished"], 86400);
+    assert!(
+        spec["ttlSecondsAfterFinished"].is_null(),
+        "the TTL is the run's: the operator removes the Jobs after the whole run"
+    );
     assert_eq!(spec["podReplacementPolicy"], "Failed");
     let rules = spec["podFailurePolicy"]["rules"].as_array().unwrap();
     assert_eq!(rules[0]["action"], "Ignore");
@@ -211,6 +214,9 @@ fn minimal_resources_fall_back_to_the_operator_defaults() {
     assert_eq!(spec.suspend, Some(true));
     assert_eq!(spec.ttl_seconds_after_finished, None);
     assert_eq!(spec.max_failed_indexes, Some(2));
+    // Kubernetes refuses maxFailedIndexes above completions: it is clamped to the shards.
+    let few = extract_job(&fx, 1, &Settings::default());
+    assert_eq!(few.spec.as_ref().unwrap().max_failed_indexes, Some(1));
     let c = container(&job);
     assert_eq!(c.image.as_deref(), Some(DEFAULT_RUNNER_IMAGE));
     let args = c.args.clone().unwrap();

@@ -177,13 +177,22 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert!(status.completion_time.is_some());
     assert_eq!(h.event_reasons(), ["Succeeded"]);
 
-    // 6. A finished run stays put, even when its Jobs are gone (ttlSecondsAfterFinished).
-    h.api.remove(EXTRACT);
-    h.api.remove(REDUCE);
+    // 6. The TTL is the run's: until it has passed, the finished run's Jobs stay and the
+    // operator looks again when it will have; then it removes both Jobs (their pods go with
+    // them), the status stays, and nothing is ever recreated.
+    h.api.clear_calls();
+    assert!(matches!(h.step().await, a if a != Action::await_change()));
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+    h.api
+        .edit(FX, json!({"spec": {"ttlSecondsAfterFinished": 0}}));
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    assert!(h.api.object(EXTRACT).is_none() && h.api.object(REDUCE).is_none());
+    assert_eq!(h.event_reasons(), ["JobsRemoved"]);
+    assert_eq!(h.status().phase, Some(Phase::Succeeded));
     h.api.clear_calls();
     assert_eq!(h.step().await, Action::await_change());
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
-    assert!(h.api.object(EXTRACT).is_none());
 
     // The metrics saw the images.
     let text = h.ctx.metrics.render([Some(Phase::Succeeded)]);
@@ -361,7 +370,8 @@ async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
     assert_eq!(owner["kind"], "FeatureExtraction");
     assert_eq!(owner["controller"], true);
     assert_eq!(owner["blockOwnerDeletion"], true);
-    assert_eq!(h.job(EXTRACT)["spec"]["ttlSecondsAfterFinished"], 86400);
+    // The TTL is the run's, not each Job's (see the whole-run scenario).
+    assert!(h.job(EXTRACT)["spec"]["ttlSecondsAfterFinished"].is_null());
 
     // Deleted with a finalizer (a foreground deletion's, say): the resource stays, with a
     // deletionTimestamp, until the garbage collector has removed its Jobs.
