@@ -106,6 +106,7 @@ def operator_rules(read_secrets):
     granted = [
         ("pomona.dev", "featureextractions", ("get", "list", "watch")),
         ("pomona.dev", "featureextractions/status", ("get", "patch")),
+        ("pomona.dev", "featureextractions/finalizers", ("update",)),
         ("batch", "jobs", ("create", "delete", "get", "list", "patch", "watch")),
         ("", "pods", ("list",)),
         ("events.k8s.io", "events", ("create", "patch")),

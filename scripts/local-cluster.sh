@@ -11,7 +11,7 @@
 #   etcd, kube-apiserver and kube-controller-manager, built from Kubernetes' Go modules
 #     (scripts/tools.sh: ensure_control_plane), with their own CA, client certificates and
 #     service-account signing key (openssl), authorization Node,RBAC and the default admission
-#     plugins plus NodeRestriction;
+#     plugins plus NodeRestriction and OwnerReferencesPermissionEnforcement (as OpenShift);
 #   pomona-kubelet (tests/src/kubelet/): the one node, which binds pods and runs each container
 #     as a local process in a network namespace of its own, on the bridge pomona0
 #     (10.244.0.0/16); the node, the API server and S3 answer pods on 10.244.0.1;
@@ -228,7 +228,8 @@ up() {
         --client-ca-file "$pki/ca.crt" \
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-        --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+        --authorization-mode Node,RBAC \
+        --enable-admission-plugins NodeRestriction,OwnerReferencesPermissionEnforcement \
         --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --profiling=false \
         --event-ttl 1h --v 1
     wait_for kube-apiserver 120 kubectl_ get --raw /readyz
