@@ -158,6 +158,8 @@ async fn cluster_bad_images_are_dead_lettered() {
     let api = run.apply(&fx).await;
     let done = run.wait_finished(&api, "with-bad").await;
     assert_succeeded(&done, n, bad_keys.len(), shards(n, 25));
+    run.assert_event("with-bad", "Normal", "Succeeded", "every output is written")
+        .await;
     let mut dead = assert_outputs(&run.output().await, shards(n, 25)).await;
     dead.sort();
     assert_eq!(dead.len(), bad_keys.len(), "dead-lettered: {dead:?}");
@@ -197,6 +199,8 @@ async fn cluster_run_survives_a_deleted_extract_pod() {
     let done = run.wait_finished(&api, "podkill").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
+    run.assert_event("podkill", "Normal", "Succeeded", "every output is written")
+        .await;
     assert_index_reran(&run, "podkill", &deleted_index, &name).await;
     let dead = assert_outputs(&run.output().await, expected_shards).await;
     assert!(dead.is_empty(), "no image is dead-lettered: {dead:?}");
@@ -245,6 +249,8 @@ async fn cluster_evicted_extract_pod_is_retried_without_a_failure() {
     let done = run.wait_finished(&api, "evict").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
+    run.assert_event("evict", "Normal", "Succeeded", "every output is written")
+        .await;
     assert_index_reran(&run, "evict", &evicted_index, &name).await;
     let job = Api::<Job>::namespaced(run.client.clone(), &run.ns.name)
         .get("evict-extract")
@@ -442,6 +448,8 @@ async fn cluster_run_survives_the_leading_operator_pod_deleted() {
     let done = run.wait_finished(&api, "leader").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
+    run.assert_event("leader", "Normal", "Succeeded", "every output is written")
+        .await;
     let now = holder(leases.get(&lease_name).await.expect("read the Lease"));
     assert!(
         !now.is_empty() && now != leader,
@@ -484,6 +492,8 @@ async fn cluster_suspend_then_resume() {
     set_suspend(&api, "paused", false).await;
     let done = run.wait_finished(&api, "paused").await;
     assert_succeeded(&done, n, 0, shards(n, 20));
+    run.assert_event("paused", "Normal", "Succeeded", "every output is written")
+        .await;
     assert!(!condition(&done, "Suspended"), "no longer suspended");
     assert_no_forbidden(&run.client, &run.settings).await;
 }

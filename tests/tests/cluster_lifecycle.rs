@@ -51,6 +51,8 @@ async fn cluster_a_zero_ttl_removes_the_jobs_after_the_run_not_before() {
     let api = run.apply(&fx).await;
     let done = run.wait_finished(&api, "expiring").await;
     assert_succeeded(&done, n, 0, shards(n, 30));
+    run.assert_event("expiring", "Normal", "Succeeded", "every output is written")
+        .await;
     assert_eq!(
         jobs_created(&run, "expiring", "extract").await,
         1,
@@ -102,6 +104,8 @@ async fn cluster_max_failed_shards_above_the_shard_count_is_clamped() {
     let api = run.apply(&fx).await;
     let done = run.wait_finished(&api, "clamped").await;
     assert_succeeded(&done, n, 0, shards(n, 20));
+    run.assert_event("clamped", "Normal", "Succeeded", "every output is written")
+        .await;
     run.assert_event("clamped", "Normal", "MaxFailedShardsClamped", "10")
         .await;
     assert_no_forbidden(&run.client, &run.settings).await;
@@ -154,6 +158,8 @@ async fn cluster_suspend_works_after_a_runner_edit_mid_run() {
     edit(&api, json!({ "spec": { "suspend": false } })).await;
     let done = run.wait_finished(&api, "edited").await;
     assert_succeeded(&done, n, 0, shards(n, 50));
+    run.assert_event("edited", "Normal", "Succeeded", "every output is written")
+        .await;
     assert_no_forbidden(&run.client, &run.settings).await;
 }
 
