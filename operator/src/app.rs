@@ -153,12 +153,11 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
             Api::namespaced(client.clone(), &args.watch_namespace),
         )
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings,
-        metrics.clone(),
-        Some(identity),
-    ));
+    let mut ctx = Context::new(client.clone(), settings, metrics.clone(), Some(identity));
+    if let Some(elector) = &elector {
+        ctx = ctx.with_leadership(elector.leadership());
+    }
+    let ctx = Arc::new(ctx);
     let controller = Controller::new(fxs, watcher::Config::default().any_semantic()).owns(
         jobs,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=pomona-operator"),

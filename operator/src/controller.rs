@@ -27,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
 use crate::jobs::{extract_job, reduce_job};
+use crate::leader::Leadership;
 use crate::lifecycle::{self, Expiry};
 use crate::metrics::{ErrorCategory, Metrics};
 use crate::names::{Component, bounded, job_name};
@@ -104,6 +105,8 @@ pub struct Context {
     /// When each resource last got a Warning Event of each reason, to publish at most one a
     /// minute.
     warned: Mutex<HashMap<(ObjectRef<FeatureExtraction>, &'static str), Instant>>,
+    /// Whether this replica leads now; a reconcile does nothing once it does not.
+    leadership: Leadership,
 }
 
 /// At most one Warning Event of a reason per resource in this long.
@@ -128,7 +131,13 @@ impl Context {
             metrics,
             failures: Mutex::default(),
             warned: Mutex::default(),
+            leadership: Leadership::always(),
         }
+    }
+
+    /// The context of a replica elected through `leadership`.
+    pub fn with_leadership(self, leadership: Leadership) -> Self {
+        Self { leadership, ..self }
     }
 
     /// Whether a Warning of `reason` about `fx` may be published now (and records it).
@@ -160,6 +169,12 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// Reconciles one resource (the controller's reconciler).
 pub async fn reconcile(fx: Arc<FeatureExtraction>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.is_leading() {
+        // Past the renew deadline (a renewal that did not answer, a paused process): another
+        // replica may lead already. Nothing is read or written; the process is about to exit.
+        tracing::debug!(fx = %fx.name_any(), "not leading: reconcile skipped");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let started = Instant::now();
     let result = Run::new(&fx, &ctx).reconcile().await;
     ctx.metrics.reconciled(started.elapsed());

@@ -1,18 +1,27 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that two replicas can run and only
 //! one reconciles.
 //!
-//! The holder renews the Lease every third of its duration. Another replica takes it once it
-//! has not been renewed for a whole duration. Every write carries the `resourceVersion` it
-//! read, so two replicas racing for an expired Lease cannot both win: the loser gets a conflict.
-//! A leader that cannot renew in time stops acting (the process exits, and Kubernetes restarts
-//! it as a standby); on shutdown it releases the Lease so that the standby takes over at once.
+//! The protocol is Kubernetes' own (client-go's leader election):
+//! - The holder renews the Lease every third of its duration, and leads only until a renew
+//!   deadline (two thirds of the duration) after the start of its last successful renewal, on
+//!   its own monotonic clock: a renewal that has not answered by then, or a process that was
+//!   paused past it, stops leading ([`Leadership::is_leading`], checked before every reconcile)
+//!   and the process exits, so that Kubernetes restarts it as a standby.
+//! - A standby never compares the holder's `renewTime` with its own clock (the two clocks may
+//!   disagree): it takes the Lease once the Lease has not changed, as it observed it, for a
+//!   whole duration on its own clock.
+//! - Every write carries the `resourceVersion` it read, so two replicas racing for an expired
+//!   Lease cannot both win: the loser gets a conflict.
+//! - On shutdown the holder releases the Lease so that the standby takes over at once.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use tokio::time::Instant;
 
 /// What a replica does with the Lease it read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,8 +39,9 @@ pub enum Decision {
     },
 }
 
-/// The decision for `lease`, read at `now`, by the replica `me`.
-pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
+/// The decision for `lease`, read by the replica `me`, which has seen it unchanged for
+/// `unchanged_for` on its own clock.
+pub fn decide(lease: Option<&Lease>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(lease) = lease else {
         return Decision::Create;
     };
@@ -43,12 +53,25 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Decision {
     if holder == me {
         return Decision::Renew;
     }
-    let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    match renewed {
-        Some(at) if at + duration > now => Decision::Follow { holder },
-        _ => Decision::Take,
+    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+    if unchanged_for >= duration {
+        Decision::Take
+    } else {
+        Decision::Follow { holder }
     }
+}
+
+/// What tells one version of a Lease from another: its holder, renewal and transitions.
+type Record = (Option<String>, Option<String>, Option<i32>);
+
+/// The [`Record`] of a Lease.
+fn record(lease: Option<&Lease>) -> Option<Record> {
+    let spec = lease?.spec.clone().unwrap_or_default();
+    Some((
+        spec.holder_identity,
+        spec.renew_time.map(|t| t.0.to_string()),
+        spec.lease_transitions,
+    ))
 }
 
 /// The Lease `me` writes for `decision` over `current` (the one read, with its
@@ -91,12 +114,47 @@ pub fn next_lease(
 }
 
 /// One replica's side of the election.
-#[derive(Clone)]
 pub struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    /// The Lease as last read, and when (on this replica's clock) it was last seen to change.
+    observed: Mutex<(Option<Record>, Instant)>,
+    leadership: Leadership,
+}
+
+/// Whether this replica leads now: until the renew deadline of its last successful renewal
+/// (or always, without leader election). Cheap to clone and to ask; the controller asks it
+/// before every reconcile.
+#[derive(Clone, Debug, Default)]
+pub struct Leadership {
+    always: bool,
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Leadership {
+    /// Leadership that never ends (leader election off).
+    pub fn always() -> Self {
+        Self {
+            always: true,
+            ..Self::default()
+        }
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    /// The end of the current leadership, if any.
+    pub fn until(&self) -> Option<Instant> {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this replica may act now.
+    pub fn is_leading(&self) -> bool {
+        self.always || self.until().is_some_and(|until| Instant::now() < until)
+    }
 }
 
 impl LeaderElector {
@@ -108,6 +166,8 @@ impl LeaderElector {
             name: name.to_string(),
             identity: identity.to_string(),
             duration,
+            observed: Mutex::new((None, Instant::now())),
+            leadership: Leadership::default(),
         }
     }
 
@@ -121,11 +181,31 @@ impl LeaderElector {
         self.duration / 3
     }
 
+    /// How long after the start of its last successful renewal the holder may lead: two
+    /// thirds of the duration, so that it stops before a standby may take over.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    /// The handle the controller asks before acting.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
     /// Reads the Lease and acquires or renews it if it may. `Ok(true)` when this replica holds
     /// the Lease afterwards; a lost race (a conflict) is `Ok(false)`.
     pub async fn try_lead(&self) -> Result<bool, kube::Error> {
+        let started = Instant::now();
         let current = self.api.get_opt(&self.name).await?;
-        let decision = decide(current.as_ref(), &self.identity, Timestamp::now());
+        let unchanged_for = {
+            let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = record(current.as_ref());
+            if observed.0 != seen {
+                *observed = (seen, started);
+            }
+            started.saturating_duration_since(observed.1)
+        };
+        let decision = decide(current.as_ref(), &self.identity, unchanged_for);
         let Some(lease) = next_lease(
             current.as_ref(),
             &decision,
@@ -145,7 +225,12 @@ impl LeaderElector {
             }
         };
         match written {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                *self.observed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    (record(Some(&written)), started);
+                self.leadership.set(Some(started + self.renew_deadline()));
+                Ok(true)
+            }
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
@@ -169,24 +254,30 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease until it is lost: returns when another replica holds it, or when no
-    /// renewal succeeded for a whole Lease duration (this replica may no longer lead, and must
-    /// stop acting).
+    /// Renews the Lease until it is lost: returns when another replica holds it, or when the
+    /// renew deadline passed without a successful renewal (a renewal still waiting for an
+    /// answer then is abandoned). From then on [`Leadership::is_leading`] is false.
     pub async fn hold(&self) -> String {
-        let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.renew_every()).await;
-            match self.try_lead().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => return format!("another replica took the Lease {}", self.name),
-                Err(e) => {
+            let deadline = self.leadership.until().unwrap_or_else(Instant::now);
+            match tokio::time::timeout_at(deadline, self.try_lead()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    self.leadership.set(None);
+                    return format!("another replica took the Lease {}", self.name);
+                }
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, lease = %self.name, "renewing the leader Lease failed");
                 }
+                Err(_) => {}
             }
-            if last_renewed.elapsed() >= self.duration {
+            if !self.leadership.is_leading() {
+                self.leadership.set(None);
                 return format!(
-                    "the Lease {} was not renewed for {:?}",
-                    self.name, self.duration
+                    "the Lease {} was not renewed within {:?}",
+                    self.name,
+                    self.renew_deadline()
                 );
             }
         }
@@ -195,6 +286,7 @@ impl LeaderElector {
     /// Gives the Lease up (on shutdown) so that a standby takes it without waiting for it to
     /// expire. Does nothing if this replica does not hold it.
     pub async fn release(&self) -> Result<(), kube::Error> {
+        self.leadership.set(None);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
@@ -243,21 +335,36 @@ mod tests {
 
     #[test]
     fn decisions() {
+        let seen = |secs| Duration::from_secs(secs);
         let cases = [
-            (None, Decision::Create),
-            (Some(lease(Some("a"), Some(100), 15)), Decision::Renew),
-            (Some(lease(None, Some(100), 15)), Decision::Take),
-            (Some(lease(Some(""), Some(100), 15)), Decision::Take),
+            (None, seen(0), Decision::Create),
+            (
+                Some(lease(Some("a"), Some(100), 15)),
+                seen(0),
+                Decision::Renew,
+            ),
+            (Some(lease(None, Some(100), 15)), seen(0), Decision::Take),
+            (
+                Some(lease(Some(""), Some(100), 15)),
+                seen(0),
+                Decision::Take,
+            ),
             (
                 Some(lease(Some("b"), Some(100), 15)),
+                seen(14),
                 Decision::Follow { holder: "b".into() },
             ),
-            // Renewed 15 s ago with a 15 s duration: expired.
-            (Some(lease(Some("b"), Some(95), 15)), Decision::Take),
-            (Some(lease(Some("b"), None, 15)), Decision::Take),
+            // Unchanged for a whole duration on our clock: expired, whatever its renewTime says
+            // (here far in the future of ours, as a skewed clock would write it).
+            (
+                Some(lease(Some("b"), Some(i64::from(i32::MAX)), 15)),
+                seen(15),
+                Decision::Take,
+            ),
+            (Some(lease(Some("b"), None, 15)), seen(15), Decision::Take),
         ];
-        for (lease, want) in cases {
-            assert_eq!(decide(lease.as_ref(), "a", at(110)), want, "{lease:?}");
+        for (lease, unchanged, want) in cases {
+            assert_eq!(decide(lease.as_ref(), "a", unchanged), want, "{lease:?}");
         }
     }
 

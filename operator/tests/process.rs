@@ -89,7 +89,7 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
             .env("KUBECONFIG", &kubeconfig)
             .env("POMONA_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("POD_NAME", "pomona-operator-7d9f-abcde")
-            .env("POMONA_LEASE_SECONDS", "3")
+            .env("POMONA_LEASE_SECONDS", "6")
             .env("POMONA_LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -94,6 +94,8 @@ struct State {
     version: u64,
     /// Requests to fail: (method, path) → HTTP status, used once each.
     failures: Vec<(Method, String, u16)>,
+    /// Requests left without an answer (see [`FakeApi::hang_next`]).
+    hangs: Vec<(Method, String)>,
 }
 
 /// The fake API server.
@@ -315,8 +317,13 @@ impl FakeApi {
         let server = api.clone();
         tokio::spawn(async move {
             let mut handle = pin!(handle);
+            let mut unanswered = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
+                if server.take_hang(&parts.method, parts.uri.path()) {
+                    unanswered.push(send);
+                    continue;
+                }
                 let bytes = body.collect_bytes().await.expect("read the request body");
                 let (code, value) = server.handle(&parts, &bytes);
                 let response = Response::builder()
@@ -736,6 +743,27 @@ impl FakeApi {
     /// Fails the next `method` request to `path` with `code`.
     pub fn fail_next(&self, method: Method, path: &str, code: u16) {
         self.lock().failures.push((method, path.to_string(), code));
+    }
+
+    /// Leaves the next `method` request to `path` without an answer, as a stalled API server
+    /// would (on the mocked service of [`FakeApi::start`]).
+    pub fn hang_next(&self, method: Method, path: &str) {
+        self.lock().hangs.push((method, path.to_string()));
+    }
+
+    fn take_hang(&self, method: &Method, path: &str) -> bool {
+        let mut state = self.lock();
+        match state
+            .hangs
+            .iter()
+            .position(|(m, p)| m == method && p == path)
+        {
+            Some(i) => {
+                state.hangs.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Objects of the collection at `path` created, changed or deleted after resource version
