@@ -51,6 +51,6 @@ else
 fi
 ./scripts/local-cluster.sh up
 eval "$(./scripts/local-cluster.sh env)"
-cargo nextest run -p pomona-tests --locked --no-fail-fast --run-ignored only -E 'binary(/^cluster/)' \
-    || status=$?
+cargo nextest run -p pomona-tests --locked --no-fail-fast --run-ignored only \
+    -E 'binary(/^cluster/) | binary(local_cluster)' || status=$?
 exit $status

@@ -16,7 +16,9 @@
 //! What it does not do: pull images, enforce CPU and memory limits (no cgroups), give
 //! containers a root filesystem of their own (they see the host's, with their volumes mounted),
 //! run init containers, exec probes, or serve logs and exec (`kubectl logs` does not work; each
-//! container's output is in `<state>/pods/<uid>/containers/<name>-<restart>.log`).
+//! container's output is in `<state>/pods/<uid>/containers/<name>-<restart>.log`, its process id
+//! in `<name>-<restart>.pid` beside it). The folders a container's volumes are mounted on are
+//! made, empty, on the host's filesystem (`/scratch`, say).
 
 pub mod env;
 pub mod images;

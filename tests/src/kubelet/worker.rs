@@ -545,6 +545,8 @@ impl PodWork {
         };
         let mut child = sandbox::start(&launch).map_err(|e| Failure::Start(format!("{e:#}")))?;
         let pid = child.id().unwrap_or_default();
+        // Beside its log, for people and tests on this machine (`kill -STOP`, `perf`, …).
+        let _ = std::fs::write(run_dir.with_extension("pid"), pid.to_string());
         let exits = self.exits.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
