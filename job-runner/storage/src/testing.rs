@@ -169,6 +169,7 @@ impl S3Server {
                 max_attempts: 3,
                 initial_backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_millis(100),
+                budget: Duration::from_secs(5),
             },
             ..S3Config::default()
         }
