@@ -87,7 +87,7 @@ fn main() {
         }
     }
     init_runtime(None).expect("ONNX Runtime (set ORT_DYLIB_PATH; scripts/tools.sh installs it)");
-    let threads = Threads::detect(None, None, None);
+    let threads = Threads::detect(None, None);
     let images = training_images();
     println!(
         "pomona extractor benchmark: MobileNetV2 features, batch {BATCH}, {} ONNX Runtime threads, \
