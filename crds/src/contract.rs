@@ -18,6 +18,10 @@ pub const MAX_SHARDS: u32 = 100_000;
 /// termination message.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// Images larger than this many bytes are dead-lettered unless the run says otherwise
+/// (`spec.source.maxImageBytes`, the runner's `--max-image-bytes`): 50 MiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;
+
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX: usize = 4096;
 

@@ -72,8 +72,7 @@ pub struct Tuning {
     pub max_image_bytes: u64,
 }
 
-/// Default [`Tuning::max_image_bytes`]: 50 MiB.
-pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;
+pub use pomona_crds::contract::DEFAULT_MAX_IMAGE_BYTES;
 
 /// Where the model file is: its folder's storage, its key there, and its URI for messages.
 #[derive(Clone, Copy)]
