@@ -7,11 +7,13 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use tokio::sync::Notify;
 
 use crate::pipeline::{FetchError, ImageSource, Row};
 use crate::window::{Bounds, Window};
@@ -44,6 +46,8 @@ pub struct Fetcher<S> {
     window: Window,
     started: Instant,
     throttled: u64,
+    requests: Arc<AtomicUsize>,
+    ended: Arc<Notify>,
 }
 
 impl<S: ImageSource> Fetcher<S> {
@@ -65,6 +69,8 @@ impl<S: ImageSource> Fetcher<S> {
             window: Window::new(bounds),
             started: Instant::now(),
             throttled: source_throttled(&*source),
+            requests: Arc::new(AtomicUsize::new(0)),
+            ended: Arc::new(Notify::new()),
             source,
         }
     }
@@ -72,8 +78,10 @@ impl<S: ImageSource> Fetcher<S> {
     /// Starts the fetches the window admits.
     fn top_up(&mut self) {
         let throttled = source_throttled(&*self.source);
-        self.window
-            .throttled(throttled.saturating_sub(self.throttled), self.running.len());
+        self.window.throttled(
+            throttled.saturating_sub(self.throttled),
+            self.requests.load(Ordering::Relaxed),
+        );
         self.throttled = throttled;
         while let Some(row) = self.waiting.front() {
             if let Some(reason) = oversized(row.bytes, self.max_bytes) {
@@ -83,9 +91,10 @@ impl<S: ImageSource> Fetcher<S> {
                     .push_back(Box::pin(futures::future::ready((done, 0))));
                 continue;
             }
+            let requests = self.requests.load(Ordering::Relaxed);
             if !self
                 .window
-                .admits(self.running.len(), self.bytes, row.bytes)
+                .admits(requests, self.running.len(), self.bytes, row.bytes)
             {
                 break;
             }
@@ -94,10 +103,15 @@ impl<S: ImageSource> Fetcher<S> {
             self.bytes += size;
             let source = self.source.clone();
             let root_len = self.root_len;
+            let requests = self.requests.clone();
+            let ended = self.ended.clone();
+            requests.fetch_add(1, Ordering::Relaxed);
             let task = tokio::spawn(async move {
                 let start = Instant::now();
                 let key = &row.path[root_len..];
                 let result = source.fetch(key, row.etag.as_deref()).await;
+                requests.fetch_sub(1, Ordering::Relaxed);
+                ended.notify_one();
                 (row, result, start.elapsed())
             });
             self.running.push_back(Box::pin(async move {
@@ -109,10 +123,18 @@ impl<S: ImageSource> Fetcher<S> {
         }
     }
 
-    /// The next image in manifest order, or `None` when every one was handed out.
+    /// The next image in manifest order, or `None` when every one was handed out. While it
+    /// waits for that one, each fetch that ends lets new ones start.
     pub async fn next(&mut self) -> Option<(Row, Result<Bytes, FetchError>)> {
-        self.top_up();
-        let ((row, result, took), size) = self.running.next().await?;
+        let ((row, result, took), size) = loop {
+            self.top_up();
+            let ended = self.ended.notified();
+            tokio::select! {
+                biased;
+                head = self.running.next() => break head?,
+                () = ended => {}
+            }
+        };
         self.bytes -= size;
         if size > 0 && result.is_ok() {
             self.window.completed(took, self.started.elapsed());
@@ -120,9 +142,9 @@ impl<S: ImageSource> Fetcher<S> {
         Some((row, result))
     }
 
-    /// Fetches in flight or done and not yet handed out.
+    /// Fetches waiting for their answer.
     pub fn in_flight(&self) -> usize {
-        self.running.len()
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// The current target of the window.

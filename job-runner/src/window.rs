@@ -107,10 +107,15 @@ impl Window {
     }
 
     /// Whether one more fetch, of an object of `size` listed bytes, may start while
-    /// `in_flight` fetches holding `bytes` listed bytes run.
-    pub fn admits(&self, in_flight: usize, bytes: u64, size: u64) -> bool {
-        in_flight == 0
-            || (in_flight < self.target() && bytes.saturating_add(size) <= self.bounds.bytes)
+    /// `requests` fetches are waiting for their answer and `held` fetches (those and the ones
+    /// done, waiting to be handed on in order) hold `bytes` listed bytes. Done fetches do not
+    /// count against the target, so that one slow answer at the head of the line does not stop
+    /// the others; they count against the byte budget and four times the ceiling.
+    pub fn admits(&self, requests: usize, held: usize, bytes: u64, size: u64) -> bool {
+        held == 0
+            || (requests < self.target()
+                && held < 4 * self.bounds.max
+                && bytes.saturating_add(size) <= self.bounds.bytes)
     }
 }
 
@@ -131,7 +136,7 @@ mod tests {
         let mut credit = 0.0;
         let mut consumed = 0;
         while now < Duration::from_secs(seconds) {
-            while w.admits(running.len() + ready as usize, 0, 1) {
+            while w.admits(running.len(), running.len() + ready as usize, 0, 1) {
                 running.push(now + latency);
             }
             let before = running.len();
@@ -167,9 +172,13 @@ mod tests {
         assert_eq!(target, 8);
         assert!(consumed < 8 * 2 * 34, "{consumed}");
         let w = Window::new(Bounds::new(Some(64), 10 << 20));
-        assert!(w.admits(0, 0, 1 << 30), "one object always goes");
-        assert!(w.admits(1, 4 << 20, 6 << 20));
-        assert!(!w.admits(1, 4 << 20, (6 << 20) + 1));
+        assert!(w.admits(0, 0, 0, 1 << 30), "one object always goes");
+        assert!(w.admits(1, 1, 4 << 20, 6 << 20));
+        assert!(!w.admits(1, 1, 4 << 20, (6 << 20) + 1));
+        // Done fetches waiting behind a slow one do not hold the others back, up to 4x.
+        assert!(w.admits(1, 200, 0, 1));
+        assert!(!w.admits(1, 256, 0, 1));
+        assert!(!w.admits(64, 64, 0, 1));
     }
 
     #[test]

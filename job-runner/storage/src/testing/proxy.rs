@@ -1,8 +1,8 @@
 //! A proxy in front of an S3 server (s3s-fs) that adds latency and injects the faults a real
 //! service shows: `503 SlowDown`, `500 InternalError`, connections dropped without an answer,
 //! object bodies that stall or are cut short, and a brown-out during which every request is
-//! throttled. It can also hold the uploads to some keys (never forwarding them), so that a test
-//! knows a process is mid-upload when it kills it.
+//! throttled. It can also hold an upload (never forwarding it), so that a test knows a process
+//! is mid-upload when it kills it.
 //!
 //! Requests are forwarded as they came (the SigV4 signature covers the proxy's host, which is
 //! forwarded unchanged); faults are drawn per request from a seeded generator.
@@ -47,9 +47,9 @@ pub struct Faults {
     pub truncate: f64,
     /// Once this many requests were seen, throttle every request for this long.
     pub brown_out: Option<(u64, Duration)>,
-    /// Hold every `PUT` whose path contains this (never forwarding it) for up to this long,
-    /// then answer `503 SlowDown`.
-    pub hold_puts: Option<(String, Duration)>,
+    /// Hold the first `PUT` whose path contains this (never forwarding it) for up to this
+    /// long, then answer `503 SlowDown`.
+    pub hold_put: Option<(String, Duration)>,
 }
 
 /// What the proxy saw and did.
@@ -67,7 +67,7 @@ pub struct ProxyCounts {
     pub stall: u64,
     /// Bodies cut halfway.
     pub truncate: u64,
-    /// Uploads held.
+    /// Uploads held (0 or 1).
     pub held: u64,
 }
 
@@ -306,11 +306,15 @@ async fn handle(
     if !state.faults.latency.is_zero() {
         tokio::time::sleep(state.faults.latency).await;
     }
-    if let Some((part, hold)) = &state.faults.hold_puts
+    if let Some((part, hold)) = &state.faults.hold_put
         && req.method() == Method::PUT
         && path.contains(part.as_str())
+        && state
+            .counters
+            .held
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     {
-        state.counters.held.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(*hold).await;
         return Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown"));
     }
