@@ -442,6 +442,22 @@ mod tests {
     }
 
     #[test]
+    fn progress_lines_tell_retries_only_when_there_were_some() {
+        assert_eq!(describe_retries(&StorageCounts::default()), "");
+        let c = StorageCounts {
+            requests: 100,
+            retries: 5,
+            throttled: 3,
+            timeouts: 1,
+        };
+        assert_eq!(
+            describe_retries(&c),
+            ", 5 retries (3 throttled, 1 timed out)"
+        );
+        assert_eq!(storage_counts(&[]), None);
+    }
+
+    #[test]
     fn manifests_folder_gives_the_run_root() {
         assert_eq!(
             run_root_of_manifests("s3://b/run/manifests/").unwrap(),
