@@ -24,7 +24,7 @@ use crate::{Permanent, Threads};
 pub const DEFAULT_MODEL: &str = "../shared/models/mobilenetv2_features.onnx";
 
 /// Images per inference batch unless `--batch-size` says otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 32;
+pub const DEFAULT_BATCH_SIZE: usize = 16;
 
 /// S3 connection options (each also read from the usual AWS environment variable).
 #[derive(Args, Clone, Debug)]
