@@ -199,6 +199,7 @@ fn faults_and_kills_leave_outputs_byte_identical_to_a_clean_run() {
             stall: 0.03,
             truncate: 0.04,
             brown_out: Some((150, Duration::from_secs_f64(brown_out))),
+            each_once: true,
             ..Faults::default()
         },
     );

@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ pub struct Faults {
     pub truncate: f64,
     /// Once this many requests were seen, throttle every request for this long.
     pub brown_out: Option<(u64, Duration)>,
+    /// Inject each fault whose probability is not zero once, on the first requests it may hit,
+    /// before drawing: every kind is seen, whatever the draws.
+    pub each_once: bool,
     /// Hold the first `PUT` whose path contains this (never forwarding it) for up to this
     /// long, then answer `503 SlowDown`.
     pub hold_put: Option<(String, Duration)>,
@@ -96,6 +99,9 @@ struct State {
     upstream: SocketAddr,
     faults: Faults,
     counters: Counters,
+    /// Faults already injected once (`Faults::each_once`): slow-down, internal error, reset,
+    /// stall, truncate.
+    forced: [AtomicBool; 5],
     brown_out_started: OnceLock<Instant>,
     log: Mutex<Vec<String>>,
 }
@@ -143,6 +149,7 @@ impl FaultProxy {
             upstream,
             faults,
             counters: Counters::default(),
+            forced: Default::default(),
             brown_out_started: OnceLock::new(),
             log: Mutex::new(Vec::new()),
         });
@@ -234,6 +241,20 @@ impl State {
             }
         }
         let f = &self.faults;
+        if f.each_once {
+            let kinds = [
+                (Fault::SlowDown, f.slow_down, true),
+                (Fault::InternalError, f.internal_error, true),
+                (Fault::Reset, f.reset, true),
+                (Fault::Stall, f.stall, object_read),
+                (Fault::Truncate, f.truncate, object_read),
+            ];
+            for ((fault, p, eligible), done) in kinds.into_iter().zip(&self.forced) {
+                if p > 0.0 && eligible && !done.swap(true, Ordering::Relaxed) {
+                    return fault;
+                }
+            }
+        }
         let x = draw(f.seed, n);
         let mut edge = 0.0;
         let mut next = |p: f64| {
