@@ -3,6 +3,9 @@
 #
 #   ./scripts/bench.sh extract [-- --copies N]   pomona extract vs raw ONNX Runtime, peak RSS
 #   ./scripts/bench.sh reduce                     PCA fit and projection vs scikit-learn and Spark
+#   ./scripts/bench.sh s3 [-- --copies N]         the same images from a folder, from s3s-fs, and
+#                                                 from s3s-fs behind 30 ms of latency: images/s,
+#                                                 ratio to the folder, client CPU/image, peak RSS
 #   ./scripts/bench.sh NAME                       any bench of job-runner/benches/
 set -euo pipefail
 cd "$(dirname "$0")/.."

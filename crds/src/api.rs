@@ -154,6 +154,12 @@ pub struct SourceSpec {
     /// `Training/<Variety>/x.jpg` gives `<Variety>`) or `None`.
     #[serde(default)]
     pub label: LabelMode,
+
+    /// Images larger than this many bytes are dead-lettered from their listed size, without
+    /// being downloaded (default 52428800, 50 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_image_bytes: Option<u64>,
 }
 
 /// How an image gets its label.

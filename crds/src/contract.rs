@@ -18,6 +18,10 @@ pub const MAX_SHARDS: u32 = 100_000;
 /// termination message.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// Images larger than this many bytes are dead-lettered unless the run says otherwise
+/// (`spec.source.maxImageBytes`, the runner's `--max-image-bytes`): 50 MiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;
+
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX: usize = 4096;
 
@@ -117,35 +121,70 @@ pub struct PodSummary {
     pub error: Option<String>,
 }
 
-/// The two steps of a run that execute as pods.
+/// The steps of a run: `extract` and `reduce` run as pods; `plan` names the listing step when
+/// `pomona run`, which does all three, fails there.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
+    /// Listing the source and writing the plan.
+    Plan,
     /// `pomona extract`: one shard's images to features.
     Extract,
     /// `pomona reduce`: the PCA over all shards.
     Reduce,
 }
 
+/// What a step's requests to storage went through, added to its summary line as `"storage"`
+/// (readers of [`PodSummary`] that do not know it ignore it).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageCounts {
+    /// Requests sent (each attempt counts).
+    pub requests: u64,
+    /// Attempts that were retried after a retryable failure.
+    pub retries: u64,
+    /// Failures that were throttling (`SlowDown`, HTTP 429 or 503).
+    pub throttled: u64,
+    /// Attempts cut by the per-request timeout (no response, or a stalled body).
+    pub timeouts: u64,
+}
+
+/// A summary line with the storage counts beside the summary's own fields.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    summary: &'a PodSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<&'a StorageCounts>,
+}
+
 impl PodSummary {
     /// The summary as one line of JSON, shortened (by cutting `error`) to fit in a termination
     /// message.
     pub fn to_line(&self) -> String {
-        let line = serde_json::to_string(self).expect("a summary serializes");
-        if line.len() <= TERMINATION_MESSAGE_MAX {
-            return line;
+        self.to_line_with(None)
+    }
+
+    /// [`Self::to_line`] with the step's storage counts, when it has some.
+    pub fn to_line_with(&self, storage: Option<&StorageCounts>) -> String {
+        let line = |summary: &PodSummary| {
+            serde_json::to_string(&Line { summary, storage }).expect("a summary serializes")
+        };
+        let full = line(self);
+        if full.len() <= TERMINATION_MESSAGE_MAX {
+            return full;
         }
         let mut short = self.clone();
         let error = short.error.take().unwrap_or_default();
         let room = TERMINATION_MESSAGE_MAX
-            .saturating_sub(serde_json::to_string(&short).map_or(0, |s| s.len()))
+            .saturating_sub(line(&short).len())
             .saturating_sub(32);
         let mut cut = room.min(error.len());
         while !error.is_char_boundary(cut) {
             cut -= 1;
         }
         short.error = Some(format!("{}…", &error[..cut]));
-        serde_json::to_string(&short).expect("a summary serializes")
+        line(&short)
     }
 
     /// Reads a summary from a termination message: the last line that parses, so that a log
@@ -379,6 +418,40 @@ mod tests {
         assert!(!line.contains('\n'));
         let back = PodSummary::from_message(&line).expect("the shortened line still parses");
         assert!(back.error.unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn storage_counts_ride_along_and_old_readers_ignore_them() {
+        let summary = PodSummary {
+            step: Step::Plan,
+            shard: None,
+            images: 0,
+            processed: 0,
+            failed: 0,
+            seconds: 0.5,
+            peak_rss_mib: None,
+            pca: None,
+            error: Some("listing failed".into()),
+        };
+        let counts = StorageCounts {
+            requests: 9,
+            retries: 4,
+            throttled: 3,
+            timeouts: 1,
+        };
+        let line = summary.to_line_with(Some(&counts));
+        assert_eq!(
+            line,
+            r#"{"step":"plan","images":0,"processed":0,"failed":0,"seconds":0.5,"error":"listing failed","storage":{"requests":9,"retries":4,"throttled":3,"timeouts":1}}"#
+        );
+        assert_eq!(PodSummary::from_message(&line), Some(summary.clone()));
+        let long = PodSummary {
+            error: Some("x".repeat(5000)),
+            ..summary
+        };
+        let line = long.to_line_with(Some(&counts));
+        assert!(line.len() <= TERMINATION_MESSAGE_MAX, "{}", line.len());
+        assert!(line.ends_with(r#""timeouts":1}}"#), "{line}");
     }
 
     #[test]

@@ -10,17 +10,21 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
-use pomona_crds::contract::{Plan, PodSummary, TERMINATION_LOG};
-use pomona_storage::{S3Config, Storage};
+use pomona_crds::contract::{Plan, PodSummary, StorageCounts, TERMINATION_LOG};
+use pomona_storage::{REQUEST_TIMEOUT, RetryPolicy, S3Config, Storage};
 
-use crate::extract::{Extractor, ModelFile};
+use crate::extract::{DEFAULT_MAX_IMAGE_BYTES, Extractor, ModelFile, Tuning};
 use crate::infer::{ModelOptions, init_runtime};
 use crate::preprocess::{Layout, Preprocess};
+use crate::window::{Bounds, DEFAULT_BYTES_IN_FLIGHT};
 use crate::{Permanent, Threads};
 
 /// Where the model is looked for when `--model` is not given: the shared folder beside the
 /// repository, as laid out for development and CI.
 pub const DEFAULT_MODEL: &str = "../shared/models/mobilenetv2_features.onnx";
+
+/// Images per inference batch unless `--batch-size` says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
 
 /// S3 connection options (each also read from the usual AWS environment variable).
 #[derive(Args, Clone, Debug)]
@@ -34,6 +38,14 @@ pub struct S3Args {
     /// Address buckets by path (endpoint/bucket/key). Default: on when --endpoint is set.
     #[arg(long)]
     pub path_style: Option<bool>,
+    /// Seconds a request waits for its response, and for each piece of its body, before it is
+    /// cut and retried.
+    #[arg(long, env = "POMONA_REQUEST_TIMEOUT", default_value_t = REQUEST_TIMEOUT.as_secs_f64())]
+    pub request_timeout: f64,
+    /// Seconds a failing request is retried for (5xx, throttling, timeouts, broken
+    /// connections), with backoff and jitter, before the step fails.
+    #[arg(long, env = "POMONA_RETRY_BUDGET", default_value_t = RetryPolicy::default().budget.as_secs_f64())]
+    pub retry_budget: f64,
 }
 
 impl S3Args {
@@ -43,9 +55,19 @@ impl S3Args {
             region: self.region.clone(),
             endpoint: self.endpoint.clone(),
             force_path_style: self.path_style,
+            request_timeout: seconds(self.request_timeout),
+            retry: RetryPolicy {
+                budget: seconds(self.retry_budget),
+                ..RetryPolicy::default()
+            },
             ..S3Config::default()
         }
     }
+}
+
+/// A duration from a number of seconds given on the command line (negative or NaN: zero).
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
 /// Tensor layout on the command line.
@@ -92,7 +114,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
     pub offset: f32,
     /// Images per inference batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
     #[arg(long, env = "POMONA_THREADS")]
@@ -100,9 +122,17 @@ pub struct ModelArgs {
     /// Images decoded at once. Default: the CPUs available.
     #[arg(long)]
     pub decode_threads: Option<usize>,
-    /// Images fetched at once.
-    #[arg(long, default_value_t = 16)]
-    pub fetch_concurrency: usize,
+    /// Images fetched at once. Default: adaptive, from 4 to 256, following the measured
+    /// latency and the rate the model takes images at.
+    #[arg(long)]
+    pub fetch_concurrency: Option<usize>,
+    /// MiB of images (by listed size) being fetched at once, at most.
+    #[arg(long, default_value_t = DEFAULT_BYTES_IN_FLIGHT >> 20)]
+    pub fetch_budget_mib: u64,
+    /// Images larger than this many bytes are dead-lettered, from their listed size, without
+    /// being downloaded.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: u64,
     /// The ONNX Runtime shared library. Default: $ORT_DYLIB_PATH.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub onnxruntime: Option<PathBuf>,
@@ -132,7 +162,11 @@ impl ModelArgs {
         let threads = Threads {
             inference: self.threads.unwrap_or(threads.inference).max(1),
             decode: self.decode_threads.unwrap_or(threads.decode).max(1),
-            fetch: self.fetch_concurrency.max(1),
+        };
+        let tuning = Tuning {
+            batch_size: self.batch_size.max(1),
+            fetch: Bounds::new(self.fetch_concurrency, self.fetch_budget_mib << 20),
+            max_image_bytes: self.max_image_bytes,
         };
         let uri = self.model_uri()?;
         let (folder, key) = split_object_uri(&uri)?;
@@ -164,7 +198,7 @@ impl ModelArgs {
             preprocess,
             options,
             threads,
-            self.batch_size.max(1),
+            tuning,
         )
         .await
     }
@@ -208,10 +242,35 @@ pub fn print_plan(plan: &Plan) {
     );
 }
 
+/// The request counts of `storages` added up; `None` when none made a request (local folders).
+pub fn storage_counts(storages: &[Storage]) -> Option<StorageCounts> {
+    let sum = storages
+        .iter()
+        .map(Storage::counts)
+        .fold(StorageCounts::default(), |a, b| StorageCounts {
+            requests: a.requests + b.requests,
+            retries: a.retries + b.retries,
+            throttled: a.throttled + b.throttled,
+            timeouts: a.timeouts + b.timeouts,
+        });
+    (sum.requests > 0).then_some(sum)
+}
+
+/// How a storage's requests fared, for progress lines: empty when nothing was retried.
+pub fn describe_retries(c: &StorageCounts) -> String {
+    if c.retries == 0 && c.throttled == 0 && c.timeouts == 0 {
+        return String::new();
+    }
+    format!(
+        ", {} retries ({} throttled, {} timed out)",
+        c.retries, c.throttled, c.timeouts
+    )
+}
+
 /// Prints the one-line summary on stdout and writes it as the container's termination
 /// message when the termination log exists (`POMONA_TERMINATION_LOG` overrides its path).
-pub fn report_summary(summary: &PodSummary) {
-    let line = summary.to_line();
+pub fn report_summary(summary: &PodSummary, storage: Option<&StorageCounts>) {
+    let line = summary.to_line_with(storage);
     println!("{line}");
     let path = std::env::var_os("POMONA_TERMINATION_LOG")
         .map(PathBuf::from)
@@ -245,13 +304,13 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts reporting `done` out of `total` images.
-    pub fn start(total: u64, done: Arc<AtomicU64>) -> Self {
+    /// Starts reporting `done` out of `total` images, and the retries of `source`'s requests.
+    pub fn start(total: u64, done: Arc<AtomicU64>, source: Storage) -> Self {
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+                    "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}{msg}",
                 )
                 .expect("a valid template"),
             );
@@ -259,6 +318,7 @@ impl Progress {
             let task = tokio::spawn(async move {
                 loop {
                     shown.set_position(done.load(Ordering::Relaxed));
+                    shown.set_message(describe_retries(&source.counts()));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             });
@@ -273,7 +333,8 @@ impl Progress {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let n = done.load(Ordering::Relaxed);
                 let rate = n as f64 / start.elapsed().as_secs_f64();
-                eprintln!("pomona: {n}/{total} images, {rate:.1} images/s");
+                let retries = describe_retries(&source.counts());
+                eprintln!("pomona: {n}/{total} images, {rate:.1} images/s{retries}");
             }
         });
         Self { task, bar: None }
@@ -288,8 +349,20 @@ impl Progress {
     }
 }
 
+/// What `pomona run` extracted so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardTotals {
+    /// Images turned into features, in the shards that completed.
+    pub processed: u64,
+    /// Images dead-lettered, in the shards that completed.
+    pub failed: u64,
+    /// The first shard (by number) that failed, if one did.
+    pub failed_shard: Option<u32>,
+}
+
 /// `pomona run`: extracts every shard of `plan` not yet complete, `workers` at a time (the CPUs
-/// are divided between them), and returns (images, processed, failed).
+/// are divided between them), adding what each shard did to `totals`; fails with the first
+/// failed shard's error once every shard has ended.
 pub async fn run_shards(
     plan: &Plan,
     source: &Storage,
@@ -297,44 +370,55 @@ pub async fn run_shards(
     model: &ModelArgs,
     s3: &S3Config,
     workers: usize,
-) -> anyhow::Result<(u64, u64, u64)> {
-    let all = Threads::detect(None, None, None);
+    totals: &mut ShardTotals,
+) -> anyhow::Result<()> {
+    let all = Threads::detect(None, None);
     let share = Threads {
         inference: (all.inference / workers).max(1),
         decode: (all.decode / workers).max(1),
-        fetch: all.fetch,
     };
     let extractor = Arc::new(model.load(s3, share).await?);
     let done = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start(plan.images, done.clone());
+    let progress = Progress::start(plan.images, done.clone(), source.clone());
     let scratch = scratch_dir();
-    let results: Vec<_> = futures::stream::iter(0..plan.shards)
+    let mut results: Vec<_> = futures::stream::iter(0..plan.shards)
         .map(|shard| {
             let extractor = extractor.clone();
             let done = done.clone();
             let scratch = scratch.clone();
             async move {
-                extractor
+                let result = extractor
                     .extract_shard(source, output, plan, shard, &scratch, done)
                     .await
-                    .with_context(|| format!("shard {shard}"))
+                    .with_context(|| format!("shard {shard}"));
+                (shard, result)
             }
         })
         .buffer_unordered(workers)
         .collect()
         .await;
     progress.finish();
-    let (mut processed, mut failed, mut skipped) = (0, 0, 0);
-    for outcome in results {
-        let outcome = outcome?;
-        processed += outcome.counts.processed;
-        failed += outcome.counts.failed;
-        skipped += u32::from(outcome.skipped);
+    results.sort_by_key(|(shard, _)| *shard);
+    let mut skipped = 0;
+    let mut first_error = None;
+    for (shard, outcome) in results {
+        match outcome {
+            Ok(outcome) => {
+                totals.processed += outcome.counts.processed;
+                totals.failed += outcome.counts.failed;
+                skipped += u32::from(outcome.skipped);
+            }
+            Err(e) if first_error.is_none() => {
+                totals.failed_shard = Some(shard);
+                first_error = Some(e);
+            }
+            Err(_) => {}
+        }
     }
     if skipped > 0 {
         eprintln!("pomona: {skipped} shard(s) were already complete and were kept");
     }
-    Ok((plan.images, processed, failed))
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -355,6 +439,22 @@ mod tests {
         assert_eq!(split("m.onnx"), ("./".into(), "m.onnx".into()));
         assert_eq!(split("/m.onnx"), ("/".into(), "m.onnx".into()));
         assert!(split_object_uri("s3://b/models/").is_err());
+    }
+
+    #[test]
+    fn progress_lines_tell_retries_only_when_there_were_some() {
+        assert_eq!(describe_retries(&StorageCounts::default()), "");
+        let c = StorageCounts {
+            requests: 100,
+            retries: 5,
+            throttled: 3,
+            timeouts: 1,
+        };
+        assert_eq!(
+            describe_retries(&c),
+            ", 5 retries (3 throttled, 1 timed out)"
+        );
+        assert_eq!(storage_counts(&[]), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 use anyhow::Context;
 use bytes::Bytes;
 use pomona_crds::contract::{OutputLayout, Plan};
-use pomona_storage::{ErrorKind, Storage, StorageError, plan::read_shard};
+use pomona_storage::{ErrorKind, GetOptions, Storage, StorageError, plan::read_shard};
 
 use crate::infer::{Model, ModelOptions, sha256_hex};
 use crate::parquet_out::{DeadLetterWriter, FeatureWriter, Provenance};
@@ -23,24 +23,56 @@ use crate::pipeline::{
 };
 use crate::preprocess::Preprocess;
 use crate::stats::{Moments, ROWS_PER_UPDATE};
+use crate::window::Bounds;
 use crate::{Permanent, Threads};
 
-/// Reads images from a [`Storage`]: a missing object is the image's problem (dead letter),
+/// Reads images from a [`Storage`], each only if it is still the object planned and not above
+/// the size cap: an object missing, changed or too large is the image's problem (dead letter),
 /// anything else that survives the retries stops the shard.
-struct StorageSource(Storage);
+struct StorageSource {
+    storage: Storage,
+    max_bytes: u64,
+}
 
 impl ImageSource for StorageSource {
-    async fn fetch(&self, key: &str) -> Result<Bytes, FetchError> {
-        match self.0.get(key).await {
+    async fn fetch(&self, key: &str, etag: Option<&str>) -> Result<Bytes, FetchError> {
+        let options = GetOptions {
+            if_match: etag,
+            max_bytes: Some(self.max_bytes),
+        };
+        match self.storage.get_with(key, &options).await {
             Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(FetchError::Image(format!(
-                "object missing (deleted since it was listed): {}",
-                e.message()
-            ))),
-            Err(e) => Err(FetchError::Shard(Box::new(e))),
+            Err(e) => match e.kind() {
+                ErrorKind::NotFound => Err(FetchError::Image(format!(
+                    "object missing (deleted since it was listed): {}",
+                    e.message()
+                ))),
+                ErrorKind::Changed | ErrorKind::TooLarge => {
+                    Err(FetchError::Image(e.message().to_string()))
+                }
+                _ => Err(FetchError::Shard(Box::new(e))),
+            },
         }
     }
+
+    fn throttled(&self) -> u64 {
+        self.storage.counts().throttled
+    }
 }
+
+/// How a shard is read and batched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Images per inference batch.
+    pub batch_size: usize,
+    /// Bounds of the fetches in flight.
+    pub fetch: Bounds,
+    /// Images larger than this are dead-lettered, from their listed size before any download
+    /// (and a body found larger is cut there).
+    pub max_image_bytes: u64,
+}
+
+pub use pomona_crds::contract::DEFAULT_MAX_IMAGE_BYTES;
 
 /// Where the model file is: its folder's storage, its key there, and its URI for messages.
 #[derive(Clone, Copy)]
@@ -63,7 +95,7 @@ pub struct Extractor {
     provenance: Provenance,
     dim: usize,
     threads: Threads,
-    batch_size: usize,
+    tuning: Tuning,
 }
 
 /// What one shard did.
@@ -86,7 +118,7 @@ impl Extractor {
         preprocess: Preprocess,
         options: ModelOptions,
         threads: Threads,
-        batch_size: usize,
+        tuning: Tuning,
     ) -> anyhow::Result<Self> {
         let ModelFile {
             storage: model_storage,
@@ -139,7 +171,7 @@ impl Extractor {
             preprocess: Arc::new(preprocess),
             provenance,
             threads,
-            batch_size,
+            tuning,
         })
     }
 
@@ -190,14 +222,18 @@ impl Extractor {
             None => Model::load(&self.model_bytes[..], self.options.clone())?,
         };
         let options = PipelineOptions {
-            batch_size: self.batch_size,
-            fetch_concurrency: self.threads.fetch,
+            batch_size: self.tuning.batch_size,
+            fetch: self.tuning.fetch,
+            max_image_bytes: self.tuning.max_image_bytes,
             decode_threads: self.threads.decode,
         };
         let input = Input {
             entries,
             root: plan.source.clone(),
-            source: Arc::new(StorageSource(source.clone())),
+            source: Arc::new(StorageSource {
+                storage: source.clone(),
+                max_bytes: self.tuning.max_image_bytes,
+            }),
         };
         let (counts, sink) =
             pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await?;

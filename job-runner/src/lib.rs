@@ -3,6 +3,8 @@
 //! - [`preprocess`]: image bytes to a normalised tensor (decode, orientation, RGB, resize).
 //! - [`infer`]: the ONNX Runtime session that turns tensors into feature vectors.
 //! - [`pipeline`]: fetch → decode → batched inference → write, bounded at every stage.
+//! - [`fetch`] and [`window`]: the fetch stage and the pure controller of its concurrency.
+//! - [`finite`]: feature vectors with NaN or infinity become dead letters.
 //! - [`extract`]: one shard of a plan to its feature, dead-letter and statistics files.
 //! - [`stats`]: mergeable PCA statistics (count, mean, co-moment) written by every shard.
 //! - [`parquet_out`]: the feature and dead-letter Parquet files of a shard.
@@ -15,6 +17,8 @@
 
 pub mod cli;
 pub mod extract;
+pub mod fetch;
+pub mod finite;
 mod imgconv;
 pub mod infer;
 pub mod parquet_out;
@@ -24,6 +28,7 @@ pub mod reduce;
 pub mod report;
 pub mod resize;
 pub mod stats;
+pub mod window;
 
 use pomona_crds::contract::exit;
 
@@ -49,19 +54,16 @@ pub struct Threads {
     pub inference: usize,
     /// Images decoded at once.
     pub decode: usize,
-    /// Images fetched at once.
-    pub fetch: usize,
 }
 
 impl Threads {
     /// Sized from the CPUs available to this process (`available_parallelism` honours CPU
     /// affinity and cgroup quotas, so a pod limited to 2 CPUs gets 2), each overridable.
-    pub fn detect(inference: Option<usize>, decode: Option<usize>, fetch: Option<usize>) -> Self {
+    pub fn detect(inference: Option<usize>, decode: Option<usize>) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             inference: inference.unwrap_or(cpus).max(1),
             decode: decode.unwrap_or(cpus).max(1),
-            fetch: fetch.unwrap_or(16).max(1),
         }
     }
 }

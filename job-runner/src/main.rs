@@ -163,25 +163,19 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let (step, shard) = match &cli.command {
-        Command::Extract { shard, .. } => (Some(Step::Extract), Some(*shard)),
-        Command::Run { .. } => (Some(Step::Reduce), None), // the run ends with the reduce step
-        Command::Reduce { .. } => (Some(Step::Reduce), None),
-        Command::Plan { .. } => (None, None),
-    };
-    let result = runtime.block_on(execute(cli.command));
+    let mut outcome = Outcome::default();
+    let result = runtime.block_on(execute(cli.command, &mut outcome));
     let code = match &result {
-        Ok(_) => 0,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("pomona: error: {e:#}");
             exit_code(e)
         }
     };
-    if let Some(step) = step {
-        let outcome = result.as_ref().ok().cloned().unwrap_or_default();
+    if let Some(step) = outcome.step {
         let summary = PodSummary {
             step,
-            shard,
+            shard: outcome.shard,
             images: outcome.images,
             processed: outcome.processed,
             failed: outcome.failed,
@@ -190,44 +184,41 @@ fn main() -> ExitCode {
             pca: outcome.pca,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         };
-        cli::report_summary(&summary);
+        let storage = cli::storage_counts(&outcome.storages);
+        cli::report_summary(&summary, storage.as_ref());
     }
     ExitCode::from(code as u8)
 }
 
-/// What a command did, for its summary line.
-#[derive(Clone, Debug, Default)]
+/// What a command did, or got to before it failed, for its summary line: the step it was in
+/// (a failed `pomona run` names the step that failed), the counts so far, and the storages
+/// whose requests it reports.
+#[derive(Debug, Default)]
 struct Outcome {
+    step: Option<Step>,
+    shard: Option<u32>,
     images: u64,
     processed: u64,
     failed: u64,
     pca: Option<PcaResult>,
+    storages: Vec<Storage>,
 }
 
 impl Outcome {
-    fn counts((images, processed, failed): (u64, u64, u64)) -> Self {
-        Self {
-            images,
-            processed,
-            failed,
-            pca: None,
-        }
-    }
-
-    fn reduced(summary: &ReduceSummary) -> Self {
-        Self {
-            pca: Some(PcaResult {
-                components: summary.components as u32,
-                explained_variance: summary.cumulative_explained_variance_ratio,
-                reused: summary.pca_mode == "reuse",
-            }),
-            ..Self::counts((summary.images, summary.processed, summary.failed))
-        }
+    fn reduced(&mut self, summary: &ReduceSummary) {
+        self.images = summary.images;
+        self.processed = summary.processed;
+        self.failed = summary.failed;
+        self.pca = Some(PcaResult {
+            components: summary.components as u32,
+            explained_variance: summary.cumulative_explained_variance_ratio,
+            reused: summary.pca_mode == "reuse",
+        });
     }
 }
 
-/// Runs a command.
-async fn execute(command: Command) -> anyhow::Result<Outcome> {
+/// Runs a command, keeping `outcome` up to date.
+async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> {
     match command {
         Command::Plan { plan, output, s3 } => {
             let config = s3.config();
@@ -258,7 +249,7 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
                     cli::print_plan(&plan);
                 }
             }
-            Ok(Outcome::default())
+            Ok(())
         }
         Command::Extract {
             output,
@@ -267,6 +258,8 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             model,
             s3,
         } => {
+            outcome.step = Some(Step::Extract);
+            outcome.shard = Some(shard);
             let config = s3.config();
             let plan_root = match manifest {
                 Some(m) => cli::run_root_of_manifests(&m)?,
@@ -276,22 +269,22 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             let plan = read_plan(&plan_store).await?;
             let out = Storage::open(&output, &config).await?;
             let source = Storage::open(&plan.source, &config).await?;
-            let extractor = model
-                .load(&config, Threads::detect(None, None, None))
-                .await?;
+            outcome.images = plan.shard_len(shard);
+            outcome.storages = vec![source.clone(), out.clone()];
+            let extractor = model.load(&config, Threads::detect(None, None)).await?;
             let done = Arc::new(AtomicU64::new(0));
-            let progress = cli::Progress::start(plan.shard_len(shard), done.clone());
+            let progress =
+                cli::Progress::start(plan.shard_len(shard), done.clone(), source.clone());
             let scratch = cli::scratch_dir();
-            let outcome = extractor
+            let result = extractor
                 .extract_shard(&source, &out, &plan, shard, &scratch, done)
                 .await
-                .with_context(|| format!("shard {shard}"))?;
+                .with_context(|| format!("shard {shard}"));
             progress.finish();
-            Ok(Outcome::counts((
-                outcome.images,
-                outcome.counts.processed,
-                outcome.counts.failed,
-            )))
+            let extracted = result?;
+            outcome.processed = extracted.counts.processed;
+            outcome.failed = extracted.counts.failed;
+            Ok(())
         }
         Command::Run {
             input,
@@ -302,19 +295,39 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             model,
             s3,
         } => {
+            outcome.step = Some(Step::Plan);
             let config = s3.config();
             let source = Storage::open(&input, &config).await?;
             let out = Storage::open(&output, &config).await?;
+            outcome.storages = vec![source.clone(), out.clone()];
             let (plan, created) = load_or_create_plan(&source, &out, &plan.options()).await?;
             cli::print_plan(&plan);
             if !created {
                 eprintln!("pomona: resuming the run planned in {}", out.uri());
             }
-            cli::run_shards(&plan, &source, &out, &model, &config, workers.max(1)).await?;
+            outcome.step = Some(Step::Extract);
+            outcome.images = plan.images;
+            let mut totals = cli::ShardTotals::default();
+            let extracted = cli::run_shards(
+                &plan,
+                &source,
+                &out,
+                &model,
+                &config,
+                workers.max(1),
+                &mut totals,
+            )
+            .await;
+            outcome.processed = totals.processed;
+            outcome.failed = totals.failed;
+            outcome.shard = totals.failed_shard;
+            extracted?;
+            outcome.step = Some(Step::Reduce);
             let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
             let reduced =
                 reduce::reduce(&out, &config, &mode, pca.csv, &ShardList::default()).await?;
-            Ok(Outcome::reduced(&reduced.summary))
+            outcome.reduced(&reduced.summary);
+            Ok(())
         }
         Command::Reduce {
             output,
@@ -322,11 +335,14 @@ async fn execute(command: Command) -> anyhow::Result<Outcome> {
             pca,
             s3,
         } => {
+            outcome.step = Some(Step::Reduce);
             let config = s3.config();
             let out = Storage::open(&output, &config).await?;
+            outcome.storages = vec![out.clone()];
             let mode = pca.mode(None).expect("checked in main");
             let reduced = reduce::reduce(&out, &config, &mode, pca.csv, &failed_shards).await?;
-            Ok(Outcome::reduced(&reduced.summary))
+            outcome.reduced(&reduced.summary);
+            Ok(())
         }
     }
 }

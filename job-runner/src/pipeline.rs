@@ -1,19 +1,22 @@
 //! The extractor's pipeline: fetch → decode and preprocess → batched inference → write.
 //!
 //! ```text
-//!  async fetch (bounded: `fetch_concurrency` in flight, in manifest order)
+//!  fetch tasks (in manifest order; as many in flight as the adaptive window allows, see
+//!  `window`, within a byte budget; images listed above the size cap are not fetched)
 //!    └─ decode + resize + normalise on blocking threads (at most `decode_threads` at once)
-//!         └─ batches of `batch_size` ──chan(1)──► inference thread (ONNX Runtime)
+//!         └─ batches of `batch_size` ──chan(1)──► inference thread (ONNX Runtime; vectors with
+//!                                                   NaN or infinity become dead letters)
 //!                                                   └──chan(2)──► writer thread
 //!                                                        (Parquet, dead letters, PCA statistics)
 //! ```
 //!
 //! Every stage is bounded, so a slow stage holds back the ones before it (backpressure) and memory
-//! stays flat whatever the shard size: at most `fetch_concurrency` decoded images plus three
-//! batches exist at once. The model, the slowest stage, always has the next batch ready. Rows keep
-//! their manifest order. An image that cannot be fetched as an image (missing object, corrupt or
-//! absurd file) becomes a dead letter with its reason and never stops the shard; a failure of the
-//! pipeline itself (the model, the writer, storage after its retries) stops it with an error.
+//! stays flat whatever the shard size: the fetched bodies within the byte budget, twice
+//! `decode_threads` decoded images, and three batches exist at once. The model, the slowest
+//! stage, always has the next batch ready. Rows keep their manifest order. An image that cannot
+//! be fetched as an image (missing, changed since planning, too large, corrupt or absurd file)
+//! becomes a dead letter with its reason and never stops the shard; a failure of the pipeline
+//! itself (the model, the writer, storage after its retries) stops it with an error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +26,11 @@ use futures::StreamExt;
 use pomona_crds::contract::ManifestEntry;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::fetch::Fetcher;
+use crate::finite;
 use crate::infer::Model;
 use crate::preprocess::Preprocess;
+use crate::window::Bounds;
 
 /// Why an image's bytes could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +45,18 @@ pub enum FetchError {
 
 /// Where the pipeline reads images from.
 pub trait ImageSource: Send + Sync + 'static {
-    /// The bytes of the image at `key` (relative to the source).
-    fn fetch(&self, key: &str) -> impl Future<Output = Result<Bytes, FetchError>> + Send;
+    /// The bytes of the image at `key` (relative to the source), which had `etag` (ETag or
+    /// stamp) when it was planned.
+    fn fetch(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Bytes, FetchError>> + Send;
+
+    /// Requests throttled by the source so far (it slows the fetches down).
+    fn throttled(&self) -> u64 {
+        0
+    }
 }
 
 /// One image of the shard, as the writer sees it.
@@ -89,8 +105,10 @@ pub trait Sink: Send {
 pub struct PipelineOptions {
     /// Images per inference batch.
     pub batch_size: usize,
-    /// Images being fetched or decoded at once.
-    pub fetch_concurrency: usize,
+    /// Bounds of the fetches in flight.
+    pub fetch: Bounds,
+    /// Images listed larger than this are dead-lettered without being fetched.
+    pub max_image_bytes: u64,
     /// Images being decoded at once.
     pub decode_threads: usize,
 }
@@ -147,8 +165,10 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
     let infer = std::thread::Builder::new()
         .name("pomona-infer".into())
         .spawn(move || -> anyhow::Result<()> {
-            while let Some(batch) = batch_rx.blocking_recv() {
-                let features = model.run(&batch.tensor, batch.ok)?.to_vec();
+            while let Some(mut batch) = batch_rx.blocking_recv() {
+                let mut features = model.run(&batch.tensor, batch.ok)?.to_vec();
+                let dim = features.len() / batch.ok.max(1);
+                finite::screen(&mut batch.failures, &mut features, dim);
                 let message = Inferred {
                     rows: batch.rows,
                     failures: batch.failures,
@@ -180,21 +200,33 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
             Ok((counts, sink))
         })?;
 
-    let decode_slots = Arc::new(Semaphore::new(options.decode_threads.max(1)));
+    let decode_threads = options.decode_threads.max(1);
+    let decode_slots = Arc::new(Semaphore::new(decode_threads));
     let Input {
         entries,
         root,
         source,
     } = input;
-    let mut images = futures::stream::iter(entries)
-        .map(|entry| {
-            let source = source.clone();
+    let rows: Vec<Row> = entries
+        .into_iter()
+        .map(|entry| Row::listed(&root, entry))
+        .collect();
+    let fetcher = Fetcher::new(
+        source,
+        root.len(),
+        rows,
+        options.fetch,
+        options.max_image_bytes,
+    );
+    let fetched = futures::stream::unfold(fetcher, |mut f| async move {
+        f.next().await.map(|item| (item, f))
+    });
+    let mut images = fetched
+        .map(|(row, fetched)| {
             let preprocess = preprocess.clone();
             let slots = decode_slots.clone();
-            let row = Row::listed(&root, entry);
-            let key_at = root.len();
             async move {
-                let bytes = match source.fetch(&row.path[key_at..]).await {
+                let bytes = match fetched {
                     Ok(bytes) => bytes,
                     Err(FetchError::Image(reason)) => return Ok((row, Err(reason))),
                     Err(FetchError::Shard(e)) => return Err(anyhow::anyhow!(e)),
@@ -210,7 +242,8 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
                 anyhow::Ok((row, tensor))
             }
         })
-        .buffered(options.fetch_concurrency.max(1));
+        .buffered(2 * decode_threads)
+        .boxed();
 
     let new_batch = || Batch {
         rows: Vec::with_capacity(batch_size),

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pomona_crds::contract::{TERMINATION_LOG, exit};
+use pomona_crds::contract::{DEFAULT_MAX_IMAGE_BYTES, TERMINATION_LOG, exit};
 use pomona_crds::{FeatureExtraction, TensorLayout};
 
 use crate::names::{Component, job_name, labels, owner_reference};
@@ -58,6 +58,12 @@ pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> 
     ]);
     if let Some(batch) = spec.runner.batch_size {
         args.push(format!("--batch-size={batch}"));
+    }
+    // The runner's default is the contract's: only another cap is passed.
+    if let Some(max) = spec.source.max_image_bytes
+        && max != DEFAULT_MAX_IMAGE_BYTES
+    {
+        args.push(format!("--max-image-bytes={max}"));
     }
     let sharding = &spec.sharding;
     let mut job = job(fx, Component::Extract, args, settings);
@@ -298,4 +304,31 @@ fn container_security() -> SecurityContext {
 /// API bounds keep these counts far below `i32::MAX`; saturate rather than wrap regardless.
 fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_cap_other_than_the_default_reaches_the_extractor() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/examples/fruits-360.yaml"
+        );
+        let mut fx: FeatureExtraction =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let args = |fx: &FeatureExtraction| {
+            let job = extract_job(fx, 1, &Settings::default());
+            let pod = job.spec.unwrap().template.spec.unwrap();
+            pod.containers[0].args.clone().unwrap()
+        };
+        assert_eq!(
+            fx.spec.source.max_image_bytes,
+            Some(DEFAULT_MAX_IMAGE_BYTES)
+        );
+        assert!(!args(&fx).iter().any(|a| a.starts_with("--max-image-bytes")));
+        fx.spec.source.max_image_bytes = Some(1_000_000);
+        assert!(args(&fx).contains(&"--max-image-bytes=1000000".to_string()));
+    }
 }

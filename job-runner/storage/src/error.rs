@@ -5,9 +5,11 @@ use std::fmt;
 /// What went wrong, as far as a caller deciding between "retry" and "give up" cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// May pass on a retry: 5xx, throttling (`SlowDown`), timeouts, refused or reset
-    /// connections, other dispatch failures.
+    /// May pass on a retry: 5xx, timeouts, refused or reset connections, bodies cut short,
+    /// other dispatch failures.
     Transient,
+    /// The service asks to slow down (`SlowDown`, HTTP 429 or 503): retried, and counted apart.
+    Throttled,
     /// Credentials missing or rejected, or permission refused (403, `AccessDenied`,
     /// `InvalidAccessKeyId`, `SignatureDoesNotMatch`, `ExpiredToken`, unreadable local file).
     AccessDenied,
@@ -17,6 +19,11 @@ pub enum ErrorKind {
     NotFound,
     /// A bad URI, key, pattern or configuration.
     Invalid,
+    /// The object is not the one expected: a read conditioned on an ETag (`If-Match`) found
+    /// another (HTTP 412, or a different ETag or stamp in the answer).
+    Changed,
+    /// The object is larger than the reader's limit.
+    TooLarge,
     /// Any other failure that a retry will not fix (a 4xx, a full disk…).
     Other,
 }
@@ -24,7 +31,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether an operation that failed this way may pass when tried again.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Transient)
+        matches!(self, ErrorKind::Transient | ErrorKind::Throttled)
     }
 }
 
@@ -119,9 +126,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_transient_errors_are_retryable() {
+    fn only_transient_and_throttling_errors_are_retryable() {
         assert!(ErrorKind::Transient.is_retryable());
+        assert!(ErrorKind::Throttled.is_retryable());
         for k in [
+            ErrorKind::Changed,
+            ErrorKind::TooLarge,
             ErrorKind::AccessDenied,
             ErrorKind::NoSuchBucket,
             ErrorKind::NotFound,

@@ -6,6 +6,8 @@
 //!   the plan and shard manifests of [`pomona_crds::contract`].
 //! - `testing` (cargo feature `testing`): a real S3-compatible server for tests.
 
+mod body;
+mod counters;
 mod error;
 mod local;
 mod location;
@@ -14,13 +16,16 @@ pub mod plan;
 mod retry;
 mod s3;
 mod s3_error;
+mod s3_get;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::{ErrorKind, StorageError};
 pub use location::Location;
+pub use pomona_crds::contract::StorageCounts;
 pub use retry::RetryPolicy;
 pub use storage::{
-    Listing, MULTIPART_THRESHOLD, ObjectMeta, PART_SIZE, S3Config, StaticCredentials, Storage,
+    GetOptions, Listing, MULTIPART_THRESHOLD, ObjectMeta, PART_SIZE, REQUEST_TIMEOUT, S3Config,
+    StaticCredentials, Storage,
 };

@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 
 use crate::error::{ErrorKind, StorageError, io_error};
-use crate::storage::{Listing, ObjectMeta};
+use crate::storage::{GetOptions, Listing, ObjectMeta};
 
 /// Name prefix of the temporary files `put` writes before renaming; listings skip them.
 pub(crate) const TEMP_PREFIX: &str = ".pomona-tmp-";
@@ -85,12 +85,55 @@ impl LocalStore {
         .await
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+    /// Reads a file under `options`: its stamp and size are checked on the opened file, so
+    /// that what is read is what was checked.
+    pub(crate) async fn get_with(
+        &self,
+        key: &str,
+        options: &GetOptions<'_>,
+    ) -> Result<Bytes, StorageError> {
+        use std::io::Read;
         let path = self.path(key)?;
-        tokio::fs::read(&path)
-            .await
-            .map(Bytes::from)
-            .map_err(|e| io_error("read", &path, e))
+        let if_match = options.if_match.map(str::to_string);
+        let limit = options.max_bytes;
+        blocking(move || {
+            let file = fs::File::open(&path).map_err(|e| io_error("read", &path, e))?;
+            let meta = file.metadata().map_err(|e| io_error("stat", &path, e))?;
+            if let Some(planned) = &if_match
+                && stamp(&meta) != *planned
+            {
+                return Err(StorageError::new(
+                    ErrorKind::Changed,
+                    format!(
+                        "changed since planning: {} has stamp {}, not the planned {planned}",
+                        path.display(),
+                        stamp(&meta)
+                    ),
+                ));
+            }
+            let cap = limit.unwrap_or(u64::MAX);
+            let too_large = || {
+                StorageError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "too large: {} is larger than the {cap}-byte limit",
+                        path.display()
+                    ),
+                )
+            };
+            if meta.len() > cap {
+                return Err(too_large());
+            }
+            let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+            file.take(cap.saturating_add(1))
+                .read_to_end(&mut data)
+                .map_err(|e| io_error("read", &path, e))?;
+            if data.len() as u64 > cap {
+                return Err(too_large());
+            }
+            Ok(Bytes::from(data))
+        })
+        .await
     }
 
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {

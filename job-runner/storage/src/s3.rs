@@ -10,6 +10,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
+use crate::counters::Counters;
 use crate::error::{ErrorKind, StorageError, io_error};
 use crate::retry::{RetryPolicy, retry};
 use crate::s3_error::{Context, from_sdk};
@@ -26,6 +27,8 @@ pub(crate) struct S3Store {
     prefix: String,
     region: String,
     retry: RetryPolicy,
+    request_timeout: Duration,
+    counters: Counters,
     multipart_threshold: u64,
     part_size: u64,
 }
@@ -89,6 +92,8 @@ impl S3Store {
             prefix: prefix.to_string(),
             region,
             retry: cfg.retry,
+            request_timeout: cfg.request_timeout,
+            counters: Counters::default(),
             multipart_threshold: cfg.multipart_threshold,
             part_size: cfg.part_size.max(5 * 1024 * 1024),
         })
@@ -99,7 +104,23 @@ impl S3Store {
         &self.region
     }
 
-    fn ctx<'a>(&'a self, op: &'static str, key: Option<&'a str>) -> Context<'a> {
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub(crate) fn ctx<'a>(&'a self, op: &'static str, key: Option<&'a str>) -> Context<'a> {
         Context {
             op,
             bucket: &self.bucket,
@@ -108,7 +129,7 @@ impl S3Store {
         }
     }
 
-    fn full(&self, key: &str) -> String {
+    pub(crate) fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
@@ -133,7 +154,7 @@ impl S3Store {
             if let Some(t) = &token {
                 req = req.continuation_token(t);
             }
-            let page = retry(&self.retry, "s3:ListObjectsV2", || {
+            let page = retry(&self.retry, &self.counters, "s3:ListObjectsV2", || {
                 let req = req.clone();
                 async move {
                     req.send()
@@ -166,41 +187,10 @@ impl S3Store {
         Ok(Listing { objects, requests })
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        let full = self.full(key);
-        let ctx = self.ctx("s3:GetObject", Some(&full));
-        retry(&self.retry, "s3:GetObject", || async {
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .send()
-                .await
-                .map_err(|e| from_sdk(ctx, e))?;
-            // A body cut short is a broken connection: retryable, by this same loop.
-            out.body
-                .collect()
-                .await
-                .map(|b| b.into_bytes())
-                .map_err(|e| {
-                    StorageError::new(
-                        ErrorKind::Transient,
-                        format!(
-                            "reading the body of s3://{}/{full} failed: {e}",
-                            self.bucket
-                        ),
-                    )
-                    .with_source(e)
-                })
-        })
-        .await
-    }
-
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let full = self.full(key);
         let ctx = self.ctx("s3:GetObject", Some(&full));
-        let res = retry(&self.retry, "s3:HeadObject", || async {
+        let res = retry(&self.retry, &self.counters, "s3:HeadObject", || async {
             self.client
                 .head_object()
                 .bucket(&self.bucket)
@@ -227,7 +217,7 @@ impl S3Store {
         }
         let full = self.full(key);
         let ctx = self.ctx("s3:PutObject", Some(&full));
-        retry(&self.retry, "s3:PutObject", || async {
+        retry(&self.retry, &self.counters, "s3:PutObject", || async {
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -266,16 +256,21 @@ impl S3Store {
     async fn put_multipart(&self, key: &str, data: &Parts) -> Result<(), StorageError> {
         let full = self.full(key);
         let ctx = self.ctx("s3:PutObject", Some(&full));
-        let created = retry(&self.retry, "s3:CreateMultipartUpload", || async {
-            self.client
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&full)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                .send()
-                .await
-                .map_err(|e| from_sdk(ctx, e))
-        })
+        let created = retry(
+            &self.retry,
+            &self.counters,
+            "s3:CreateMultipartUpload",
+            || async {
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk(ctx, e))
+            },
+        )
         .await?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let result = self.upload_parts(&full, &upload_id, data).await;
@@ -312,7 +307,7 @@ impl S3Store {
         {
             let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
             let chunk = data.part(start, part_size.min(len - start)).await?;
-            let out = retry(&self.retry, "s3:UploadPart", || async {
+            let out = retry(&self.retry, &self.counters, "s3:UploadPart", || async {
                 self.client
                     .upload_part()
                     .bucket(&self.bucket)
@@ -337,17 +332,22 @@ impl S3Store {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(parts))
             .build();
-        retry(&self.retry, "s3:CompleteMultipartUpload", || async {
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(full)
-                .upload_id(upload_id)
-                .multipart_upload(completed.clone())
-                .send()
-                .await
-                .map_err(|e| from_sdk(ctx, e))
-        })
+        retry(
+            &self.retry,
+            &self.counters,
+            "s3:CompleteMultipartUpload",
+            || async {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(upload_id)
+                    .multipart_upload(completed.clone())
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk(ctx, e))
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -373,7 +373,7 @@ impl S3Store {
                 .quiet(true)
                 .build()
                 .map_err(invalid)?;
-            let out = retry(&self.retry, "s3:DeleteObjects", || async {
+            let out = retry(&self.retry, &self.counters, "s3:DeleteObjects", || async {
                 self.client
                     .delete_objects()
                     .bucket(&self.bucket)

@@ -46,13 +46,17 @@ const AUTH_CODES: &[&str] = &[
     "InvalidSecurity",
 ];
 
-/// Error codes that mean "later": throttling and server trouble.
-const TRANSIENT_CODES: &[&str] = &[
+/// Error codes that mean "slow down".
+const THROTTLING_CODES: &[&str] = &[
     "SlowDown",
     "Throttling",
     "ThrottlingException",
     "RequestLimitExceeded",
     "TooManyRequests",
+];
+
+/// Error codes that mean "later": server trouble.
+const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeout",
     "RequestTimeTooSkewed",
     "InternalError",
@@ -66,10 +70,13 @@ pub(crate) fn classify(status: Option<u16>, code: Option<&str>) -> ErrorKind {
         (_, Some(c)) if AUTH_CODES.contains(&c) => ErrorKind::AccessDenied,
         (_, Some("NoSuchBucket")) => ErrorKind::NoSuchBucket,
         (_, Some("NoSuchKey" | "NotFound" | "NoSuchUpload")) => ErrorKind::NotFound,
+        (_, Some("PreconditionFailed")) | (Some(412), _) => ErrorKind::Changed,
+        (_, Some(c)) if THROTTLING_CODES.contains(&c) => ErrorKind::Throttled,
         (_, Some(c)) if TRANSIENT_CODES.contains(&c) => ErrorKind::Transient,
         (Some(401 | 403), _) => ErrorKind::AccessDenied,
         (Some(404), _) => ErrorKind::NotFound,
-        (Some(408 | 429), _) => ErrorKind::Transient,
+        (Some(429 | 503), _) => ErrorKind::Throttled,
+        (Some(408), _) => ErrorKind::Transient,
         (Some(s), _) if s >= 500 => ErrorKind::Transient,
         (_, Some("InvalidArgument" | "InvalidBucketName" | "InvalidRequest")) => ErrorKind::Invalid,
         _ => ErrorKind::Other,
@@ -166,8 +173,13 @@ where
             "no such bucket: {target}: {detail}; check the URI, the region and the endpoint"
         ),
         ErrorKind::NotFound => format!("not found: {target}: {detail}"),
-        ErrorKind::Transient => format!("S3 request failed, may pass on retry: {target}: {detail}"),
-        ErrorKind::Invalid | ErrorKind::Other => format!("S3 request failed: {target}: {detail}"),
+        ErrorKind::Transient | ErrorKind::Throttled => {
+            format!("S3 request failed, may pass on retry: {target}: {detail}")
+        }
+        ErrorKind::Changed => format!("changed since planning: {target}: {detail}"),
+        ErrorKind::TooLarge | ErrorKind::Invalid | ErrorKind::Other => {
+            format!("S3 request failed: {target}: {detail}")
+        }
     };
     StorageError::new(kind, message).with_source(err)
 }
@@ -188,10 +200,14 @@ mod tests {
             (Some(404), Some("NoSuchBucket"), NoSuchBucket),
             (Some(404), Some("NoSuchKey"), NotFound),
             (Some(404), None, NotFound),
-            (Some(503), Some("SlowDown"), Transient),
+            (Some(503), Some("SlowDown"), Throttled),
+            (Some(503), None, Throttled),
+            (Some(400), Some("Throttling"), Throttled),
             (Some(500), Some("InternalError"), Transient),
             (Some(502), None, Transient),
-            (Some(429), None, Transient),
+            (Some(429), None, Throttled),
+            (Some(412), Some("PreconditionFailed"), Changed),
+            (Some(412), None, Changed),
             (Some(400), Some("RequestTimeout"), Transient),
             (Some(400), Some("InvalidArgument"), Invalid),
             (Some(301), Some("PermanentRedirect"), Other),

@@ -1,9 +1,12 @@
 //! The [`Storage`] every command reads and writes through.
 
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
+use pomona_crds::contract::StorageCounts;
 
+use crate::counters::Counters;
 use crate::error::StorageError;
 use crate::local::LocalStore;
 use crate::location::Location;
@@ -14,6 +17,20 @@ use crate::s3::S3Store;
 pub const MULTIPART_THRESHOLD: u64 = 64 * 1024 * 1024;
 /// Size of a part of a multipart upload (by default).
 pub const PART_SIZE: u64 = 16 * 1024 * 1024;
+/// Default [`S3Config::request_timeout`].
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Conditions of a read ([`Storage::get_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetOptions<'a> {
+    /// Read the object only if its ETag (S3: `If-Match`, and the answer's ETag is checked too)
+    /// or its stamp (local files) is this one; otherwise fail with
+    /// [`ErrorKind::Changed`](crate::ErrorKind::Changed).
+    pub if_match: Option<&'a str>,
+    /// Fail with [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) rather than read more than
+    /// this many bytes.
+    pub max_bytes: Option<u64>,
+}
 
 /// How to reach S3. Everything unset comes from the default AWS configuration chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +46,9 @@ pub struct S3Config {
     pub credentials: Option<StaticCredentials>,
     /// Retries of retryable failures.
     pub retry: RetryPolicy,
+    /// Longest wait for a response's headers, and for each piece of its body: an attempt that
+    /// waits longer is cut and retried.
+    pub request_timeout: Duration,
     /// Objects larger than this are uploaded in parts.
     pub multipart_threshold: u64,
     /// Part size of multipart uploads (at least 5 MiB).
@@ -43,6 +63,7 @@ impl Default for S3Config {
             force_path_style: None,
             credentials: None,
             retry: RetryPolicy::default(),
+            request_timeout: REQUEST_TIMEOUT,
             multipart_threshold: MULTIPART_THRESHOLD,
             part_size: PART_SIZE,
         }
@@ -171,9 +192,28 @@ impl Storage {
 
     /// The whole content of object `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.get_with(key, &GetOptions::default()).await
+    }
+
+    /// The whole content of object `key`, read only under `options`' conditions. The body is
+    /// read into one buffer sized from the declared length, never past `max_bytes`.
+    pub async fn get_with(
+        &self,
+        key: &str,
+        options: &GetOptions<'_>,
+    ) -> Result<Bytes, StorageError> {
         match &self.backend {
-            Backend::S3(s) => s.get(key).await,
-            Backend::Local(l) => l.get(key).await,
+            Backend::S3(s) => s.get_with(key, options).await,
+            Backend::Local(l) => l.get_with(key, options).await,
+        }
+    }
+
+    /// What this storage's requests (and its clones') went through so far: zero for local
+    /// folders.
+    pub fn counts(&self) -> StorageCounts {
+        match &self.backend {
+            Backend::S3(s) => s.counters().snapshot(),
+            Backend::Local(_) => Counters::default().snapshot(),
         }
     }
 

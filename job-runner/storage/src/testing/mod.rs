@@ -1,5 +1,6 @@
 //! Test helpers (cargo feature `testing`): a real S3-compatible server, `s3s-fs`, started on
-//! 127.0.0.1 for the duration of a test, and the shared test data.
+//! 127.0.0.1 for the duration of a test, a proxy that injects faults and latency in front of
+//! it ([`proxy`]), and the shared test data.
 //!
 //! The server binary is found through `POMONA_S3S_FS`, else `$POMONA_TOOLS/bin/s3s-fs`, else
 //! `<workspace>/.tools/bin/s3s-fs`; `scripts/test.sh` installs it (see `scripts/tools.sh`). A missing binary
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::{RetryPolicy, S3Config, StaticCredentials, Storage, StorageError};
+
+pub mod proxy;
 
 /// The access key the test server accepts.
 pub const ACCESS_KEY: &str = "pomona-test-access";
@@ -169,6 +172,7 @@ impl S3Server {
                 max_attempts: 3,
                 initial_backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_millis(100),
+                budget: Duration::from_secs(5),
             },
             ..S3Config::default()
         }
