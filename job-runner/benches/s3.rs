@@ -81,15 +81,67 @@ fn replicate(copies: usize, dest: &Path) -> usize {
     images.len() * copies
 }
 
-/// CPU seconds (user + system) of this process's children that have ended
-/// (`cutime` + `cstime` of /proc/self/stat, in clock ticks of 1/100 s).
-fn children_cpu() -> f64 {
+/// CPU seconds (user + system) from /proc/self/stat: this process's own (`utime` + `stime`)
+/// or that of its children that have ended (`cutime` + `cstime`), in clock ticks of 1/100 s.
+fn cpu(children: bool) -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (Linux)");
     let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 16 and 17 of the line (cutime, cstime) are 13 and 14 after the name.
-    let ticks: u64 = fields[13].parse::<u64>().unwrap() + fields[14].parse::<u64>().unwrap();
+    // Fields 14 to 17 of the line (utime, stime, cutime, cstime) are 11 to 14 after the name.
+    let first = if children { 13 } else { 11 };
+    let ticks: u64 =
+        fields[first].parse::<u64>().unwrap() + fields[first + 1].parse::<u64>().unwrap();
     ticks as f64 / 100.0
+}
+
+fn children_cpu() -> f64 {
+    cpu(true)
+}
+
+/// The S3 client alone, in this process: `n` reads of the images through `Storage::get_with`
+/// (as `pomona extract` makes them), 32 at a time, from the server straight; returns CPU
+/// milliseconds per read and reads per second.
+fn client_alone(server: &S3Server, n: usize) -> (f64, f64) {
+    use futures::StreamExt;
+    use pomona_storage::{GetOptions, Storage};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let storage = Storage::open(&server.uri("images/"), &server.config())
+            .await
+            .unwrap();
+        let keys: Vec<String> = storage
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .take(n)
+            .map(|o| o.key)
+            .collect();
+        let before = cpu(false);
+        let start = Instant::now();
+        let options = GetOptions {
+            if_match: None,
+            max_bytes: Some(50 << 20),
+        };
+        let total: usize = futures::stream::iter(&keys)
+            .map(|k| {
+                let storage = storage.clone();
+                async move { storage.get_with(k, &options).await.unwrap().len() }
+            })
+            .buffer_unordered(32)
+            .fold(0, |a, b| async move { a + b })
+            .await;
+        assert!(total > 0);
+        let wall = start.elapsed().as_secs_f64();
+        (
+            1e3 * (cpu(false) - before) / keys.len() as f64,
+            keys.len() as f64 / wall,
+        )
+    })
 }
 
 /// A `pomona` step's summary line, wall seconds and CPU seconds.
@@ -252,6 +304,12 @@ fn main() {
     for (i, (what, _)) in sources.iter().enumerate() {
         report(what, n, &best[i], (i > 0).then(|| &best[0]));
     }
+    let reads = n.min(20_000);
+    let (ms, rate) = client_alone(&server, reads);
+    println!(
+        "  the S3 client alone (Storage::get_with, 32 at a time, s3s-fs straight): {ms:.3} ms \
+         of CPU per read, {rate:.0} reads/s over {reads} reads"
+    );
     println!(
         "  targets: >= 0.75 of the folder's speed at 30 ms; <= 0.25 ms of client CPU per image \
          over the folder"
