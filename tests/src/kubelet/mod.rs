@@ -7,7 +7,8 @@
 //! - binds pending pods to it when they fit ([`scheduler`]);
 //! - runs each container as a local process in a network namespace of the pod's own, with its
 //!   volumes, user, environment (downward API, Secrets, ConfigMaps) and termination-message
-//!   file, the image mapped to a local binary by a table ([`images`], [`sandbox`]);
+//!   file, the image mapped to a local binary by a table ([`images`], `container`,
+//!   [`sandbox`]);
 //! - reports the pod's status as a kubelet does (Pending → Running → Succeeded or Failed, with
 //!   exit codes, reasons and termination messages), honours restart policies with back-off,
 //!   readiness and liveness probes, `activeDeadlineSeconds`, and deletion: SIGTERM, then
@@ -20,6 +21,7 @@
 //! in `<name>-<restart>.pid` beside it). The folders a container's volumes are mounted on are
 //! made, empty, on the host's filesystem (`/scratch`, say).
 
+mod container;
 pub mod env;
 pub mod images;
 pub mod node;

@@ -16,10 +16,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use super::Kubelet;
-use super::env::{self, PodFacts, Sources};
-use super::images::StartError;
+use super::container::{self, Failure};
 use super::probe::{self, Counter};
-use super::sandbox::{self, Launch, Mount, PodNetwork};
+use super::sandbox::{self, Launch, PodNetwork};
 use super::status::{self, Ended, Record, Snapshot, State};
 use super::volumes;
 
@@ -429,88 +428,10 @@ impl PodWork {
 
     async fn launch(&mut self, i: usize) -> Result<(), Failure> {
         let pod = self.pod.clone();
-        let spec = self.spec();
         let c = self.containers[i].spec.clone();
         let image_ref = c.image.clone().unwrap_or_default();
-        let image = self
-            .k
-            .images
-            .get(&image_ref)
-            .map_err(Failure::from)?
-            .clone();
-        let config_error = |m: String| Failure::Waiting("CreateContainerConfigError".into(), m);
         let net = self.net.clone().expect("a sandbox before any container");
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let (secret_names, config_map_names) = env::references(&c);
-        let mut sources = Sources::default();
-        for name in secret_names {
-            let data = volumes::secret(&self.k.client, &ns, &name, true)
-                .await
-                .map_err(|e| config_error(format!("{e:#}")))?;
-            if !data.is_empty() {
-                sources.secrets.insert(name, data);
-            }
-        }
-        for name in config_map_names {
-            let data = volumes::config_map(&self.k.client, &ns, &name, true)
-                .await
-                .map_err(|e| config_error(format!("{e:#}")))?;
-            if !data.is_empty() {
-                sources.config_maps.insert(name, data);
-            }
-        }
-        let facts = PodFacts {
-            pod_ip: net.ip.clone(),
-            host_ip: self.k.network.gateway(),
-            api_host: self.k.api_host.clone(),
-            api_port: self.k.api_port,
-            node_cpu_millis: self.k.cpu_millis,
-            node_memory_bytes: self.k.memory_bytes,
-        };
-        let environment =
-            env::resolve(&pod, &c, &image.env, &sources, &facts).map_err(config_error)?;
-        let defined: BTreeMap<String, String> = environment.iter().cloned().collect();
-        let expand = |v: &Option<Vec<String>>| -> Vec<String> {
-            v.iter()
-                .flatten()
-                .map(|s| env::expand(s, &defined))
-                .collect()
-        };
-        let exec = image
-            .exec(&expand(&c.command), &expand(&c.args))
-            .map_err(Failure::from)?;
-
-        let (image_uid, image_gid) = image.user().map_err(config_error)?;
-        let pod_sc = spec.security_context.clone().unwrap_or_default();
-        let sc = c.security_context.clone().unwrap_or_default();
-        let uid = sc.run_as_user.or(pod_sc.run_as_user).unwrap_or(image_uid);
-        let gid = sc.run_as_group.or(pod_sc.run_as_group).unwrap_or(image_gid);
-        if sc.run_as_non_root.or(pod_sc.run_as_non_root) == Some(true) && uid == 0 {
-            return Err(config_error(
-                "container has runAsNonRoot and image will run as root".into(),
-            ));
-        }
-        let mut groups = vec![gid];
-        groups.extend(pod_sc.fs_group);
-        groups.extend(pod_sc.supplemental_groups.iter().flatten().copied());
-        groups.sort_unstable();
-        groups.dedup();
-
-        let mut mounts = Vec::new();
-        for m in c.volume_mounts.iter().flatten() {
-            let host = self.volumes.get(&m.name).ok_or_else(|| {
-                config_error(format!("volume {:?} is not defined in the pod", m.name))
-            })?;
-            let host = match m.sub_path.as_deref().filter(|p| !p.is_empty()) {
-                Some(sub) => host.join(sub),
-                None => host.clone(),
-            };
-            mounts.push(Mount {
-                host,
-                path: m.mount_path.clone(),
-                read_only: m.read_only == Some(true),
-            });
-        }
+        let config = container::resolve(&self.k, &pod, &c, &net.ip, &self.volumes).await?;
 
         let s = &mut self.containers[i];
         s.generation += 1;
@@ -523,22 +444,23 @@ impl PodWork {
             .termination_message_path
             .clone()
             .unwrap_or_else(|| "/dev/termination-log".into());
-        let message_file = sandbox::prepare_dev(&run_dir.join("dev"), &termination_path, uid, gid)
-            .map_err(|e| config_error(format!("prepare /dev: {e}")))?;
+        let message_file = sandbox::prepare_dev(
+            &run_dir.join("dev"),
+            &termination_path,
+            config.uid,
+            config.gid,
+        )
+        .map_err(|e| Failure::config(format!("prepare /dev: {e}")))?;
         let launch = Launch {
             netns: net.netns.clone(),
-            program: exec.program.clone(),
-            args: exec.args.clone(),
-            env: environment,
-            uid,
-            gid,
-            groups,
-            working_dir: c
-                .working_dir
-                .clone()
-                .or(image.working_dir.clone())
-                .unwrap_or_else(|| "/".into()),
-            mounts,
+            program: config.exec.program.clone(),
+            args: config.exec.args.clone(),
+            env: config.env,
+            uid: config.uid,
+            gid: config.gid,
+            groups: config.groups,
+            working_dir: config.working_dir,
+            mounts: config.mounts,
             dev: run_dir.join("dev"),
             termination_path,
             log: run_dir.with_extension("log"),
@@ -564,7 +486,7 @@ impl PodWork {
         s.record.image_id = format!(
             "{}@local:{}",
             super::images::repository(&image_ref),
-            exec.program.display()
+            config.exec.program.display()
         );
         s.record.container_id = Some(format!(
             "local://{uid_of_pod}/{}/{}",
@@ -797,23 +719,6 @@ impl PodWork {
             self.k.free_slot(net.slot);
         }
         let _ = std::fs::remove_dir_all(self.dir.join("volumes"));
-    }
-}
-
-/// Why a container did not start.
-enum Failure {
-    /// It waits and is retried: (reason, message).
-    Waiting(String, String),
-    /// It could not run at all (exit code 128).
-    Start(String),
-}
-
-impl From<StartError> for Failure {
-    fn from(e: StartError) -> Self {
-        match e {
-            StartError::ImagePull(m) => Failure::Waiting("ErrImagePull".into(), m),
-            StartError::NotFound(m) => Failure::Start(m),
-        }
     }
 }
 
