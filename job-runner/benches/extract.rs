@@ -14,7 +14,6 @@
 //! 5. the reference figures of ../shared/RECIPES.md (Python onnxruntime, the Spark pipeline),
 //!    which were measured elsewhere and are quoted, not re-measured.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -22,32 +21,11 @@ use pomona_crds::contract::PodSummary;
 use pomona_runner::{Model, ModelOptions, Preprocess, Threads, init_runtime};
 use pomona_storage::testing::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir, shared_dir};
 
+mod common;
+use common::{replicate, training_images};
+
 /// The runner's default batch size.
 const BATCH: usize = pomona_runner::cli::DEFAULT_BATCH_SIZE;
-
-fn training_images() -> Vec<PathBuf> {
-    let dir = shared_dir().join("data/fruits-360-sample/Training");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (set POMONA_SHARED)", dir.display()))
-        .flat_map(|v| std::fs::read_dir(v.unwrap().path()).unwrap())
-        .map(|f| f.unwrap().path())
-        .collect();
-    out.sort();
-    out
-}
-
-/// Writes `copies` copies of every image under `dest/copy-i/<variety>/`.
-fn replicate(images: &[PathBuf], copies: usize, dest: &Path) -> usize {
-    for copy in 0..copies {
-        for image in images {
-            let variety = image.parent().unwrap().file_name().unwrap();
-            let dir = dest.join(format!("copy-{copy}")).join(variety);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(image, dir.join(image.file_name().unwrap())).unwrap();
-        }
-    }
-    images.len() * copies
-}
 
 /// Runs the `pomona` binary; returns its summary (if the step prints one) and the wall time.
 fn pomona(args: &[&str], envs: &[(&str, &str)]) -> (Option<PodSummary>, f64) {

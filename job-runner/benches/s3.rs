@@ -17,13 +17,16 @@
 //! adds to it over the folder (the client's cost per request), peak RSS, and the requests'
 //! retries.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pomona_crds::contract::PodSummary;
 use pomona_storage::testing::proxy::{FaultProxy, Faults};
 use pomona_storage::testing::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir, shared_dir};
+
+mod common;
+use common::{replicate, training_images};
 
 struct Options {
     copies: usize,
@@ -59,26 +62,6 @@ fn options() -> Options {
         }
     }
     o
-}
-
-/// Writes `copies` copies of every Training image under `dest/copy-i/<variety>/`.
-fn replicate(copies: usize, dest: &Path) -> usize {
-    let dir = shared_dir().join("data/fruits-360-sample/Training");
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (set POMONA_SHARED)", dir.display()))
-        .flat_map(|v| std::fs::read_dir(v.unwrap().path()).unwrap())
-        .map(|f| f.unwrap().path())
-        .collect();
-    images.sort();
-    for copy in 0..copies {
-        for image in &images {
-            let variety = image.parent().unwrap().file_name().unwrap();
-            let dir = dest.join(format!("copy-{copy}")).join(variety);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(image, dir.join(image.file_name().unwrap())).unwrap();
-        }
-    }
-    images.len() * copies
 }
 
 /// CPU seconds (user + system) from /proc/self/stat: this process's own (`utime` + `stime`)
@@ -249,9 +232,10 @@ fn main() {
 
     let work = TempDir::new("bench-s3");
     let input = work.path().join("images");
-    let n = replicate(o.copies, &input);
+    let images = training_images();
+    let n = replicate(&images, o.copies, &input);
     let server = S3Server::start();
-    let n_s3 = replicate(o.copies, &server.root().join("fruits/images"));
+    let n_s3 = replicate(&images, o.copies, &server.root().join("fruits/images"));
     assert_eq!(n_s3, n);
     let proxy = FaultProxy::start(
         &server.endpoint,

@@ -173,35 +173,11 @@ async fn local_fruits_plan_and_read_back() {
 async fn local_reads_are_conditioned_on_the_planned_stamp_and_bounded_in_size() {
     let dir = TempDir::new("local-cond");
     let s = local(dir.path()).await;
-    s.put("a.jpg", Bytes::from_static(b"first version"))
-        .await
-        .unwrap();
-    let planned = s.head("a.jpg").await.unwrap().unwrap().etag.unwrap();
+    testing::assert_conditional_reads(&s).await;
     let read = GetOptions {
-        if_match: Some(&planned),
-        max_bytes: Some(13),
+        if_match: Some("planned"),
+        max_bytes: None,
     };
-    assert_eq!(
-        &s.get_with("a.jpg", &read).await.unwrap()[..],
-        b"first version"
-    );
-    let small = GetOptions {
-        if_match: None,
-        max_bytes: Some(12),
-    };
-    let big = s.get_with("a.jpg", &small).await.unwrap_err();
-    assert_eq!(big.kind(), ErrorKind::TooLarge, "{big}");
-
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    s.put("a.jpg", Bytes::from_static(b"second version"))
-        .await
-        .unwrap();
-    let changed = s.get_with("a.jpg", &read).await.unwrap_err();
-    assert_eq!(changed.kind(), ErrorKind::Changed, "{changed}");
-    assert!(
-        changed.to_string().starts_with("changed since planning"),
-        "{changed}"
-    );
     let missing = s.get_with("b.jpg", &read).await.unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use pomona_crds::LabelMode;
 use pomona_storage::plan::{self, PlanOptions};
 use pomona_storage::testing::{self, S3Server, SECRET_KEY, TempDir};
-use pomona_storage::{ErrorKind, GetOptions, S3Config, Storage};
+use pomona_storage::{ErrorKind, S3Config, Storage};
 
 fn options(per_shard: u32) -> PlanOptions {
     PlanOptions {
@@ -285,38 +285,10 @@ async fn stopped_server_is_retryable_after_bounded_retries() {
 async fn reads_are_conditioned_on_the_planned_etag_and_bounded_in_size() {
     let server = S3Server::start();
     let s = server.storage("images/").await;
-    s.put("a.jpg", Bytes::from_static(b"first version"))
-        .await
-        .unwrap();
-    let planned = s.head("a.jpg").await.unwrap().unwrap().etag.unwrap();
-    let read = GetOptions {
-        if_match: Some(&planned),
-        max_bytes: Some(13),
-    };
-    assert_eq!(
-        &s.get_with("a.jpg", &read).await.unwrap()[..],
-        b"first version"
-    );
-
-    let small = GetOptions {
-        if_match: None,
-        max_bytes: Some(12),
-    };
-    let big = s.get_with("a.jpg", &small).await.unwrap_err();
-    assert_eq!(big.kind(), ErrorKind::TooLarge, "{big}");
+    let (big, changed) = testing::assert_conditional_reads(&s).await;
     assert_eq!(big.attempts(), 1, "not retried");
     assert!(big.to_string().contains("12-byte limit"), "{big}");
-
-    s.put("a.jpg", Bytes::from_static(b"second version"))
-        .await
-        .unwrap();
-    let changed = s.get_with("a.jpg", &read).await.unwrap_err();
-    assert_eq!(changed.kind(), ErrorKind::Changed, "{changed}");
     assert_eq!(changed.attempts(), 1, "not retried");
-    assert!(
-        changed.to_string().starts_with("changed since planning"),
-        "{changed}"
-    );
     let counts = s.counts();
     assert_eq!((counts.retries, counts.throttled), (0, 0), "{counts:?}");
     assert!(counts.requests >= 6, "{counts:?}");

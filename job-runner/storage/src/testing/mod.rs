@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::{RetryPolicy, S3Config, StaticCredentials, Storage, StorageError};
+use crate::{
+    ErrorKind, GetOptions, RetryPolicy, S3Config, StaticCredentials, Storage, StorageError,
+};
 
 pub mod proxy;
 
@@ -241,4 +243,45 @@ pub async fn copy_all(
         copied += 1;
     }
     Ok(copied)
+}
+
+/// Checks on `s` the read contract every storage keeps: a read conditioned on the planned ETag
+/// (or file stamp) and bounded in size returns the object; a bound below its size fails as
+/// `TooLarge`; once the object is rewritten, the conditioned read fails as `Changed`. Returns
+/// those two errors for the storage's own further checks.
+///
+/// # Panics
+/// When the contract does not hold.
+pub async fn assert_conditional_reads(s: &Storage) -> (StorageError, StorageError) {
+    s.put("a.jpg", Bytes::from_static(b"first version"))
+        .await
+        .unwrap();
+    let planned = s.head("a.jpg").await.unwrap().unwrap().etag.unwrap();
+    let read = GetOptions {
+        if_match: Some(&planned),
+        max_bytes: Some(13),
+    };
+    assert_eq!(
+        &s.get_with("a.jpg", &read).await.unwrap()[..],
+        b"first version"
+    );
+    let small = GetOptions {
+        if_match: None,
+        max_bytes: Some(12),
+    };
+    let big = s.get_with("a.jpg", &small).await.unwrap_err();
+    assert_eq!(big.kind(), ErrorKind::TooLarge, "{big}");
+
+    // A rewrite a little later (a file's stamp has a resolution).
+    std::thread::sleep(Duration::from_millis(5));
+    s.put("a.jpg", Bytes::from_static(b"second version"))
+        .await
+        .unwrap();
+    let changed = s.get_with("a.jpg", &read).await.unwrap_err();
+    assert_eq!(changed.kind(), ErrorKind::Changed, "{changed}");
+    assert!(
+        changed.to_string().starts_with("changed since planning"),
+        "{changed}"
+    );
+    (big, changed)
 }
