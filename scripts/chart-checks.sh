@@ -102,24 +102,23 @@ def rules(docs, kind, name):
                   for g in rule["apiGroups"] for r in rule["resources"])
 
 
-def operator_rules(read_secrets):
-    granted = [
+def operator_rules():
+    # No Secrets: the operator never reads one (a run's credentials reach its pods through
+    # secretKeyRef).
+    return sorted([
         ("pomona.dev", "featureextractions", ("get", "list", "watch")),
         ("pomona.dev", "featureextractions/status", ("get", "patch")),
         ("pomona.dev", "featureextractions/finalizers", ("update",)),
         ("batch", "jobs", ("create", "delete", "get", "list", "patch", "watch")),
-        ("", "pods", ("list",)),
+        ("", "pods", ("list", "watch")),
         ("events.k8s.io", "events", ("create", "patch")),
-    ]
-    if read_secrets:
-        granted.append(("", "secrets", ("get",)))
-    return sorted(granted)
+    ])
 
 
 LEASES = [("coordination.k8s.io", "leases", ("create", "get", "update"))]
 
 
-def check(name, fullname, runner_sa, role_kind, role_ns, read_secrets, runner_namespaces):
+def check(name, fullname, runner_sa, role_kind, role_ns, runner_namespaces):
     docs = load(name)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -140,7 +139,7 @@ def check(name, fullname, runner_sa, role_kind, role_ns, read_secrets, runner_na
     if role_kind is None:
         expect(f"{name}: RBAC objects", [d["kind"] for d in docs if "Role" in d["kind"]], [])
         return
-    expect(f"{name}: operator {role_kind}", rules(docs, role_kind, fullname), operator_rules(read_secrets))
+    expect(f"{name}: operator {role_kind}", rules(docs, role_kind, fullname), operator_rules())
     role = next(d for d in docs if d["kind"] == role_kind and d["metadata"]["name"] == fullname)
     expect(f"{name}: {role_kind} namespace", role["metadata"].get("namespace"), role_ns)
     expect(f"{name}: leader-election Role", rules(docs, "Role", f"{fullname}-leader-election"), LEASES)
@@ -149,10 +148,10 @@ def check(name, fullname, runner_sa, role_kind, role_ns, read_secrets, runner_na
            ["ClusterRole", "ClusterRoleBinding"] if role_kind == "ClusterRole" else [])
 
 
-check("default", "pomona", "pomona-runner", "ClusterRole", None, True, ["pomona-system"])
-check("all-options", "fruits-pomona", "fruits-runner", "Role", "fruits", False,
+check("default", "pomona", "pomona-runner", "ClusterRole", None, ["pomona-system"])
+check("all-options", "fruits-pomona", "fruits-runner", "Role", "fruits",
       ["pomona-system", "fruits", "fruits-staging"])
-check("single-replica", "pomona", "", None, None, False, [])
+check("single-replica", "pomona", "", None, None, [])
 for e in errors:
     print(f"    {e}")
 if errors:

@@ -267,6 +267,7 @@ up() {
     "$POMONA_HELM" --kubeconfig "$STATE/admin.kubeconfig" upgrade --install pomona charts/pomona \
         --namespace pomona-system --create-namespace \
         --set "runner.serviceAccount.namespaces={$BUCKET}" \
+        --set "config.allowedEndpoints={http://$NODE_IP:$S3_PORT}" \
         --set image.pullPolicy=Never \
         --wait --timeout 180s >/dev/null
     log "up in $((SECONDS - started)) s: eval \"\$($0 env)\"; kubectl get nodes"

@@ -172,6 +172,27 @@ pub enum LabelMode {
     None,
 }
 
+impl LabelMode {
+    /// Every mode, in the order of [`Self::as_arg`]'s names.
+    pub const ALL: [LabelMode; 2] = [LabelMode::ParentDirectory, LabelMode::None];
+
+    /// The mode's name on the runner's command line.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LabelMode::ParentDirectory => "parent-directory",
+            LabelMode::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for LabelMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        from_arg(&Self::ALL, Self::as_arg, s)
+    }
+}
+
 /// The feature model.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -255,6 +276,38 @@ pub enum TensorLayout {
     NHWC,
     /// `[N, 3, height, width]`.
     NCHW,
+}
+
+impl TensorLayout {
+    /// Every layout.
+    pub const ALL: [TensorLayout; 2] = [TensorLayout::NHWC, TensorLayout::NCHW];
+
+    /// The layout's name on the runner's command line.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            TensorLayout::NHWC => "nhwc",
+            TensorLayout::NCHW => "nchw",
+        }
+    }
+}
+
+impl std::str::FromStr for TensorLayout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        from_arg(&Self::ALL, Self::as_arg, s)
+    }
+}
+
+/// The value of `all` whose command-line name is `s` (case-insensitive), or the list of names.
+fn from_arg<T: Copy>(all: &[T], name: fn(T) -> &'static str, s: &str) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|v| name(*v).eq_ignore_ascii_case(s.trim()))
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+            format!("{s:?} is not one of {}", names.join(", "))
+        })
 }
 
 /// Sharding and failure tolerance.
@@ -365,6 +418,15 @@ pub struct RunnerSpec {
     /// Taints the runner pods tolerate (e.g. spot or GPU node pools).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+
+    /// Seconds a runner pod may run before Kubernetes stops it (the pods'
+    /// `activeDeadlineSeconds`), so that a pod stuck on a server that trickles data ends and its
+    /// step is retried. Unset: from the pod's work — 1 hour for the plan pod, 15 minutes plus
+    /// 1 second per image of its shard for an extract pod, 30 minutes plus 1 second per 100
+    /// images for the reduce pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 2_592_000))]
+    pub active_deadline_seconds: Option<u32>,
 
     /// Service account of the runner pods: the one bound to the IAM role that reads the source
     /// and writes the output (IRSA / Pod Identity). Unset: the namespace's `default`.

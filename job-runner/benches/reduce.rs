@@ -139,6 +139,7 @@ fn main() {
         bytes: 0,
         images_per_shard: SHARD as u32,
         shards: shards as u32,
+        identity: None,
     };
     std::fs::create_dir_all(layout.manifests()).unwrap();
     std::fs::write(layout.plan(), serde_json::to_vec(&plan).unwrap()).unwrap();

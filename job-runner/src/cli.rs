@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures::StreamExt;
-use pomona_crds::contract::{Plan, PodSummary, StorageCounts, TERMINATION_LOG};
+use pomona_crds::contract::{
+    Plan, PodSummary, Preprocessing, StorageCounts, TERMINATION_LOG, env, steps,
+};
 use pomona_storage::{REQUEST_TIMEOUT, RetryPolicy, S3Config, Storage};
 
 use crate::extract::{DEFAULT_MAX_IMAGE_BYTES, Extractor, ModelFile, Tuning};
-use crate::infer::{ModelOptions, init_runtime};
+use crate::infer::{ModelOptions, init_runtime, sha256_hex};
 use crate::preprocess::{Layout, Preprocess};
 use crate::window::{Bounds, DEFAULT_BYTES_IN_FLIGHT};
 use crate::{Permanent, Threads};
@@ -30,10 +32,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 16;
 #[derive(Args, Clone, Debug)]
 pub struct S3Args {
     /// Region of the buckets.
-    #[arg(long, env = "AWS_REGION")]
+    #[arg(long, env = env::REGION)]
     pub region: Option<String>,
     /// Endpoint of an S3-compatible service, e.g. http://127.0.0.1:9000.
-    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    #[arg(long, env = env::ENDPOINT)]
     pub endpoint: Option<String>,
     /// Address buckets by path (endpoint/bucket/key). Default: on when --endpoint is set.
     #[arg(long)]
@@ -70,16 +72,8 @@ fn seconds(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
-/// Tensor layout on the command line.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LayoutArg {
-    /// Channels last.
-    Nhwc,
-    /// Channels first.
-    Nchw,
-}
-
-/// The model, its preprocessing and the extractor's tuning.
+/// The model and the preprocessing that feeds it: what makes features comparable, recorded in
+/// the run's identity (see [`pomona_crds::contract::steps::ModelArgs`], which these parse into).
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// The ONNX model: a path, file:///path or s3://bucket/key.
@@ -104,18 +98,23 @@ pub struct ModelArgs {
     /// Height the images are resized to (default: --size).
     #[arg(long)]
     pub height: Option<u32>,
-    /// Tensor layout of the model input.
-    #[arg(long, value_enum, default_value_t = LayoutArg::Nhwc)]
-    pub layout: LayoutArg,
+    /// Tensor layout of the model input: nhwc (channels last) or nchw.
+    #[arg(long, default_value = "nhwc")]
+    pub layout: Layout,
     /// Each 0..=255 channel value x becomes x * scale + offset.
     #[arg(long, default_value_t = 1.0 / 127.5)]
-    pub scale: f32,
+    pub scale: f64,
     /// See --scale.
     #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
-    pub offset: f32,
-    /// Images per inference batch.
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
-    pub batch_size: usize,
+    pub offset: f64,
+}
+
+/// How the extractor uses the machine: batches, threads, fetches, and the runtime it loads.
+#[derive(Args, Clone, Debug)]
+pub struct TuningArgs {
+    /// Images per inference batch (default 16).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
     #[arg(long, env = "POMONA_THREADS")]
     pub threads: Option<usize>,
@@ -155,32 +154,74 @@ impl ModelArgs {
         .into())
     }
 
-    /// Starts ONNX Runtime and loads the model with these options. `threads` gives the defaults
-    /// that the command-line options override.
-    pub async fn load(&self, s3: &S3Config, threads: Threads) -> anyhow::Result<Extractor> {
-        init_runtime(self.onnxruntime.as_deref()).map_err(|e| Permanent(e.to_string()))?;
+    /// The width and height images are resized to.
+    pub fn input_size(&self) -> (u32, u32) {
+        (
+            self.width.unwrap_or(self.size),
+            self.height.unwrap_or(self.size),
+        )
+    }
+
+    /// The preprocessing and tensors of these options, as a run's identity records them.
+    pub fn preprocessing(&self) -> Preprocessing {
+        let (width, height) = self.input_size();
+        Preprocessing {
+            input_name: self.input_name.clone(),
+            output_name: self.output_name.clone(),
+            width,
+            height,
+            layout: self.layout,
+            scale: self.scale,
+            offset: self.offset,
+        }
+    }
+
+    /// The sha256 of the model file, checked against `--model-sha256` when given: read before
+    /// any work, so that a missing or wrong model stops a run before it lists anything.
+    pub async fn sha256(&self, s3: &S3Config) -> anyhow::Result<String> {
+        let uri = self.model_uri()?;
+        let (folder, key) = split_object_uri(&uri)?;
+        let storage = Storage::open(&folder, s3).await?;
+        let bytes = storage
+            .get(&key)
+            .await
+            .with_context(|| format!("cannot read the model {uri}"))?;
+        let sha = sha256_hex(&bytes);
+        match &self.model_sha256 {
+            Some(expected) if !expected.eq_ignore_ascii_case(&sha) => Err(Permanent(format!(
+                "the model {uri} has sha256 {sha}, not the expected {expected}"
+            ))
+            .into()),
+            _ => Ok(sha),
+        }
+    }
+
+    /// Starts ONNX Runtime and loads the model with these options and `tuning`. `threads`
+    /// gives the defaults that the command-line options override.
+    pub async fn load(
+        &self,
+        tuning: &TuningArgs,
+        s3: &S3Config,
+        threads: Threads,
+    ) -> anyhow::Result<Extractor> {
+        init_runtime(tuning.onnxruntime.as_deref()).map_err(|e| Permanent(e.to_string()))?;
         let threads = Threads {
-            inference: self.threads.unwrap_or(threads.inference).max(1),
-            decode: self.decode_threads.unwrap_or(threads.decode).max(1),
+            inference: tuning.threads.unwrap_or(threads.inference).max(1),
+            decode: tuning.decode_threads.unwrap_or(threads.decode).max(1),
         };
-        let tuning = Tuning {
-            batch_size: self.batch_size.max(1),
-            fetch: Bounds::new(self.fetch_concurrency, self.fetch_budget_mib << 20),
-            max_image_bytes: self.max_image_bytes,
+        let settings = Tuning {
+            batch_size: tuning.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1),
+            fetch: Bounds::new(tuning.fetch_concurrency, tuning.fetch_budget_mib << 20),
+            max_image_bytes: tuning.max_image_bytes,
         };
         let uri = self.model_uri()?;
         let (folder, key) = split_object_uri(&uri)?;
         let storage = Storage::open(&folder, s3).await?;
-        let preprocess = Preprocess::new(
-            self.width.unwrap_or(self.size),
-            self.height.unwrap_or(self.size),
-        )
-        .map_err(|e| Permanent(e.to_string()))?
-        .with_layout(match self.layout {
-            LayoutArg::Nhwc => Layout::Nhwc,
-            LayoutArg::Nchw => Layout::Nchw,
-        })
-        .with_normalization(self.scale, self.offset);
+        let (width, height) = self.input_size();
+        let preprocess = Preprocess::new(width, height)
+            .map_err(|e| Permanent(e.to_string()))?
+            .with_layout(self.layout)
+            .with_normalization(self.scale as f32, self.offset as f32);
         let options = ModelOptions {
             intra_threads: threads.inference,
             input_name: self.input_name.clone(),
@@ -198,9 +239,27 @@ impl ModelArgs {
             preprocess,
             options,
             threads,
-            tuning,
+            settings,
         )
         .await
+    }
+}
+
+impl From<&ModelArgs> for steps::ModelArgs {
+    fn from(args: &ModelArgs) -> Self {
+        Self {
+            uri: args.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
+            sha256: args.model_sha256.clone(),
+            preprocessing: args.preprocessing(),
+        }
+    }
+}
+
+impl From<&S3Args> for steps::StorageArgs {
+    fn from(args: &S3Args) -> Self {
+        Self {
+            path_style: args.path_style,
+        }
     }
 }
 
@@ -229,9 +288,9 @@ pub fn run_root_of_manifests(manifests: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Prints the plan, the dry run users ask for.
+/// Tells the plan on stderr (stdout carries only the summary line).
 pub fn print_plan(plan: &Plan) {
-    println!(
+    eprintln!(
         "plan: {} images ({:.1} MiB) under {} in {} shard{} of up to {}",
         plan.images,
         plan.bytes as f64 / (1024.0 * 1024.0),
@@ -272,7 +331,7 @@ pub fn describe_retries(c: &StorageCounts) -> String {
 pub fn report_summary(summary: &PodSummary, storage: Option<&StorageCounts>) {
     let line = summary.to_line_with(storage);
     println!("{line}");
-    let path = std::env::var_os("POMONA_TERMINATION_LOG")
+    let path = std::env::var_os(env::TERMINATION_LOG)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(TERMINATION_LOG));
     if path.exists()
@@ -292,7 +351,7 @@ pub fn peak_rss_mib() -> Option<u64> {
 
 /// Scratch space for a shard's files before upload: `POMONA_SCRATCH`, else the system's.
 pub fn scratch_dir() -> PathBuf {
-    std::env::var_os("POMONA_SCRATCH")
+    std::env::var_os(env::SCRATCH)
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
 }
@@ -360,24 +419,27 @@ pub struct ShardTotals {
     pub failed_shard: Option<u32>,
 }
 
-/// `pomona run`: extracts every shard of `plan` not yet complete, `workers` at a time (the CPUs
-/// are divided between them), adding what each shard did to `totals`; fails with the first
-/// failed shard's error once every shard has ended.
+/// The threads of each of `workers` shards extracted at once: the CPUs divided between them.
+pub fn worker_threads(workers: usize) -> Threads {
+    let all = Threads::detect(None, None);
+    let workers = workers.max(1);
+    Threads {
+        inference: (all.inference / workers).max(1),
+        decode: (all.decode / workers).max(1),
+    }
+}
+
+/// `pomona run`: extracts every shard of `plan` not yet complete with `extractor` (loaded with
+/// [`worker_threads`]), `workers` at a time, adding what each shard did to `totals`; fails with
+/// the first failed shard's error once every shard has ended.
 pub async fn run_shards(
     plan: &Plan,
     source: &Storage,
     output: &Storage,
-    model: &ModelArgs,
-    s3: &S3Config,
+    extractor: Arc<Extractor>,
     workers: usize,
     totals: &mut ShardTotals,
 ) -> anyhow::Result<()> {
-    let all = Threads::detect(None, None);
-    let share = Threads {
-        inference: (all.inference / workers).max(1),
-        decode: (all.decode / workers).max(1),
-    };
-    let extractor = Arc::new(model.load(s3, share).await?);
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(plan.images, done.clone(), source.clone());
     let scratch = scratch_dir();

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use bytes::Bytes;
-use pomona_crds::contract::{OutputLayout, Plan};
+use pomona_crds::contract::{OutputLayout, Plan, Preprocessing, RunIdentity};
 use pomona_storage::{ErrorKind, GetOptions, Storage, StorageError, plan::read_shard};
 
 use crate::infer::{Model, ModelOptions, sha256_hex};
@@ -185,6 +185,48 @@ impl Extractor {
         &self.provenance
     }
 
+    /// Refuses to extract for a plan made for another model or other preprocessing: its
+    /// features would not be comparable with the run's other shards.
+    pub fn check_identity(&self, identity: &RunIdentity) -> Result<(), Permanent> {
+        let p = &self.preprocess;
+        let planned = &identity.preprocessing;
+        let mine = Preprocessing {
+            input_name: self.options.input_name.clone(),
+            output_name: self.options.output_name.clone(),
+            width: p.width(),
+            height: p.height(),
+            layout: p.layout(),
+            scale: f64::from(p.scale()),
+            offset: f64::from(p.offset()),
+        };
+        // The extractor holds its scale and offset as f32: compare them at that precision.
+        let same = Preprocessing {
+            scale: planned.scale,
+            offset: planned.offset,
+            ..mine.clone()
+        } == *planned
+            && planned.scale as f32 == p.scale()
+            && planned.offset as f32 == p.offset();
+        if !self
+            .provenance
+            .model_sha256
+            .eq_ignore_ascii_case(&identity.model_sha256)
+        {
+            return Err(Permanent(format!(
+                "the run was planned for the model with sha256 {}, and this step's model {} has \
+                 sha256 {}: every shard of a run must use the same model",
+                identity.model_sha256, self.provenance.model_uri, self.provenance.model_sha256
+            )));
+        }
+        if !same {
+            return Err(Permanent(format!(
+                "the run was planned with the preprocessing {planned:?}, and this step has \
+                 {mine:?}: every shard of a run must be preprocessed the same way"
+            )));
+        }
+        Ok(())
+    }
+
     /// Extracts shard `shard` of `plan` from `source` into `output`, unless its outputs are
     /// already complete. `done` counts the shard's images as they are written.
     pub async fn extract_shard(
@@ -197,6 +239,9 @@ impl Extractor {
         done: Arc<AtomicU64>,
     ) -> anyhow::Result<ShardOutcome> {
         let layout = OutputLayout::new(&output.uri());
+        if let Some(identity) = &plan.identity {
+            self.check_identity(identity)?;
+        }
         let images = plan.shard_len(shard);
         if shard_complete(output, &layout, shard).await? {
             let counts = Counts {

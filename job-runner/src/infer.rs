@@ -220,8 +220,8 @@ impl Model {
         let input = find(session.inputs(), &options.input_name, "input")?;
         let in_dims = tensor_dims(input.dtype(), &options.input_name)?;
         let (layout, h, w) = match in_dims {
-            [_, h, w, 3] => (Layout::Nhwc, *h, *w),
-            [_, 3, h, w] => (Layout::Nchw, *h, *w),
+            [_, h, w, 3] => (Layout::NHWC, *h, *w),
+            [_, 3, h, w] => (Layout::NCHW, *h, *w),
             other => {
                 return Err(InferError::InvalidModel(format!(
                     "input `{}` has shape {other:?}, expected [N,H,W,3] or [N,3,H,W]",
@@ -299,8 +299,8 @@ impl Model {
         }
         let (h, w) = (self.height as usize, self.width as usize);
         let shape = match self.layout {
-            Layout::Nhwc => [n, h, w, 3],
-            Layout::Nchw => [n, 3, h, w],
+            Layout::NHWC => [n, h, w, 3],
+            Layout::NCHW => [n, 3, h, w],
         };
         let tensor = TensorRef::from_array_view((shape, batch))?;
         let name = Cow::Borrowed(self.input_name.as_str());

@@ -11,11 +11,14 @@
 //! - [`reduce`]: `pomona reduce`: merges the statistics, fits (or reuses) the PCA, projects every
 //!   shard, and closes the run's accounting.
 //! - [`report`]: the pictures and summary of the reduce step.
+//! - [`command`] and [`cli`]: the command line, its conversion into the job contract's step
+//!   arguments, and what its subcommands share.
 //!
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
 //! operator shares.
 
 pub mod cli;
+pub mod command;
 pub mod extract;
 pub mod fetch;
 pub mod finite;
@@ -66,6 +69,27 @@ impl Threads {
             decode: decode.unwrap_or(cpus).max(1),
         }
     }
+}
+
+/// A failed step's reason in one CamelCase word, for its summary line (and from there the run's
+/// condition): the planner's and storage's own reasons, `InvalidArguments`, `PermanentError`,
+/// else `Error`.
+pub fn failure_reason(error: &anyhow::Error) -> &'static str {
+    for cause in error.chain() {
+        if cause.downcast_ref::<Usage>().is_some() {
+            return "InvalidArguments";
+        }
+        if let Some(e) = cause.downcast_ref::<pomona_storage::plan::PlanError>() {
+            return e.reason();
+        }
+        if let Some(e) = cause.downcast_ref::<pomona_storage::StorageError>() {
+            return pomona_storage::plan::storage_reason(e.kind());
+        }
+        if cause.downcast_ref::<Permanent>().is_some() {
+            return "PermanentError";
+        }
+    }
+    "Error"
 }
 
 /// The exit code for a failed step: retryable failures (storage after its retries, the

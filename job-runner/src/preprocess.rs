@@ -21,15 +21,9 @@ pub const MAX_TENSOR_SIDE: u32 = 4096;
 /// Default pixel budget for decoded images: 100 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
-/// Memory layout of the tensor written by [`Preprocess::to_tensor`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Layout {
-    /// Channels last: `[H, W, 3]` per image (MobileNetV2 ONNX input).
-    #[default]
-    Nhwc,
-    /// Channels first: `[3, H, W]` per image.
-    Nchw,
-}
+/// Memory layout of the tensor written by [`Preprocess::to_tensor`]: the run's
+/// `spec.model.input.layout`, one type for the resource, the command line and the runner.
+pub use pomona_crds::TensorLayout as Layout;
 
 /// Why an image could not be turned into pixels.
 ///
@@ -96,7 +90,7 @@ impl Default for Preprocess {
         Self {
             width: 224,
             height: 224,
-            layout: Layout::Nhwc,
+            layout: Layout::NHWC,
             scale: 1.0 / 127.5,
             offset: -1.0,
             max_pixels: DEFAULT_MAX_PIXELS,
@@ -298,12 +292,12 @@ impl Preprocess {
     fn normalize(&self, pixels: &[u8], out: &mut [f32]) {
         let (scale, offset) = (self.scale, self.offset);
         match self.layout {
-            Layout::Nhwc => {
+            Layout::NHWC => {
                 for (o, &p) in out.iter_mut().zip(pixels) {
                     *o = f32::from(p) * scale + offset;
                 }
             }
-            Layout::Nchw => {
+            Layout::NCHW => {
                 let plane = self.width as usize * self.height as usize;
                 let (r, rest) = out.split_at_mut(plane);
                 let (g, b) = rest.split_at_mut(plane);
@@ -339,7 +333,7 @@ mod tests {
         let p = Preprocess::default();
         assert_eq!(
             (p.width(), p.height(), p.layout()),
-            (224, 224, Layout::Nhwc)
+            (224, 224, Layout::NHWC)
         );
         assert_eq!(p.tensor_len(), 224 * 224 * 3);
         assert!((255.0 * p.scale() + p.offset() - 1.0).abs() < 1e-6);
@@ -361,7 +355,7 @@ mod tests {
         let mut out = vec![0.0; 6];
         p.to_tensor(&img, &mut out);
         assert_eq!(out, [0.0, 128.0, 255.0, 255.0, 0.0, 128.0]);
-        let p = p.with_layout(Layout::Nchw);
+        let p = p.with_layout(Layout::NCHW);
         p.to_tensor(&img, &mut out);
         assert_eq!(out, [0.0, 255.0, 128.0, 0.0, 255.0, 128.0]);
     }

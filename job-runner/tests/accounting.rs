@@ -10,7 +10,7 @@ use std::path::Path;
 use common::cli::{copy_varieties, pomona, read_parquet, strings, summary};
 use common::corpus::{Format, encode};
 use image::{DynamicImage, RgbImage};
-use pomona_crds::contract::{OutputLayout, Step};
+use pomona_crds::contract::{OutputLayout, Step, exit};
 use pomona_runner::stats::Moments;
 use pomona_storage::testing::TempDir;
 
@@ -123,10 +123,23 @@ fn feature_vectors_with_nan_or_infinity_never_reach_the_statistics() {
     }
     let run = dir.path().join("run");
     let (input_s, run_s) = (input.to_str().unwrap(), run.to_str().unwrap());
+    let scaled = ["--scale", "1e38", "--offset", "0"];
+    let plan = [
+        &["plan", "--input", input_s, "--output", run_s][..],
+        &scaled,
+    ]
+    .concat();
+    assert!(pomona(&plan, &[]).status.success());
+    // Extracting with another preprocessing than the plan's is refused: its features would
+    // not be comparable.
+    let other = pomona(&["extract", "--output", run_s, "--shard", "0"], &[]);
+    assert_eq!(other.status.code(), Some(exit::PERMANENT_ERROR));
     assert!(
-        pomona(&["plan", "--input", input_s, "--output", run_s], &[])
-            .status
-            .success()
+        summary(&other)
+            .error
+            .unwrap()
+            .contains("preprocessed the same way"),
+        "the plan's preprocessing is enforced"
     );
     let args = [
         "extract", "--output", run_s, "--shard", "0", "--scale", "1e38", "--offset", "0",

@@ -40,7 +40,7 @@ fn interface_and_checksum() {
     let m = model();
     assert_eq!(m.feature_dim(), 1280);
     assert_eq!(m.input_size(), (224, 224));
-    assert_eq!(m.layout(), Layout::Nhwc);
+    assert_eq!(m.layout(), Layout::NHWC);
     assert_eq!(m.input_len(), 224 * 224 * 3);
     assert_eq!(m.sha256(), README_SHA256);
     assert_eq!(

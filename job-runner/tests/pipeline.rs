@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arrow_array::{Array, FixedSizeListArray};
 use common::cli::{command, copy_varieties, pomona, read_parquet, strings, summary};
 use common::corpus::{Expect, bad_file_corpus};
-use pomona_crds::contract::{OutputLayout, PodSummary};
+use pomona_crds::contract::{OutputLayout, PodSummary, exit};
 use pomona_storage::testing::{ACCESS_KEY, S3Server, SECRET_KEY, TempDir};
 
 /// The sha256 of the shared MobileNetV2 feature model (its README).
@@ -173,9 +173,37 @@ print("ok")
             .unwrap()
     };
     let before = modified();
-    let again = run_local(&input, &output, &[]);
+    let again = run_local(&input, &output, &["--images-per-shard", "500"]);
     assert_eq!(counts(&again), (1260, 1260, 0));
     assert_eq!(before, modified(), "a complete shard is not redone");
+
+    // A run with other options is another run: refused before any work, naming what differs,
+    // and the output is left as it was.
+    let plan = std::fs::read(layout.plan()).unwrap();
+    let other = pomona(
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--images-per-shard",
+            "400",
+            "--label",
+            "none",
+        ],
+        &[],
+    );
+    assert_eq!(other.status.code(), Some(exit::PERMANENT_ERROR));
+    let refused = summary(&other);
+    assert_eq!(refused.reason.as_deref(), Some("OutputInUse"));
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains("in label mode, images per shard:"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(layout.plan()).unwrap(), plan);
+    assert_eq!(before, modified());
 }
 
 #[test]

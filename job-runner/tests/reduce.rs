@@ -569,6 +569,8 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
             images.to_str().unwrap(),
             "--output",
             &output,
+            "--images-per-shard",
+            "40",
             "--components",
             "4",
         ],

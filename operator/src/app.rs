@@ -12,15 +12,18 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
+use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::Store;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use pomona_crds::FeatureExtraction;
 
 use crate::controller::{Context, error_policy, reconcile};
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
+use crate::names::MANAGED_BY_SELECTOR;
 use crate::serve::{Health, serve};
 use crate::settings::Settings;
 
@@ -145,23 +148,50 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
     };
     metrics.set_leader(true);
 
-    let (fxs, jobs): (Api<FeatureExtraction>, Api<Job>) = if args.watch_namespace.is_empty() {
-        (Api::all(client.clone()), Api::all(client.clone()))
-    } else {
-        (
-            Api::namespaced(client.clone(), &args.watch_namespace),
-            Api::namespaced(client.clone(), &args.watch_namespace),
-        )
-    };
+    let (fxs, jobs, pods): (Api<FeatureExtraction>, Api<Job>, Api<Pod>) =
+        if args.watch_namespace.is_empty() {
+            (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            )
+        } else {
+            let ns = &args.watch_namespace;
+            (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            )
+        };
     let mut ctx = Context::new(client.clone(), settings, metrics.clone(), Some(identity));
     if let Some(elector) = &elector {
         ctx = ctx.with_leadership(elector.leadership());
     }
-    let ctx = Arc::new(ctx);
-    let controller = Controller::new(fxs, watcher::Config::default().any_semantic()).owns(
-        jobs,
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=pomona-operator"),
-    );
+    // The runs' pods come from a watch cache: no LIST per reconcile. Only what the status
+    // reads is kept (metadata without managed fields, and the status).
+    let (pod_cache, pod_writer) = reflector::store::<Pod>();
+    let pod_watch = reflector(
+        pod_writer,
+        watcher(pods, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+            .modify(|pod| {
+                pod.managed_fields_mut().clear();
+                pod.spec = None;
+            })
+            .default_backoff(),
+    )
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "the pod watch failed; it is retried");
+        }
+    });
+    tokio::spawn(pod_watch);
+    pod_cache
+        .wait_until_ready()
+        .await
+        .context("the pod watch cache never filled")?;
+    let ctx = Arc::new(ctx.with_pod_cache(pod_cache));
+    let controller = Controller::new(fxs, watcher::Config::default().any_semantic())
+        .owns(jobs, watcher::Config::default().labels(MANAGED_BY_SELECTOR));
     let _ = store.set(controller.store());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = controller

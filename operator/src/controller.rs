@@ -1,38 +1,41 @@
 //! The controller: reconciles each `FeatureExtraction` as *read → validate (pure) → build (pure)
 //! → apply*.
 //!
-//! One reconcile reads the resource, its Jobs and their pods; plans the run once (through the
-//! shared planner) if the status holds no plan yet; creates or updates the Job the run is at
-//! with a server-side apply under one field manager; then computes the status with the pure
-//! [`status::compute`] and writes it — once, and only if it changed. A change of phase is also
-//! published as a Kubernetes Event.
+//! One reconcile reads the resource, its Jobs and their pods; while the status holds no plan,
+//! runs the plan Job and reads the plan's totals from its pod's summary ([`planning`]); creates
+//! or updates the Job the run is at with a server-side apply under one field manager; then
+//! computes the status with the pure [`status::compute`] and writes it — once, and only if it
+//! changed. A change of phase is also published as a Kubernetes Event. The operator never
+//! touches the run's data: listing, reading and writing happen in the pods, under the run's
+//! service account.
 //!
-//! Errors: a spec the run can never satisfy fails the run (`Failed` with the reason, a Warning
-//! Event) and the controller waits for the next change; API and storage errors return `Err`,
-//! and [`error_policy`] requeues with an exponential backoff per resource.
+//! Errors: a spec the run can never satisfy, a policy refusal or a plan that failed for good
+//! fail the run (`Failed` with the reason, a Warning Event) and the controller waits for the
+//! next change; API errors return `Err`, show in the status, and [`error_policy`] requeues
+//! with an exponential backoff per resource.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
-use crate::jobs::{extract_job, reduce_job};
+use crate::jobs::{extract_job, plan_job, reduce_job};
 use crate::leader::Leadership;
 use crate::lifecycle::{self, Expiry};
 use crate::metrics::{ErrorCategory, Metrics};
-use crate::names::{Component, bounded, job_name};
+use crate::names::{Component, INSTANCE_LABEL, MANAGED_BY_SELECTOR, bounded, job_name};
 use crate::observe::{PodObservation, PodPhase, job_indexes};
-use crate::planner::{self, PlanFailure};
+use crate::planning::{Planning, planning};
 use crate::settings::Settings;
 use crate::status::{self, Observed, PlanState, PlanTotals};
 use crate::validate::validate;
@@ -42,6 +45,10 @@ pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// How often a running run is looked at even without a change of its Jobs (a safety net: Job
 /// changes trigger reconciles).
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// Longest a reconcile may take: a few reads, an apply and a status write. The kube client's own
+/// timeouts are long enough for its watches (minutes); this bounds every request of a
+/// reconcile together, so a server that trickles its answers cannot hold one up.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// First and longest delay before a failed reconcile is retried.
 pub const BACKOFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
 
@@ -51,12 +58,13 @@ pub enum Error {
     /// A Kubernetes API request failed.
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
-    /// Planning could not reach or read storage, or the credentials Secret is not usable.
-    #[error(transparent)]
-    Plan(PlanFailure),
     /// A Job of the run's name exists and belongs to something else.
     #[error("Job {0} exists and is not owned by this FeatureExtraction; waiting for it to go")]
     ForeignJob(String),
+    /// The reconcile did not finish in [`RECONCILE_TIMEOUT`] (an API server that answers too
+    /// slowly, or trickles its answer): it is abandoned and retried.
+    #[error("the reconcile took longer than {} s and was abandoned", RECONCILE_TIMEOUT.as_secs())]
+    Timeout,
     /// Extraction ended with failed shards, and the extract Job that named them was deleted
     /// before the reduce step started.
     #[error(
@@ -71,7 +79,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Api(_) => "KubernetesApiError",
-            Error::Plan(_) => "PlanningRetrying",
+            Error::Timeout => "ReconcileTimedOut",
             Error::ForeignJob(_) => "ForeignJob",
             Error::FailedShardsUnknown(_) => "FailedShardsUnknown",
         }
@@ -80,12 +88,8 @@ impl Error {
     /// The metric label of the error.
     pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::Api(_) | Error::ForeignJob(_) | Error::FailedShardsUnknown(_) => {
-                ErrorCategory::Api
-            }
-            Error::Plan(PlanFailure::Storage(_)) => ErrorCategory::Storage,
-            Error::Plan(PlanFailure::Credentials(_)) => ErrorCategory::Credentials,
-            Error::Plan(PlanFailure::Permanent(_)) => ErrorCategory::Spec,
+            Error::Api(_) | Error::Timeout => ErrorCategory::Api,
+            Error::ForeignJob(_) | Error::FailedShardsUnknown(_) => ErrorCategory::Spec,
         }
     }
 }
@@ -107,6 +111,9 @@ pub struct Context {
     warned: Mutex<HashMap<(ObjectRef<FeatureExtraction>, &'static str), Instant>>,
     /// Whether this replica leads now; a reconcile does nothing once it does not.
     leadership: Leadership,
+    /// The runs' pods, from a label-selected watch cache; `None`: listed from the API server
+    /// on each reconcile (the scenario tests).
+    pods: Option<Store<Pod>>,
 }
 
 /// At most one Warning Event of a reason per resource in this long.
@@ -132,6 +139,16 @@ impl Context {
             failures: Mutex::default(),
             warned: Mutex::default(),
             leadership: Leadership::always(),
+            pods: None,
+        }
+    }
+
+    /// The context of an operator that reads the runs' pods from `pods`, a watch cache of the
+    /// pods labelled `app.kubernetes.io/managed-by=pomona-operator`.
+    pub fn with_pod_cache(self, pods: Store<Pod>) -> Self {
+        Self {
+            pods: Some(pods),
+            ..self
         }
     }
 
@@ -176,7 +193,9 @@ pub async fn reconcile(fx: Arc<FeatureExtraction>, ctx: Arc<Context>) -> Result<
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let started = Instant::now();
-    let result = Run::new(&fx, &ctx).reconcile().await;
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, Run::new(&fx, &ctx).reconcile())
+        .await
+        .unwrap_or(Err(Error::Timeout));
     ctx.metrics.reconciled(started.elapsed());
     match &result {
         Ok(_) => {
@@ -216,10 +235,23 @@ struct Run<'a> {
 /// What one reconcile observed of a run's Jobs.
 #[derive(Default)]
 struct Jobs {
+    plan: Option<Job>,
     extract: Option<Job>,
     reduce: Option<Job>,
+    plan_pods: Vec<PodObservation>,
     extract_pods: Vec<PodObservation>,
     reduce_pods: Vec<PodObservation>,
+}
+
+/// What a reconcile does about the plan Job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PlanAction {
+    /// Nothing (no plan needed, or the Job runs).
+    Keep,
+    /// Create it, or bring it in line with the spec (suspend).
+    Apply,
+    /// Remove it, so that the next reconcile runs it again.
+    Rerun,
 }
 
 impl<'a> Run<'a> {
@@ -276,26 +308,43 @@ impl<'a> Run<'a> {
             );
         }
 
-        // Validate, then plan once.
+        // Validate, observe the Jobs, and see where the plan is.
         let mut invalid = validate(self.spec(), &self.ctx.settings).err();
-        let mut plan = recorded_plan(self.spec(), old);
-        let mut retrying = None;
-        if invalid.is_none() && plan == PlanState::NotStarted && !self.spec().suspend {
-            match self.plan().await {
-                Ok(totals) => plan = PlanState::Ready(totals),
-                Err(PlanFailure::Permanent(why)) => invalid = Some(why),
-                Err(e) => retrying = Some(e),
-            }
-        }
-
-        // Observe the Jobs, act on them, observe again what the apply returned.
         let mut jobs = Jobs::default();
-        let observed = if invalid.is_none() && matches!(plan, PlanState::Ready(_)) {
+        let observed = if invalid.is_none() {
             self.observe().await.map(|found| jobs = found)
         } else {
             Ok(())
         };
-        let retry_note = retrying.as_ref().map(ToString::to_string);
+        let mut plan = recorded_plan(self.spec(), old);
+        let mut retrying = None;
+        let mut plan_action = PlanAction::Keep;
+        if invalid.is_none() && observed.is_ok() && plan == PlanState::NotStarted {
+            match planning(jobs.plan.as_ref(), &jobs.plan_pods) {
+                Planning::Absent if self.spec().suspend => {}
+                Planning::Absent => {
+                    plan = PlanState::Running;
+                    plan_action = PlanAction::Apply;
+                }
+                Planning::Running { retrying: why } => {
+                    plan = PlanState::Running;
+                    plan_action = PlanAction::Apply;
+                    retrying = why;
+                }
+                Planning::Planned(totals) => plan = PlanState::Ready(totals),
+                Planning::Lost => {
+                    plan = PlanState::Running;
+                    plan_action = PlanAction::Rerun;
+                }
+                // A plan that failed is tried again when the spec changed since.
+                Planning::Failed(_) if reopened.is_some() && self.edited() => {
+                    plan = PlanState::Running;
+                    plan_action = PlanAction::Rerun;
+                }
+                Planning::Failed(why) => invalid = Some(why),
+            }
+        }
+        let retry_note = retrying;
         let compute = |jobs: &Jobs| {
             status::compute(
                 &Observed {
@@ -317,10 +366,9 @@ impl<'a> Run<'a> {
         let mut new = compute(&jobs);
         let progress = match (observed, plan) {
             (Err(e), _) => Err(e),
-            (Ok(()), PlanState::Ready(totals)) if invalid.is_none() => {
-                self.act(&new, totals, &mut jobs).await
-            }
-            (Ok(()), _) => Ok(false),
+            (Ok(()), _) if invalid.is_some() => Ok(false),
+            (Ok(()), PlanState::Ready(totals)) => self.act(&new, totals, &mut jobs).await,
+            (Ok(()), _) => self.act_on_plan(plan_action, &mut jobs).await,
         };
         match progress {
             Ok(true) => new = compute(&jobs),
@@ -347,87 +395,99 @@ impl<'a> Run<'a> {
         }
 
         self.write_status(stored, &new).await?;
-        if let Some(e) = retrying {
-            self.event(
-                EventType::Warning,
-                "PlanningRetrying",
-                "Plan",
-                &e.to_string(),
-            )
-            .await;
-            return Err(Error::Plan(e));
+        if let Some(why) = &retry_note
+            && self.ctx.may_warn(self.fx, "PlanningRetrying")
+        {
+            let note = format!("the plan pod failed and is retried: {why}");
+            self.event(EventType::Warning, "PlanningRetrying", "Plan", &note)
+                .await;
         }
         Ok(match new.phase {
-            Some(Phase::Extracting | Phase::Reducing) => Action::requeue(RESYNC),
+            Some(Phase::Planning | Phase::Extracting | Phase::Reducing) => Action::requeue(RESYNC),
             _ => Action::await_change(),
         })
     }
 
-    /// Reads the credentials Secret if any, then lists the source and writes the plan (or
-    /// reads the one already written).
-    async fn plan(&self) -> Result<PlanTotals, PlanFailure> {
-        let secret = match &self.spec().storage.credentials_secret {
-            None => None,
-            Some(reference) => {
-                let namespace = self.fx.namespace().unwrap_or_default();
-                let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
-                secrets
-                    .get_opt(&reference.name)
-                    .await
-                    .map_err(|e| {
-                        PlanFailure::Credentials(format!(
-                            "reading Secret {:?} failed: {e}",
-                            reference.name
-                        ))
-                    })?
-                    .map(|s| s.data.unwrap_or_default())
+    /// Whether the spec changed since the status was last written.
+    fn edited(&self) -> bool {
+        self.fx.status.as_ref().and_then(|s| s.observed_generation) != self.fx.metadata.generation
+    }
+
+    /// Creates the plan Job (or brings it in line with the spec), or removes it to run it
+    /// again. Returns whether it wrote anything.
+    async fn act_on_plan(&self, action: PlanAction, jobs: &mut Jobs) -> Result<bool, Error> {
+        match action {
+            PlanAction::Keep => Ok(false),
+            PlanAction::Apply => {
+                let desired = plan_job(self.fx, &self.ctx.settings);
+                let applied = self.sync(jobs.plan.as_ref(), &desired).await?;
+                let wrote = applied.is_some();
+                if applied.is_some() {
+                    jobs.plan = applied;
+                }
+                Ok(wrote)
             }
-        };
-        let config = planner::s3_config(self.spec(), secret.as_ref())?;
-        let plan = planner::plan(self.spec(), &config).await?;
-        tracing::info!(
-            fx = %self.name,
-            images = plan.images,
-            shards = plan.shards,
-            "planned"
-        );
-        Ok(planner::totals(&plan))
+            PlanAction::Rerun => {
+                let name = job_name(&self.name, Component::Plan);
+                self.jobs.delete(&name, &DeleteParams::background()).await?;
+                jobs.plan = None;
+                jobs.plan_pods.clear();
+                tracing::info!(fx = %self.name, "plan Job removed to run again");
+                Ok(true)
+            }
+        }
     }
 
     /// The run's Jobs and their pods.
     async fn observe(&self) -> Result<Jobs, Error> {
+        let plan_name = job_name(&self.name, Component::Plan);
         let extract_name = job_name(&self.name, Component::Extract);
         let reduce_name = job_name(&self.name, Component::Reduce);
-        // Both, always: the extract Job may be gone (deleted by hand) while the reduce Job runs.
+        // All three, always: the extract Job may be gone (deleted by hand) while the reduce Job
+        // runs.
         let mut jobs = Jobs {
+            plan: self.own_job(&plan_name).await?,
             extract: self.own_job(&extract_name).await?,
             reduce: self.own_job(&reduce_name).await?,
             ..Jobs::default()
         };
-        if jobs.extract.is_none() && jobs.reduce.is_none() {
+        if jobs.plan.is_none() && jobs.extract.is_none() && jobs.reduce.is_none() {
             return Ok(jobs);
         }
-        let pods: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            &self.fx.namespace().unwrap_or_default(),
-        );
-        let selector = format!(
-            "app.kubernetes.io/instance={},app.kubernetes.io/managed-by=pomona-operator",
-            bounded(&self.name, 63)
-        );
-        for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+        for pod in self.pods().await? {
             let job = pod
                 .labels()
                 .get(JOB_NAME_LABEL)
                 .cloned()
                 .unwrap_or_default();
-            if job == extract_name {
+            if job == plan_name {
+                jobs.plan_pods.push(PodObservation::from_pod(&pod));
+            } else if job == extract_name {
                 jobs.extract_pods.push(PodObservation::from_pod(&pod));
             } else if job == reduce_name {
                 jobs.reduce_pods.push(PodObservation::from_pod(&pod));
             }
         }
         Ok(jobs)
+    }
+
+    /// The pods of this run's Jobs: from the watch cache when there is one (no request), else
+    /// listed by label.
+    async fn pods(&self) -> Result<Vec<Arc<Pod>>, Error> {
+        let namespace = self.fx.namespace().unwrap_or_default();
+        let instance = bounded(&self.name, 63);
+        let Some(cache) = &self.ctx.pods else {
+            let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &namespace);
+            let selector = format!("{INSTANCE_LABEL}={instance},{MANAGED_BY_SELECTOR}");
+            let list = pods.list(&ListParams::default().labels(&selector)).await?;
+            return Ok(list.items.into_iter().map(Arc::new).collect());
+        };
+        Ok(cache
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|p| p.labels().get(INSTANCE_LABEL) == Some(&instance))
+            .collect())
     }
 
     /// The Job `name` if it exists and this resource controls it.
@@ -496,7 +556,19 @@ impl<'a> Run<'a> {
                     n => return Err(Error::FailedShardsUnknown(n)),
                 },
             };
-            let desired = reduce_job(self.fx, &failed, settings);
+            let reported = reduce_pca(&jobs.reduce_pods).is_some();
+            let recorded = status.pca.is_some();
+            if let Some(job) = &jobs.reduce
+                && lifecycle::reduce_summary_lost(job, reported, recorded)
+            {
+                let name = job_name(&self.name, Component::Reduce);
+                self.jobs.delete(&name, &DeleteParams::background()).await?;
+                tracing::info!(fx = %self.name, "reduce Job removed to run again");
+                jobs.reduce = None;
+                jobs.reduce_pods.clear();
+                return Ok(true);
+            }
+            let desired = reduce_job(self.fx, plan.images, &failed, settings);
             if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
                 jobs.reduce = Some(applied);
                 wrote = true;
@@ -530,9 +602,7 @@ impl<'a> Run<'a> {
         if finished {
             return Ok(None);
         }
-        let edited = self.fx.status.as_ref().and_then(|s| s.observed_generation)
-            != self.fx.metadata.generation;
-        if edited && lifecycle::runner_changed(job, desired) {
+        if self.edited() && lifecycle::runner_changed(job, desired) {
             let note = format!(
                 "spec.runner changed while Job {name} runs: its pods keep their settings, the \
                  change applies to the next run"
@@ -565,7 +635,8 @@ impl<'a> Run<'a> {
             }
             _ => format!("created Job {name}"),
         };
-        self.event(EventType::Normal, "JobCreated", "CreateJob", &what)
+        let action = Component::of(desired).map_or("CreateJob", Component::create_action);
+        self.event(EventType::Normal, "JobCreated", action, &what)
             .await;
     }
 
@@ -573,7 +644,7 @@ impl<'a> Run<'a> {
     /// has passed; Jobs this resource does not own are left alone.
     async fn remove_jobs(&self, ttl: i32) -> Result<(), Error> {
         let mut removed = Vec::new();
-        for component in [Component::Extract, Component::Reduce] {
+        for component in [Component::Plan, Component::Extract, Component::Reduce] {
             let name = job_name(&self.name, component);
             match self.own_job(&name).await {
                 Ok(Some(_)) => {
@@ -665,6 +736,7 @@ pub fn recorded_plan(
     match (&old.images, &old.shards) {
         (Some(images), Some(shards)) if shards.total > 0 => PlanState::Ready(PlanTotals {
             images: images.total,
+            bytes: 0,
             shards: shards.total,
             images_per_shard: spec.sharding.images_per_shard,
         }),
@@ -719,6 +791,7 @@ mod tests {
             recorded_plan(&spec, Some(&status)),
             PlanState::Ready(PlanTotals {
                 images: 1260,
+                bytes: 0,
                 shards: 3,
                 images_per_shard: spec.sharding.images_per_shard
             })

@@ -1,8 +1,11 @@
 //! The Jobs of a run, built by pure functions from the resource and the operator's settings.
 //!
-//! The extract Job is an Indexed Job with one index per shard; the reduce Job runs one pod.
-//! Both run the `pomona` runner with a restricted security context, and their pod failure
-//! policy ignores node disruptions and fails at once on the runner's permanent exit codes.
+//! The plan Job runs one pod that lists the source and writes the plan; the extract Job is an
+//! Indexed Job with one index per shard; the reduce Job runs one pod. Each pod's arguments are
+//! the job contract's typed step arguments ([`pomona_crds::contract::steps`]). All three run
+//! the `pomona` runner under the run's service account with a restricted security context, and
+//! their pod failure policy ignores node disruptions and fails at once on the runner's permanent
+//! exit codes.
 
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
@@ -14,8 +17,11 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pomona_crds::contract::{DEFAULT_MAX_IMAGE_BYTES, TERMINATION_LOG, exit};
-use pomona_crds::{FeatureExtraction, TensorLayout};
+use pomona_crds::FeatureExtraction;
+use pomona_crds::contract::steps::{
+    self, DEFAULT_COMPONENTS, ExtractArgs, PcaMode, PlanArgs, ReduceArgs, ShardList, StorageArgs,
+};
+use pomona_crds::contract::{DEFAULT_MAX_IMAGE_BYTES, Preprocessing, TERMINATION_LOG, env, exit};
 
 use crate::names::{Component, job_name, labels, owner_reference};
 use crate::settings::Settings;
@@ -28,45 +34,145 @@ pub const SCRATCH_DIR: &str = "/scratch";
 /// User and group the runner runs as when the image does not say (distroless `nonroot`).
 pub const RUNNER_UID: i64 = 65532;
 
+/// The model and preprocessing of a resource, as every step that needs them takes them.
+fn model_args(fx: &FeatureExtraction) -> steps::ModelArgs {
+    let model = &fx.spec.model;
+    steps::ModelArgs {
+        uri: model.uri.clone(),
+        sha256: model.sha256.clone(),
+        preprocessing: Preprocessing {
+            input_name: model.input.name.clone(),
+            output_name: model.output.clone(),
+            width: model.input.width,
+            height: model.input.height,
+            layout: model.input.layout,
+            scale: model.input.scale,
+            offset: model.input.offset,
+        },
+    }
+}
+
+fn storage_args(fx: &FeatureExtraction) -> StorageArgs {
+    StorageArgs {
+        path_style: fx.spec.storage.force_path_style,
+    }
+}
+
+/// The plan step of a resource: its source, patterns, labels and shard size, its uid and
+/// model for the plan's identity.
+pub fn plan_args(fx: &FeatureExtraction) -> PlanArgs {
+    let spec = &fx.spec;
+    PlanArgs {
+        input: spec.source.uri.clone(),
+        output: spec.output.uri.clone(),
+        include: spec.source.include.clone(),
+        label: spec.source.label,
+        images_per_shard: spec.sharding.images_per_shard,
+        run_uid: fx.metadata.uid.clone(),
+        model: model_args(fx),
+        storage: storage_args(fx),
+    }
+}
+
+/// The extract step of a resource (each pod's shard comes from its Job index).
+pub fn extract_args(fx: &FeatureExtraction) -> ExtractArgs {
+    let spec = &fx.spec;
+    ExtractArgs {
+        output: spec.output.uri.clone(),
+        model: model_args(fx),
+        batch_size: spec.runner.batch_size,
+        max_image_bytes: spec
+            .source
+            .max_image_bytes
+            .unwrap_or(DEFAULT_MAX_IMAGE_BYTES),
+        storage: storage_args(fx),
+    }
+}
+
+/// The reduce step of a resource, with the shards that failed for good.
+pub fn reduce_args(fx: &FeatureExtraction, failed_shards: ShardList) -> ReduceArgs {
+    let spec = &fx.spec;
+    let pca = &spec.pca;
+    let mode = match (&pca.from, pca.components, pca.variance_to_keep) {
+        (Some(from), _, _) => PcaMode::From(from.clone()),
+        (None, Some(k), _) => PcaMode::Components(k),
+        (None, None, Some(f)) => PcaMode::VarianceToKeep(f),
+        // The schema requires exactly one mode; a resource that slipped past it gets the
+        // runner's default.
+        (None, None, None) => PcaMode::Components(DEFAULT_COMPONENTS),
+    };
+    ReduceArgs {
+        output: spec.output.uri.clone(),
+        pca: mode,
+        csv: spec.output.csv,
+        failed_shards,
+        storage: storage_args(fx),
+    }
+}
+
+/// How long a plan pod may run unless the resource says otherwise: listing at 3,000 keys/s (one
+/// ListObjectsV2 stream) covers ten million keys in that time.
+pub const PLAN_DEADLINE_SECONDS: u32 = 3600;
+/// An extract pod's deadline: this long to start (model load, first fetches)…
+pub const EXTRACT_BASE_SECONDS: u32 = 900;
+/// …plus this long per image of its shard (a tenth of the slowest rate measured per core).
+pub const EXTRACT_SECONDS_PER_IMAGE: u32 = 1;
+/// The reduce pod's deadline: this long for the merge and the fit…
+pub const REDUCE_BASE_SECONDS: u32 = 1800;
+/// …plus a second per this many images to project.
+pub const REDUCE_IMAGES_PER_SECOND: u64 = 100;
+
+/// The `activeDeadlineSeconds` of a step's pods: `spec.runner.activeDeadlineSeconds`, else
+/// derived from the pod's work (`images` is the whole run's, known once planned).
+pub fn pod_deadline(fx: &FeatureExtraction, component: Component, images: u64) -> i64 {
+    if let Some(seconds) = fx.spec.runner.active_deadline_seconds {
+        return i64::from(seconds);
+    }
+    let per_shard = u64::from(fx.spec.sharding.images_per_shard);
+    let seconds = match component {
+        Component::Plan => u64::from(PLAN_DEADLINE_SECONDS),
+        Component::Extract => {
+            u64::from(EXTRACT_BASE_SECONDS) + per_shard * u64::from(EXTRACT_SECONDS_PER_IMAGE)
+        }
+        Component::Reduce => {
+            u64::from(REDUCE_BASE_SECONDS) + images.div_ceil(REDUCE_IMAGES_PER_SECOND)
+        }
+    };
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+/// The plan Job: one pod running `pomona plan`, under the run's service account and with its
+/// storage settings, like the extract pods. Its summary (the termination message) gives the
+/// plan's totals; run again, it finds the plan it wrote and reports it.
+pub fn plan_job(fx: &FeatureExtraction, settings: &Settings) -> Job {
+    one_pod(
+        fx,
+        job(fx, Component::Plan, plan_args(fx).to_args(), settings, 0),
+    )
+}
+
+/// `job` as a Job of one pod, retried `retriesPerShard` times, ended at once by a permanent
+/// failure.
+fn one_pod(fx: &FeatureExtraction, mut job: Job) -> Job {
+    let job_spec = job.spec.as_mut().expect("job() sets a spec");
+    job_spec.completions = Some(1);
+    job_spec.parallelism = Some(1);
+    job_spec.backoff_limit = Some(to_i32(fx.spec.sharding.retries_per_shard));
+    job_spec.pod_failure_policy = Some(failure_policy("FailJob"));
+    job
+}
+
 /// The extract Job: `shards` indexes, each running `pomona extract` on the shard
 /// `$JOB_COMPLETION_INDEX` (which the runner reads from the environment).
 pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> Job {
-    let spec = &fx.spec;
-    let model = &spec.model;
-    let mut args = vec![
-        "extract".to_string(),
-        format!("--output={}", spec.output.uri),
-        format!("--model={}", model.uri),
-    ];
-    if let Some(sha) = &model.sha256 {
-        args.push(format!("--model-sha256={sha}"));
-    }
-    args.extend([
-        format!("--input-name={}", model.input.name),
-        format!("--output-name={}", model.output),
-        format!("--width={}", model.input.width),
-        format!("--height={}", model.input.height),
-        format!(
-            "--layout={}",
-            match model.input.layout {
-                TensorLayout::NHWC => "nhwc",
-                TensorLayout::NCHW => "nchw",
-            }
-        ),
-        format!("--scale={}", model.input.scale),
-        format!("--offset={}", model.input.offset),
-    ]);
-    if let Some(batch) = spec.runner.batch_size {
-        args.push(format!("--batch-size={batch}"));
-    }
-    // The runner's default is the contract's: only another cap is passed.
-    if let Some(max) = spec.source.max_image_bytes
-        && max != DEFAULT_MAX_IMAGE_BYTES
-    {
-        args.push(format!("--max-image-bytes={max}"));
-    }
-    let sharding = &spec.sharding;
-    let mut job = job(fx, Component::Extract, args, settings);
+    let sharding = &fx.spec.sharding;
+    let mut job = job(
+        fx,
+        Component::Extract,
+        extract_args(fx).to_args(),
+        settings,
+        0,
+    );
     let job_spec = job.spec.as_mut().expect("job() sets a spec");
     job_spec.completion_mode = Some("Indexed".into());
     job_spec.completions = Some(to_i32(shards));
@@ -87,38 +193,19 @@ pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
     max_failed_shards.min(shards)
 }
 
-/// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode.
-/// `failed_shards` are the extract indexes that failed for good (within
+/// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode, over the run's
+/// `images`. `failed_shards` are the extract indexes that failed for good (within
 /// `spec.sharding.maxFailedShards`): the reduce step dead-letters their images, so that every
 /// listed image is still accounted for.
-pub fn reduce_job(fx: &FeatureExtraction, failed_shards: &[u32], settings: &Settings) -> Job {
-    let spec = &fx.spec;
-    let mut args = vec![
-        "reduce".to_string(),
-        format!("--output={}", spec.output.uri),
-    ];
-    let pca = &spec.pca;
-    if let Some(k) = pca.components {
-        args.push(format!("--components={k}"));
-    } else if let Some(f) = pca.variance_to_keep {
-        args.push(format!("--variance-to-keep={f}"));
-    } else if let Some(from) = &pca.from {
-        args.push(format!("--pca-from={from}"));
-    }
-    if spec.output.csv {
-        args.push("--csv".into());
-    }
-    if !failed_shards.is_empty() {
-        let list: Vec<String> = failed_shards.iter().map(u32::to_string).collect();
-        args.push(format!("--failed-shards={}", list.join(",")));
-    }
-    let mut job = job(fx, Component::Reduce, args, settings);
-    let job_spec = job.spec.as_mut().expect("job() sets a spec");
-    job_spec.completions = Some(1);
-    job_spec.parallelism = Some(1);
-    job_spec.backoff_limit = Some(to_i32(spec.sharding.retries_per_shard));
-    job_spec.pod_failure_policy = Some(failure_policy("FailJob"));
-    job
+pub fn reduce_job(
+    fx: &FeatureExtraction,
+    images: u64,
+    failed_shards: &[u32],
+    settings: &Settings,
+) -> Job {
+    let failed = ShardList(failed_shards.iter().copied().collect());
+    let args = reduce_args(fx, failed).to_args();
+    one_pod(fx, job(fx, Component::Reduce, args, settings, images))
 }
 
 /// The pod failure policy: disruptions (preemption, eviction, spot reclaim) do not count
@@ -147,16 +234,15 @@ fn failure_policy(permanent_action: &str) -> PodFailurePolicy {
     }
 }
 
-/// What both Jobs share: metadata, the pod template and the run-wide Job fields.
+/// What the three Jobs share: metadata, the pod template (with its deadline, from the run's
+/// `images` where it depends on them) and the run-wide Job fields.
 fn job(
     fx: &FeatureExtraction,
     component: Component,
-    mut args: Vec<String>,
+    args: Vec<String>,
     settings: &Settings,
+    images: u64,
 ) -> Job {
-    if let Some(path_style) = fx.spec.storage.force_path_style {
-        args.push(format!("--path-style={path_style}"));
-    }
     let name = fx.metadata.name.as_deref().unwrap_or_default();
     let labels = labels(fx, component);
     let image = fx
@@ -174,7 +260,7 @@ fn job(
     let container = Container {
         name: CONTAINER.into(),
         image: Some(image),
-        command: Some(vec!["pomona".into()]),
+        command: Some(vec![steps::PROGRAM.into()]),
         args: Some(args),
         env: Some(env(fx)),
         resources: runner.resources.clone(),
@@ -191,6 +277,7 @@ fn job(
     let pod = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),
+        active_deadline_seconds: Some(pod_deadline(fx, component, images)),
         service_account_name: runner
             .service_account_name
             .clone()
@@ -250,15 +337,17 @@ fn env(fx: &FeatureExtraction) -> Vec<EnvVar> {
         value: Some(value.into()),
         value_from: None,
     };
-    let mut env = vec![value("AWS_REGION", &storage.region)];
+    let mut env = vec![value(env::REGION, &storage.region)];
     if let Some(endpoint) = &storage.endpoint {
-        env.push(value("AWS_ENDPOINT_URL", endpoint));
+        env.push(value(env::ENDPOINT, endpoint));
     }
     if let Some(secret) = &storage.credentials_secret {
+        // The Secret's keys are named as the variables they become; the kubelet reads them,
+        // never the operator.
         for (key, optional) in [
-            ("AWS_ACCESS_KEY_ID", false),
-            ("AWS_SECRET_ACCESS_KEY", false),
-            ("AWS_SESSION_TOKEN", true),
+            (env::ACCESS_KEY_ID, false),
+            (env::SECRET_ACCESS_KEY, false),
+            (env::SESSION_TOKEN, true),
         ] {
             env.push(EnvVar {
                 name: key.into(),
@@ -274,8 +363,8 @@ fn env(fx: &FeatureExtraction) -> Vec<EnvVar> {
             });
         }
     }
-    env.push(value("POMONA_SCRATCH", SCRATCH_DIR));
-    env.push(value("TMPDIR", SCRATCH_DIR));
+    env.push(value(env::SCRATCH, SCRATCH_DIR));
+    env.push(value(env::TMPDIR, SCRATCH_DIR));
     env
 }
 
@@ -311,7 +400,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_size_cap_other_than_the_default_reaches_the_extractor() {
+    fn the_size_cap_reaches_the_extractor() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../crds/examples/fruits-360.yaml"
@@ -327,7 +416,7 @@ mod tests {
             fx.spec.source.max_image_bytes,
             Some(DEFAULT_MAX_IMAGE_BYTES)
         );
-        assert!(!args(&fx).iter().any(|a| a.starts_with("--max-image-bytes")));
+        assert!(args(&fx).contains(&format!("--max-image-bytes={DEFAULT_MAX_IMAGE_BYTES}")));
         fx.spec.source.max_image_bytes = Some(1_000_000);
         assert!(args(&fx).contains(&"--max-image-bytes=1000000".to_string()));
     }

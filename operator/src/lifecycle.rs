@@ -47,6 +47,19 @@ pub fn extraction_over(shards: Option<&ShardCounts>) -> bool {
     shards.is_some_and(|s| s.total > 0 && s.succeeded + s.failed >= s.total)
 }
 
+/// Whether the reduce Job completed but its pod's summary (the run's final counts and PCA) can
+/// no longer be read and was never recorded: the Job is then run again, which rewrites the same
+/// outputs.
+pub fn reduce_summary_lost(job: &Job, reported: bool, recorded: bool) -> bool {
+    let complete = job.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+    });
+    complete && !reported && !recorded
+}
+
 /// The two fields of a running Job a spec edit may move.
 pub fn mutable_fields(job: &Job) -> (bool, Option<i32>) {
     let spec = job.spec.as_ref();

@@ -26,11 +26,8 @@ use prometheus_client::registry::Registry;
 pub enum ErrorCategory {
     /// The Kubernetes API refused or failed a request.
     Api,
-    /// S3 could not be reached or refused the request while planning.
-    Storage,
-    /// The credentials Secret is missing or incomplete.
-    Credentials,
-    /// The resource is invalid (waits for a change of its spec).
+    /// The run's objects are not as the operator left them (a Job of its name owned by something
+    /// else, a step's record lost).
     Spec,
 }
 
@@ -93,12 +90,7 @@ impl Default for Metrics {
             "1 when this replica holds the leader lease and runs the controller",
             leader.clone(),
         );
-        for category in [
-            ErrorCategory::Api,
-            ErrorCategory::Storage,
-            ErrorCategory::Credentials,
-            ErrorCategory::Spec,
-        ] {
+        for category in [ErrorCategory::Api, ErrorCategory::Spec] {
             let _ = errors.get_or_create(&CategoryLabels { category });
         }
         Self {
@@ -192,14 +184,14 @@ mod tests {
     fn exposition_holds_every_metric_and_phase() {
         let m = Metrics::default();
         m.reconciled(Duration::from_millis(20));
-        m.failed(ErrorCategory::Storage);
+        m.failed(ErrorCategory::Spec);
         m.status_written(None, &status(10, 1));
         m.status_written(Some(&status(10, 1)), &status(40, 1));
         m.set_leader(true);
         let text = m.render([Some(Phase::Extracting), Some(Phase::Extracting), None]);
         for line in [
             "pomona_reconciles_total 1",
-            "pomona_reconcile_errors_total{category=\"Storage\"} 1",
+            "pomona_reconcile_errors_total{category=\"Spec\"} 1",
             "pomona_reconcile_errors_total{category=\"Api\"} 0",
             "pomona_reconcile_duration_seconds_count 1",
             "pomona_runs{phase=\"Extracting\"} 2",

@@ -10,26 +10,56 @@ use pomona_crds::FeatureExtraction;
 /// label.
 pub const MAX_JOB_NAME: usize = 63;
 
-/// The two Jobs of a run.
+/// The three Jobs of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
+    /// The one-pod Job that lists the source and writes the plan.
+    Plan,
     /// The Indexed Job of extractor pods, one index per shard.
     Extract,
     /// The one-pod Job that fits or applies the PCA.
     Reduce,
 }
 
+/// The label that names the run a Job (and its pods) belongs to.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
+/// The label selector of everything the operator creates (its watches of Jobs and pods).
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=pomona-operator";
+
+/// The label that names a Job's (and its pods') component.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+
 impl Component {
+    /// The component of a Job the operator made, from its label.
+    pub fn of(job: &k8s_openapi::api::batch::v1::Job) -> Option<Self> {
+        let label = job.metadata.labels.as_ref()?.get(COMPONENT_LABEL)?;
+        [Component::Plan, Component::Extract, Component::Reduce]
+            .into_iter()
+            .find(|c| c.as_str() == label)
+    }
+
+    /// The action of the Event that tells this Job was created: one per component, since
+    /// Events of the same reason and action about a resource are folded into one series.
+    pub fn create_action(self) -> &'static str {
+        match self {
+            Component::Plan => "CreatePlanJob",
+            Component::Extract => "CreateExtractJob",
+            Component::Reduce => "CreateReduceJob",
+        }
+    }
+
     /// The `app.kubernetes.io/component` value and the Job name suffix.
     pub fn as_str(self) -> &'static str {
         match self {
+            Component::Plan => "plan",
             Component::Extract => "extract",
             Component::Reduce => "reduce",
         }
     }
 }
 
-/// The name of a run's Job: `<name>-extract` / `<name>-reduce`. A resource name too long for
+/// The name of a run's Job: `<name>-plan`, `<name>-extract` or `<name>-reduce`. A resource name too long for
 /// a Job, or not a DNS label, is cut and given a stable hash of the full name, so that two
 /// resources never share a Job name.
 pub fn job_name(fx_name: &str, component: Component) -> String {
@@ -89,8 +119,8 @@ pub fn labels(fx: &FeatureExtraction, component: Component) -> BTreeMap<String, 
         .map_or("pomona", String::as_str);
     [
         ("app.kubernetes.io/name", "pomona"),
-        ("app.kubernetes.io/instance", &bounded(name, 63)),
-        ("app.kubernetes.io/component", component.as_str()),
+        (INSTANCE_LABEL, &bounded(name, 63)),
+        (COMPONENT_LABEL, component.as_str()),
         ("app.kubernetes.io/managed-by", "pomona-operator"),
         ("app.kubernetes.io/part-of", part_of),
     ]

@@ -103,6 +103,17 @@ impl PodObservation {
     }
 }
 
+/// Whether the Job has a condition of `type_` with status True, and its reason.
+pub fn job_condition<'s>(status: &'s JobStatus, type_: &'s str) -> Option<&'s str> {
+    status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.as_deref().unwrap_or(type_))
+}
+
 /// The indexes of a Job index list (`"1,3-5,7"`), ascending. Malformed parts are skipped.
 pub fn parse_indexes(list: Option<&str>) -> Vec<u32> {
     let mut out = Vec::new();

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use pomona_crds::FeatureExtraction;
 
-use crate::jobs::{extract_job, reduce_job};
+use crate::jobs::{extract_job, plan_job, reduce_job};
 use crate::settings::Settings;
 use crate::validate::{plan_shards, validate};
 
@@ -13,8 +13,8 @@ pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 /// The namespace of rendered Jobs when the resource names none.
 pub const PLACEHOLDER_NAMESPACE: &str = "default";
 
-/// The extract and reduce Jobs of the resource in `yaml`, as a multi-document YAML stream, for
-/// a listing of `images` images (and `images_per_shard` overriding the resource's, if given).
+/// The plan, extract and reduce Jobs of the resource in `yaml`, as a multi-document YAML
+/// stream, for a listing of `images` images (and `images_per_shard` overriding the resource's, if given).
 pub fn render(
     yaml: &str,
     images: u64,
@@ -42,8 +42,9 @@ pub fn render(
     fx.metadata.uid = Some(PLACEHOLDER_UID.into());
     let mut out = header;
     for job in [
+        plan_job(&fx, settings),
         extract_job(&fx, shards, settings),
-        reduce_job(&fx, &[], settings),
+        reduce_job(&fx, images, &[], settings),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&job)?);

@@ -22,7 +22,7 @@ pub const EU_REGIONS: &[&str] = &[
 pub struct AllowedRegions(Vec<String>);
 
 /// A region the operator is not allowed to use.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[error(
     "{what} is in region {region:?}, which is not in the operator's allowed regions ({allowed}); \
      data of this run must stay in those regions"

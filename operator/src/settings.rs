@@ -3,6 +3,7 @@
 
 use clap::Args;
 
+use crate::policy::Policy;
 use crate::residency::AllowedRegions;
 
 /// The runner image used when a resource does not name one: the `pomona` image of the same
@@ -37,6 +38,21 @@ pub struct Settings {
     #[arg(long, env = "POMONA_RUNNER_SERVICE_ACCOUNT", default_value = "")]
     pub runner_service_account: String,
 
+    /// Runner images resources may name besides the default, comma-separated patterns (`*`
+    /// matches any run of characters). Empty: only the default image.
+    #[arg(long, env = "POMONA_ALLOWED_IMAGES", default_value = "", value_parser = parse_list)]
+    pub allowed_images: List,
+
+    /// Service accounts runner pods may use besides the default, comma-separated. Empty: only
+    /// the default.
+    #[arg(long, env = "POMONA_ALLOWED_SERVICE_ACCOUNTS", default_value = "", value_parser = parse_list)]
+    pub allowed_service_accounts: List,
+
+    /// S3-compatible endpoints runs may use, comma-separated (AWS S3 of an allowed region needs
+    /// no entry). Empty: AWS S3 only.
+    #[arg(long, env = "POMONA_ALLOWED_ENDPOINTS", default_value = "", value_parser = parse_list)]
+    pub allowed_endpoints: List,
+
     /// Field manager name of the operator's server-side applies.
     #[arg(long, env = "POMONA_FIELD_MANAGER", default_value = DEFAULT_FIELD_MANAGER)]
     pub field_manager: String,
@@ -48,6 +64,9 @@ impl Default for Settings {
             allowed_regions: AllowedRegions::default(),
             runner_image: DEFAULT_RUNNER_IMAGE.to_string(),
             runner_service_account: String::new(),
+            allowed_images: List::default(),
+            allowed_service_accounts: List::default(),
+            allowed_endpoints: List::default(),
             field_manager: DEFAULT_FIELD_MANAGER.to_string(),
         }
     }
@@ -65,6 +84,31 @@ impl Settings {
         let name = self.runner_service_account.trim();
         (!name.is_empty()).then_some(name)
     }
+
+    /// What resources may name: the defaults and the lists above.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            default_image: self.default_image().map(String::from),
+            allowed_images: self.allowed_images.0.clone(),
+            default_service_account: self.default_service_account().map(String::from),
+            allowed_service_accounts: self.allowed_service_accounts.0.clone(),
+            allowed_endpoints: self.allowed_endpoints.0.clone(),
+        }
+    }
+}
+
+/// A comma-separated list of a setting, blanks dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+fn parse_list(list: &str) -> Result<List, String> {
+    Ok(List(
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    ))
 }
 
 fn parse_regions(list: &str) -> Result<AllowedRegions, String> {
@@ -112,5 +156,20 @@ mod tests {
         assert_eq!(cli.settings.default_image(), None);
         assert_eq!(cli.settings.field_manager, "x");
         assert!(Cli::try_parse_from(["op", "--allowed-regions", " , "]).is_err());
+        let cli = Cli::try_parse_from([
+            "op",
+            "--allowed-images",
+            "registry.example.com/pomona:*, ,ghcr.io/x:1",
+            "--allowed-endpoints",
+            "http://minio:9000",
+        ])
+        .unwrap();
+        let policy = cli.settings.policy();
+        assert_eq!(
+            policy.allowed_images,
+            ["registry.example.com/pomona:*", "ghcr.io/x:1"]
+        );
+        assert_eq!(policy.allowed_endpoints, ["http://minio:9000"]);
+        assert_eq!(policy.default_image, Some(DEFAULT_RUNNER_IMAGE.into()));
     }
 }

@@ -7,12 +7,13 @@ use k8s_openapi::api::batch::v1::JobStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use pomona_crds::contract::OutputLayout;
+pub use pomona_crds::contract::PlanTotals;
 use pomona_crds::{
     FeatureExtractionSpec, FeatureExtractionStatus, ImageCounts, Outputs, PcaResult, Phase,
     ShardCounts,
 };
 
-use crate::observe::{PodObservation, PodPhase, job_indexes, shorten};
+use crate::observe::{PodObservation, PodPhase, job_condition, job_indexes, shorten};
 use crate::validate::Invalid;
 
 /// Longest `status.message` (and condition message), in bytes.
@@ -23,36 +24,15 @@ const NAMED_SHARDS: usize = 5;
 /// The condition types of a run, in the order they are written.
 pub const CONDITIONS: [&str; 5] = ["Planned", "Progressing", "Complete", "Failed", "Suspended"];
 
-/// Whether the run is planned. (Planning happens within one reconcile: a run is seen before it,
-/// or after it; one whose planning failed for a reason that may pass is shown as `Planning` by
-/// [`Observed::retrying`].)
+/// How far the plan of a run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanState {
-    /// Nothing listed yet.
+    /// Nothing listed yet, no plan Job.
     NotStarted,
-    /// The plan is written.
+    /// The plan Job lists the source (or waits to).
+    Running,
+    /// The plan is written: its totals, from the plan pod's summary or recorded in the status.
     Ready(PlanTotals),
-}
-
-/// Totals of a written plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlanTotals {
-    /// Images listed.
-    pub images: u64,
-    /// Shards (the extract Job's completions).
-    pub shards: u32,
-    /// Images per shard (the last shard takes the rest).
-    pub images_per_shard: u32,
-}
-
-impl PlanTotals {
-    /// Images in shard `index`.
-    pub fn shard_len(&self, index: u32) -> u64 {
-        let start = u64::from(index) * u64::from(self.images_per_shard);
-        self.images
-            .saturating_sub(start)
-            .min(u64::from(self.images_per_shard))
-    }
 }
 
 /// Everything the status of a run is computed from.
@@ -78,8 +58,8 @@ pub struct Observed<'a> {
     pub reduce_pods: &'a [PodObservation],
     /// The PCA the reduce step reports (in its pod's termination summary), once it has.
     pub pca: Option<&'a PcaResult>,
-    /// A problem the operator retries while the run waits (storage unreachable, credentials
-    /// Secret missing): shown in the message of a run not yet planned.
+    /// Why the plan Job's last attempt failed while it retries (storage unreachable, say):
+    /// shown in the message of a run not yet planned.
     pub retrying: Option<&'a str>,
 }
 
@@ -96,17 +76,6 @@ fn verdict(phase: Phase, reason: &str, message: impl Into<String>) -> Verdict {
         reason: reason.into(),
         message: message.into(),
     }
-}
-
-/// Whether the Job has a condition of `type_` with status True, and its reason.
-fn job_condition<'s>(status: &'s JobStatus, type_: &'s str) -> Option<&'s str> {
-    status
-        .conditions
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .map(|c| c.reason.as_deref().unwrap_or(type_))
 }
 
 /// The new status of a run. `now` stamps the conditions that change and the start and
@@ -159,6 +128,16 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     let suspended = || verdict(Phase::Suspended, "Suspended", "spec.suspend is true");
     if let Some(reduce) = obs.reduce {
         if job_condition(reduce, "Complete").is_some() {
+            // The run's final counts and PCA come from the reduce pod's summary: without it
+            // (the pod was removed before it was read) the reduce step runs again.
+            if obs.pca.is_none() && obs.old.is_none_or(|o| o.pca.is_none()) {
+                return verdict(
+                    Phase::Reducing,
+                    "ReduceSummaryLost",
+                    "the reduce pod is gone before its summary was read: the reduce step runs \
+                     again (it writes the same bytes)",
+                );
+            }
             return verdict(Phase::Succeeded, "Succeeded", "every output is written");
         }
         if let Some(reason) = job_condition(reduce, "Failed") {
@@ -229,7 +208,7 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     if suspend {
         return suspended();
     }
-    if let (Some(problem), PlanState::NotStarted) = (obs.retrying, obs.plan) {
+    if let (Some(problem), PlanState::NotStarted | PlanState::Running) = (obs.retrying, obs.plan) {
         return verdict(
             Phase::Planning,
             "PlanningRetrying",
@@ -238,6 +217,11 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     }
     match obs.plan {
         PlanState::NotStarted => verdict(Phase::Pending, "Pending", "waiting to list the source"),
+        PlanState::Running => verdict(
+            Phase::Planning,
+            "Planning",
+            "the plan Job lists the source and writes the plan",
+        ),
         PlanState::Ready(plan) => verdict(
             Phase::Extracting,
             "Planned",

@@ -6,15 +6,19 @@ use pomona_crds::FeatureExtractionSpec;
 use pomona_crds::contract::MAX_SHARDS;
 use thiserror::Error;
 
+use crate::policy::Refused;
 use crate::residency::RegionRefused;
 use crate::settings::Settings;
 
 /// Why a resource cannot run.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Invalid {
     /// `spec.storage.region` is outside the operator's allowed regions.
     #[error(transparent)]
     Region(#[from] RegionRefused),
+    /// The resource names an image, service account or endpoint the policy does not allow.
+    #[error(transparent)]
+    Policy(#[from] Refused),
     /// Neither the resource nor the operator names a runner image.
     #[error(
         "spec.runner.image is unset and the operator has no default runner image \
@@ -34,12 +38,13 @@ pub enum Invalid {
         /// Shards the plan would have.
         shards: u64,
     },
-    /// Planning found that the run cannot be planned as specified: an empty source, an unusable
-    /// include pattern, an output prefix holding another run's plan.
+    /// The plan step found that the run cannot be planned as specified: an empty source, access
+    /// denied, an unusable include pattern, an output prefix holding another run's plan.
     #[error("{message}")]
     Plan {
-        /// The condition reason (`EmptySource`, `OutputInUse`, …).
-        reason: &'static str,
+        /// The condition reason (`EmptySource`, `AccessDenied`, `OutputInUse`, …), from the plan
+        /// pod's summary.
+        reason: String,
         /// What is wrong and how to fix it.
         message: String,
     },
@@ -47,9 +52,10 @@ pub enum Invalid {
 
 impl Invalid {
     /// The reason of the Failed condition (CamelCase, as the API conventions ask).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
             Invalid::Region(_) => "RegionNotAllowed",
+            Invalid::Policy(refused) => refused.reason(),
             Invalid::NoRunnerImage => "NoRunnerImage",
             Invalid::TooManyShards { .. } => "TooManyShards",
             Invalid::Plan { reason, .. } => reason,
@@ -57,7 +63,8 @@ impl Invalid {
     }
 }
 
-/// Checks a spec against the operator's settings, before anything is listed or created.
+/// Checks a spec against the operator's settings and the admin's policy, before any Job of the
+/// run exists.
 pub fn validate(spec: &FeatureExtractionSpec, settings: &Settings) -> Result<(), Invalid> {
     settings
         .allowed_regions
@@ -66,6 +73,10 @@ pub fn validate(spec: &FeatureExtractionSpec, settings: &Settings) -> Result<(),
     if image.is_none_or(str::is_empty) && settings.default_image().is_none() {
         return Err(Invalid::NoRunnerImage);
     }
+    let policy = settings.policy();
+    policy.check_image(image)?;
+    policy.check_service_account(spec.runner.service_account_name.as_deref())?;
+    policy.check_endpoint(spec.storage.endpoint.as_deref(), &spec.storage.region)?;
     Ok(())
 }
 

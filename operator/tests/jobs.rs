@@ -3,7 +3,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use pomona_crds::FeatureExtraction;
-use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, reduce_job};
+use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, plan_job, reduce_job};
 use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
 
 fn fx(yaml_patch: impl FnOnce(&mut FeatureExtraction)) -> FeatureExtraction {
@@ -80,6 +80,7 @@ fn extract_job_is_an_indexed_job_with_the_failure_policy() {
             "--scale=0.00784313725490196",
             "--offset=-1",
             "--batch-size=32",
+            "--max-image-bytes=52428800",
             "--path-style=true",
         ]
     );
@@ -90,11 +91,12 @@ fn extract_job_is_an_indexed_job_with_the_failure_policy() {
 }
 
 #[test]
-fn both_jobs_share_metadata_pod_security_env_and_scheduling() {
-    let fx = fx(|_| {});
+fn every_job_shares_metadata_pod_security_env_and_scheduling() {
+    let fx = fx(|fx| fx.spec.runner.active_deadline_seconds = None);
     for (job, component) in [
+        (plan_job(&fx, &Settings::default()), "plan"),
         (extract_job(&fx, 3, &Settings::default()), "extract"),
-        (reduce_job(&fx, &[], &Settings::default()), "reduce"),
+        (reduce_job(&fx, 1260, &[], &Settings::default()), "reduce"),
     ] {
         let v = serde_json::to_value(&job).unwrap();
         let meta = &v["metadata"];
@@ -117,6 +119,14 @@ fn both_jobs_share_metadata_pod_security_env_and_scheduling() {
 
         let p = &v["spec"]["template"]["spec"];
         assert_eq!(p["restartPolicy"], "Never");
+        // Each step's pods end at a deadline derived from their work: 1 h to plan, 15 min +
+        // 1 s per image of a 500-image shard, 30 min + 1 s per 100 of the 1,260 images.
+        let deadline = match component {
+            "plan" => 3600,
+            "extract" => 900 + 500,
+            _ => 1800 + 13,
+        };
+        assert_eq!(p["activeDeadlineSeconds"], deadline, "{component}");
         assert_eq!(p["serviceAccountName"], "pomona-runner");
         assert_eq!(p["nodeSelector"]["kubernetes.io/os"], "linux");
         assert_eq!(p["tolerations"][0]["key"], "pomona.dev/batch");
@@ -183,7 +193,7 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
         ),
     ];
     for (patch, mode) in cases {
-        let job = reduce_job(&fx(patch), &[], &Settings::default());
+        let job = reduce_job(&fx(patch), 1260, &[], &Settings::default());
         let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
         want.extend(mode);
         want.push("--path-style=true");
@@ -232,4 +242,17 @@ fn minimal_resources_fall_back_to_the_operator_defaults() {
         (None, None)
     );
     assert_eq!(c.resources, None);
+}
+
+#[test]
+fn the_spec_overrides_every_pod_deadline() {
+    let fx = fx(|fx| fx.spec.runner.active_deadline_seconds = Some(600));
+    for job in [
+        plan_job(&fx, &Settings::default()),
+        extract_job(&fx, 3, &Settings::default()),
+        reduce_job(&fx, 1260, &[], &Settings::default()),
+    ] {
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.active_deadline_seconds, Some(600));
+    }
 }

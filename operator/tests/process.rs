@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::harness::*;
 use pomona_crds::Phase;
-use pomona_storage::testing::TempDir;
 use serde_json::json;
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/pomona-system/leases/pomona-operator";
@@ -70,7 +69,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
     let h = Harness::new(|_| {});
     let addr = h.api.serve_http().await;
-    let dir = TempDir::new("kubeconfig");
+    let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("config");
     std::fs::write(
         &kubeconfig,
@@ -90,6 +89,10 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
             .env("POMONA_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("POD_NAME", "pomona-operator-7d9f-abcde")
             .env("POMONA_LEASE_SECONDS", "6")
+            // The chart's settings for the example resource: its runner service account and
+            // its MinIO endpoint.
+            .env("POMONA_RUNNER_SERVICE_ACCOUNT", "pomona-runner")
+            .env("POMONA_ALLOWED_ENDPOINTS", "http://minio.minio.svc:9000")
             .env("POMONA_LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -97,11 +100,14 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
             .expect("start pomona-operator"),
     );
 
-    // It serves its endpoints, leads, plans and starts the extract Job.
+    // It serves its endpoints, leads, starts the plan Job and, once its pod reported the plan,
+    // the extract Job.
     eventually("/healthz", || {
         http_get(port, "/healthz").is_some_and(|(c, _)| c == 200)
     })
     .await;
+    eventually("the plan Job", || h.api.object(PLAN).is_some()).await;
+    h.planned();
     eventually("the extract Job", || h.api.object(EXTRACT).is_some()).await;
     let lease = h.api.object(LEASE).expect("the Lease");
     assert_eq!(
@@ -152,9 +158,15 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
     ] {
         eventually(line, || metrics(port).contains(line)).await;
     }
-    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 2, "one Job of each");
+    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 3, "one Job of each");
     let reasons = h.event_reasons();
-    for reason in ["JobCreated", "Extracting", "Reducing", "Succeeded"] {
+    for reason in [
+        "JobCreated",
+        "Planning",
+        "Extracting",
+        "Reducing",
+        "Succeeded",
+    ] {
         assert!(
             reasons.iter().any(|r| r == reason),
             "{reason} in {reasons:?}"

@@ -1,24 +1,37 @@
 //! `render` of the complete Fruits-360 example gives Jobs that pass `kubernetes-validate
-//! --strict` for Kubernetes 1.33 (the binary comes from scripts/tools.sh).
+//! --strict` for Kubernetes 1.33 (the binary comes from scripts/tools.sh), and refuses what the
+//! operator refuses.
 
 use std::path::Path;
 use std::process::Command;
 
 use pomona_operator::render::{PLACEHOLDER_UID, render};
-use pomona_operator::settings::Settings;
+use pomona_operator::settings::{List, Settings};
 
 fn example() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/fruits-360.yaml");
     std::fs::read_to_string(path).expect("the Fruits-360 example")
 }
 
+/// The settings of the chart's release `pomona` the example is written for: its runner service
+/// account, and the example's MinIO endpoint allowed.
+fn settings() -> Settings {
+    Settings {
+        runner_service_account: "pomona-runner".into(),
+        allowed_endpoints: List(vec!["http://minio.minio.svc:9000".into()]),
+        ..Settings::default()
+    }
+}
+
 #[test]
 fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
-    let yaml = render(&example(), 1260, None, &Settings::default()).unwrap();
-    assert_eq!(yaml.matches("\n---\n").count() + 1, 2 + 1, "{yaml}");
+    let yaml = render(&example(), 1260, None, &settings()).unwrap();
+    assert_eq!(yaml.matches("\n---\n").count() + 1, 3 + 1, "{yaml}");
     assert!(yaml.starts_with("# Rendered by pomona-operator without a cluster"));
     assert!(yaml.contains(PLACEHOLDER_UID));
-    assert!(yaml.contains("name: fruits-360-extract") && yaml.contains("name: fruits-360-reduce"));
+    for job in ["fruits-360-plan", "fruits-360-extract", "fruits-360-reduce"] {
+        assert!(yaml.contains(&format!("name: {job}")), "{job}");
+    }
     assert!(
         yaml.contains("completions: 3"),
         "1,260 images in shards of 500"
@@ -43,19 +56,37 @@ fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}\n{yaml}");
     let text = format!("{stdout}{stderr}");
-    assert_eq!(text.matches("passed").count(), 2, "{text}");
+    assert_eq!(text.matches("passed").count(), 3, "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn render_overrides_the_shard_size_and_refuses_invalid_resources() {
-    let yaml = render(&example(), 10_000, Some(1000), &Settings::default()).unwrap();
+    let yaml = render(&example(), 10_000, Some(1000), &settings()).unwrap();
     assert!(yaml.contains("completions: 10"), "{yaml}");
     let us = example().replace("region: eu-west-3", "region: us-east-1");
-    let err = render(&us, 10, None, &Settings::default()).unwrap_err();
+    let err = render(&us, 10, None, &settings()).unwrap_err();
     assert!(err.to_string().contains("us-east-1"), "{err}");
-    let err = render(&example(), 1_000_000_000, Some(1), &Settings::default()).unwrap_err();
+    let err = render(&example(), 1_000_000_000, Some(1), &settings()).unwrap_err();
     assert!(err.to_string().contains("imagesPerShard"), "{err}");
+    // The admin's policy: another runner image, or the example's endpoint not allowed.
+    let other = example().replace(
+        "image: ghcr.io/pomona-dev/pomona:0.1.0",
+        "image: docker.io/someone/pomona:latest",
+    );
+    let err = render(&other, 10, None, &settings()).unwrap_err();
+    assert!(err.to_string().contains("is not allowed"), "{err}");
+    let err = render(
+        &example(),
+        10,
+        None,
+        &Settings {
+            allowed_endpoints: List::default(),
+            ..settings()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("config.allowedEndpoints"), "{err}");
 }
 
 fn tempdir() -> std::path::PathBuf {

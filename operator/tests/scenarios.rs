@@ -1,6 +1,8 @@
 //! Scenario tests of the controller: whole runs reconciled against an in-memory API server
-//! (kube's mocked service, `tower_test`) and a real S3 server (s3s-fs, credentials checked),
-//! where the test plays Kubernetes' Job controller and kubelet by writing Job status and pods.
+//! (kube's mocked service, `tower_test`), where the test plays Kubernetes' Job controller, the
+//! kubelet and the runner pods by writing Job status and pods with their summaries. The
+//! operator never touches storage: the runner's side is tested in its own crate and on the
+//! local cluster.
 
 mod common;
 
@@ -11,35 +13,46 @@ use common::harness::*;
 use http::Method;
 use kube::runtime::controller::Action;
 use pomona_crds::contract::PodSummary;
+use pomona_crds::contract::Step;
 use pomona_crds::{FeatureExtraction, PcaResult, Phase};
-use pomona_operator::controller::{Error, error_policy, reconcile};
-use pomona_operator::settings::Settings;
-use pomona_storage::testing::{ACCESS_KEY, SECRET_KEY};
-use serde_json::{Value, json};
+use pomona_operator::controller::{Error, RECONCILE_TIMEOUT, error_policy};
+use pomona_operator::settings::{List, Settings};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_whole_run_goes_from_plan_to_succeeded() {
     let h = Harness::new(|_| {});
 
-    // 1. Plan and create the extract Job: one Job apply, one status write.
-    let action = h.step().await;
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    let plan: Value = serde_json::from_slice(
-        &std::fs::read(h.s3_file("runs/fruits-360/manifests/plan.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        (plan["images"].as_u64(), plan["shards"].as_u64()),
-        (Some(10), Some(3))
-    );
-    for shard in 0..3 {
-        assert!(
-            h.s3_file(&format!(
-                "runs/fruits-360/manifests/shard-0000{shard}.jsonl"
-            ))
-            .is_file()
-        );
+    // 1. The plan Job: one pod of `pomona plan` under the run's service account, with the
+    // run's uid for the plan's identity.
+    assert_eq!(h.step().await, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(h.status().phase, Some(Phase::Planning));
+    assert_eq!(h.condition("Planned").0, "False");
+    let args = h.args(PLAN);
+    assert_eq!(args[0], "plan");
+    let uid = h.fx().metadata.uid.unwrap();
+    for arg in [
+        "--input=s3://fruits/images/Training/".to_string(),
+        "--output=s3://fruits/runs/fruits-360/".to_string(),
+        "--images-per-shard=4".to_string(),
+        format!("--run-uid={uid}"),
+    ] {
+        assert!(args.contains(&arg), "{arg} in {args:?}");
     }
+    let pod = &h.job(PLAN)["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "pomona-runner");
+    assert_eq!(h.job(PLAN)["spec"]["completions"], 1);
+    assert_eq!(h.event_reasons(), ["JobCreated", "Planning"]);
+    assert!(
+        h.api.object(EXTRACT).is_none(),
+        "no extract Job before the plan"
+    );
+
+    // 2. The plan pod reports the plan: its totals are recorded and the extract Job created,
+    // one Job apply and one status write.
+    h.planned();
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::requeue(Duration::from_secs(300)));
     let status = h.status();
     assert_eq!(status.phase, Some(Phase::Extracting));
     assert_eq!(status.observed_generation, Some(1));
@@ -87,6 +100,10 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
         "FeatureExtraction"
     );
     assert_eq!(h.event_reasons(), ["JobCreated", "Extracting"]);
+    assert!(
+        h.writes_to(PLAN).is_empty(),
+        "a finished plan Job is left alone"
+    );
     let created = h
         .api
         .writes()
@@ -99,12 +116,12 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert_eq!(created["reportingController"], "pomona-operator");
     assert_eq!(created["regarding"]["kind"], "FeatureExtraction");
 
-    // 2. Nothing changed: nothing is written.
+    // 3. Nothing changed: nothing is written.
     h.api.clear_calls();
     h.step().await;
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
 
-    // 3. Two shards done, one running.
+    // 4. Two shards done, one running.
     h.extracted(0, 0, 4, 0);
     h.extracted(1, 0, 4, 0);
     h.job_status(
@@ -123,7 +140,7 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
         "no reduce before extraction ends"
     );
 
-    // 4. The last shard ends with one bad image: the reduce Job starts.
+    // 5. The last shard ends with one bad image: the reduce Job starts.
     h.extracted(2, 0, 2, 1);
     h.job_status(
         EXTRACT,
@@ -152,7 +169,7 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     );
     assert_eq!(h.event_reasons(), ["JobCreated", "Reducing"]);
 
-    // 5. The reduce pod reports its PCA: Succeeded, with outputs.
+    // 6. The reduce pod reports its PCA: Succeeded, with outputs.
     let pca = PcaResult {
         components: 7,
         explained_variance: 0.951,
@@ -177,9 +194,9 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert!(status.completion_time.is_some());
     assert_eq!(h.event_reasons(), ["Succeeded"]);
 
-    // 6. The TTL is the run's: until it has passed, the finished run's Jobs stay and the
-    // operator looks again when it will have; then it removes both Jobs (their pods go with
-    // them), the status stays, and nothing is ever recreated.
+    // 7. The TTL is the run's: until it has passed, the finished run's Jobs stay and the
+    // operator looks again when it will have; then it removes its three Jobs (their pods go
+    // with them), the status stays, and nothing is ever recreated.
     h.api.clear_calls();
     assert!(matches!(h.step().await, a if a != Action::await_change()));
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
@@ -187,12 +204,20 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
         .edit(FX, json!({"spec": {"ttlSecondsAfterFinished": 0}}));
     h.api.clear_calls();
     assert_eq!(h.step().await, Action::await_change());
-    assert!(h.api.object(EXTRACT).is_none() && h.api.object(REDUCE).is_none());
+    for job in [PLAN, EXTRACT, REDUCE] {
+        assert!(h.api.object(job).is_none(), "{job} removed");
+    }
     assert_eq!(h.event_reasons(), ["JobsRemoved"]);
     assert_eq!(h.status().phase, Some(Phase::Succeeded));
     h.api.clear_calls();
     assert_eq!(h.step().await, Action::await_change());
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+
+    // The operator read no Secret and no storage over the whole run.
+    assert!(
+        h.requests_under("/api/v1/namespaces/fruits/secrets")
+            .is_empty()
+    );
 
     // The metrics saw the images.
     let text = h.ctx.metrics.render([Some(Phase::Succeeded)]);
@@ -203,26 +228,26 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
 #[tokio::test]
 async fn a_restart_mid_run_neither_plans_again_nor_duplicates_the_job() {
     let mut h = Harness::new(|_| {});
-    // The first status write is lost: the plan is written to S3 but not recorded.
+    h.step().await;
+    h.planned();
+    // The status write that records the plan is lost: the extract Job exists, the status
+    // does not say the run is planned.
     h.api.fail_next(Method::PATCH, &format!("{FX}/status"), 500);
     let err = h.reconcile().await.unwrap_err();
     assert!(matches!(err, Error::Api(_)), "{err}");
-    let plan_file = h.s3_file("runs/fruits-360/manifests/plan.json");
-    let first_plan = std::fs::read(&plan_file).unwrap();
+    assert_eq!(h.writes_to(EXTRACT).len(), 1);
 
-    // Meanwhile a new image arrives; the next reconcile reuses the written plan.
-    std::fs::write(
-        h.s3_file("images/Training/Banana 1/99_100.jpg"),
-        b"arrived after planning",
-    )
-    .unwrap();
+    // The next reconcile reads the plan pod's summary again: the same totals, the same Job.
+    h.api.clear_calls();
     h.step().await;
-    assert_eq!(std::fs::read(&plan_file).unwrap(), first_plan);
+    assert_eq!(h.status().phase, Some(Phase::Extracting));
     assert_eq!(h.status().images.unwrap().total, 10);
-    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 1, "one Job");
+    assert!(h.writes_to(EXTRACT).is_empty(), "no second Job apply");
+    assert!(h.writes_to(PLAN).is_empty(), "the plan Job is not rerun");
 
-    // The operator restarts, and S3 is unreachable: the run goes on from its status alone.
-    h.s3.stop();
+    // The operator restarts and the plan pod is garbage-collected: the run goes on from its
+    // status alone.
+    h.api.remove(&format!("{PODS}/fruits-360-plan-0-0"));
     h.restart();
     h.api.clear_calls();
     h.extracted(0, 0, 4, 0);
@@ -231,8 +256,11 @@ async fn a_restart_mid_run_neither_plans_again_nor_duplicates_the_job() {
         json!({"active": 2, "succeeded": 1, "completedIndexes": "0"}),
     );
     h.step().await;
-    assert!(h.writes_to(EXTRACT).is_empty(), "no second Job apply");
-    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 1);
+    assert_eq!(
+        h.api.paths("/apis/batch/v1/").len(),
+        2,
+        "the plan and extract Jobs"
+    );
     let status = h.status();
     assert_eq!(status.shards.unwrap().succeeded, 1);
     assert_eq!(status.images.unwrap().processed, 4);
@@ -241,9 +269,81 @@ async fn a_restart_mid_run_neither_plans_again_nor_duplicates_the_job() {
 }
 
 #[tokio::test]
-async fn a_retried_index_counts_once_and_a_failed_index_fails_the_run() {
+async fn a_plan_pod_gone_before_its_summary_was_read_is_run_again() {
     let h = Harness::new(|_| {});
     h.step().await;
+    // The plan Job completed, but its pod was removed before the operator read it.
+    h.job_status(PLAN, complete(json!({"succeeded": 1})));
+    h.api.clear_calls();
+    h.step().await;
+    assert!(h.api.object(PLAN).is_none(), "the plan Job is removed");
+    assert_eq!(h.status().phase, Some(Phase::Planning));
+    // Run again, the plan pod finds its own plan and reports it.
+    h.step().await;
+    assert!(h.api.object(PLAN).is_some(), "and created again");
+    h.planned();
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Extracting));
+    assert_eq!(h.job(EXTRACT)["spec"]["completions"], 3);
+}
+
+#[tokio::test]
+async fn a_failed_plan_attempt_is_retried_by_the_job_and_a_failed_plan_fails_the_run() {
+    let h = Harness::new(|_| {});
+    h.step().await;
+    // A first attempt fails on a transient error: the Job retries, the status says why.
+    let unavailable = PodSummary {
+        error: Some("s3:ListObjectsV2 on bucket \"fruits\" failed: connection refused".into()),
+        reason: Some("StorageUnavailable".into()),
+        ..PodSummary::new(Step::Plan)
+    };
+    h.pod(PLAN, 0, 0, "Failed", 1, &unavailable.to_line());
+    h.job_status(PLAN, json!({"active": 1, "failed": 1}));
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Planning));
+    let message = status.message.unwrap();
+    assert!(message.contains("planning will be retried"), "{message}");
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(h.event_reasons().contains(&"PlanningRetrying".to_string()));
+
+    // Then the bucket refuses the runner's identity: the Job fails at once (permanent exit
+    // code), and the run fails with the pod's reason.
+    let denied = PodSummary {
+        error: Some(
+            "access denied: s3:ListObjectsV2 on bucket \"fruits\" (region eu-west-3)".into(),
+        ),
+        reason: Some("AccessDenied".into()),
+        ..PodSummary::new(Step::Plan)
+    };
+    h.pod(PLAN, 0, 1, "Failed", 3, &denied.to_line());
+    h.job_status(
+        PLAN,
+        json!({"failed": 2, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}),
+    );
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    assert_eq!(h.status().phase, Some(Phase::Failed));
+    let (on, reason, message) = h.condition("Failed");
+    assert_eq!((on.as_str(), reason.as_str()), ("True", "AccessDenied"));
+    assert!(
+        message.starts_with("planning failed: access denied"),
+        "{message}"
+    );
+    assert!(h.api.object(EXTRACT).is_none());
+    assert_eq!(h.event_reasons(), ["Failed"]);
+
+    // Nothing changes until the resource does.
+    h.api.clear_calls();
+    assert_eq!(h.step().await, Action::await_change());
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+}
+
+#[tokio::test]
+async fn a_retried_index_counts_once_and_a_failed_index_fails_the_run() {
+    let h = Harness::new(|_| {});
+    h.start().await;
     // Shard 0 succeeded on its second try (the first pod was OOM-killed).
     h.pod(EXTRACT, 0, 0, "Failed", 137, "");
     h.extracted(0, 1, 4, 0);
@@ -288,7 +388,7 @@ async fn a_retried_index_counts_once_and_a_failed_index_fails_the_run() {
 #[tokio::test]
 async fn a_failed_index_within_max_failed_shards_is_dead_lettered_by_reduce() {
     let h = Harness::new(|fx| fx.spec.sharding.max_failed_shards = 1);
-    h.step().await;
+    h.start().await;
     assert_eq!(h.job(EXTRACT)["spec"]["maxFailedIndexes"], 1);
     h.extracted(0, 0, 4, 0);
     h.pod(EXTRACT, 1, 0, "Failed", 3, "");
@@ -317,17 +417,18 @@ async fn a_failed_index_within_max_failed_shards_is_dead_lettered_by_reduce() {
 #[tokio::test]
 async fn suspend_pauses_and_resume_continues() {
     // Suspended from the start: nothing is listed or created.
-    let mut h = Harness::new(|fx| fx.spec.suspend = true);
-    h.s3.stop();
+    let h = Harness::new(|fx| fx.spec.suspend = true);
     assert_eq!(h.step().await, Action::await_change());
     assert_eq!(h.status().phase, Some(Phase::Suspended));
     assert_eq!(h.condition("Suspended").0, "True");
-    assert!(h.api.object(EXTRACT).is_none());
+    assert!(h.api.paths("/apis/batch/v1/").is_empty(), "no Job");
 
     // Resumed: planned and started.
-    h = Harness::new(|fx| fx.spec.suspend = true);
-    h.step().await;
     h.api.edit(FX, json!({"spec": {"suspend": false}}));
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Planning));
+    assert_eq!(h.job(PLAN)["spec"]["suspend"], false);
+    h.planned();
     h.step().await;
     assert_eq!(h.status().phase, Some(Phase::Extracting));
     assert_eq!(h.status().observed_generation, Some(2));
@@ -348,13 +449,27 @@ async fn suspend_pauses_and_resume_continues() {
     assert_eq!(h.job(EXTRACT)["spec"]["suspend"], false);
     assert_eq!(h.status().phase, Some(Phase::Extracting));
     assert_eq!(h.condition("Suspended").0, "False");
-    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 1);
+    assert_eq!(h.api.paths("/apis/batch/v1/").len(), 2);
+}
+
+#[tokio::test]
+async fn suspending_while_planning_suspends_the_plan_job() {
+    let h = Harness::new(|_| {});
+    h.step().await;
+    h.api.edit(FX, json!({"spec": {"suspend": true}}));
+    h.step().await;
+    assert_eq!(h.job(PLAN)["spec"]["suspend"], true);
+    assert_eq!(h.status().phase, Some(Phase::Suspended));
+    h.api.edit(FX, json!({"spec": {"suspend": false}}));
+    h.step().await;
+    assert_eq!(h.job(PLAN)["spec"]["suspend"], false);
+    assert_eq!(h.status().phase, Some(Phase::Planning));
 }
 
 #[tokio::test]
 async fn parallelism_follows_the_spec() {
     let h = Harness::new(|_| {});
-    h.step().await;
+    h.start().await;
     assert_eq!(h.job(EXTRACT)["spec"]["parallelism"], 3);
     h.api
         .edit(FX, json!({"spec": {"sharding": {"parallelism": 1}}}));
@@ -365,7 +480,7 @@ async fn parallelism_follows_the_spec() {
 #[tokio::test]
 async fn a_resource_being_deleted_is_left_to_the_garbage_collector() {
     let h = Harness::new(|_| {});
-    h.step().await;
+    h.start().await;
     let owner = &h.job(EXTRACT)["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "FeatureExtraction");
     assert_eq!(owner["controller"], true);
@@ -398,76 +513,115 @@ async fn a_region_outside_the_allowed_list_is_refused() {
         message.contains("us-east-1") && message.contains("eu-west-3"),
         "{message}"
     );
-    assert!(h.api.object(EXTRACT).is_none());
     assert!(
-        !h.s3_file("runs/fruits-360/manifests/plan.json").exists(),
-        "nothing listed"
+        h.api.paths("/apis/batch/v1/").is_empty(),
+        "no Job, nothing listed"
     );
     assert_eq!(h.event_reasons(), ["Failed"]);
 }
 
 #[tokio::test]
-async fn an_empty_source_fails_the_run() {
-    let h = Harness::new(|fx| fx.spec.source.uri = "s3://fruits/images/Nothing/".into());
-    assert_eq!(h.step().await, Action::await_change());
-    assert_eq!(h.status().phase, Some(Phase::Failed));
-    let (_, reason, message) = h.condition("Failed");
-    assert_eq!(reason, "EmptySource");
-    assert!(message.contains("no images to process"), "{message}");
+async fn images_service_accounts_and_endpoints_outside_the_policy_are_refused() {
+    type Patch = fn(&mut FeatureExtraction);
+    let cases: [(Patch, &str, &str); 3] = [
+        (
+            |fx| fx.spec.runner.image = Some("docker.io/someone/miner:latest".into()),
+            "ImageNotAllowed",
+            "config.runner.allowedImages",
+        ),
+        (
+            |fx| fx.spec.runner.service_account_name = Some("default".into()),
+            "ServiceAccountNotAllowed",
+            "pomona-runner",
+        ),
+        (
+            |fx| fx.spec.storage.endpoint = Some("https://s3.example.com".into()),
+            "EndpointNotAllowed",
+            "config.allowedEndpoints",
+        ),
+    ];
+    for (patch, reason, hint) in cases {
+        let h = Harness::new(patch);
+        assert_eq!(h.step().await, Action::await_change());
+        let (on, why, message) = h.condition("Failed");
+        assert_eq!((on.as_str(), why.as_str()), ("True", reason));
+        assert!(message.contains(hint), "{message}");
+        assert!(
+            h.api.paths("/apis/batch/v1/").is_empty(),
+            "{reason}: no Job"
+        );
+    }
+    // The admin's lists widen what is allowed.
+    let h = Harness::new(|fx| {
+        fx.spec.runner.image = Some("registry.example.com/pomona:2".into());
+        fx.spec.runner.service_account_name = Some("fruits-runner".into());
+    });
+    let mut h = h;
+    h.restart_with(Settings {
+        allowed_images: List(vec!["registry.example.com/pomona:*".into()]),
+        allowed_service_accounts: List(vec!["fruits-runner".into()]),
+        ..Harness::settings()
+    });
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Planning));
+    let pod = &h.job(PLAN)["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "fruits-runner");
+    assert_eq!(
+        pod["containers"][0]["image"],
+        "registry.example.com/pomona:2"
+    );
+}
+
+/// Plays a plan pod that failed for good with `reason` and `error`, and its Job.
+fn plan_failed(h: &Harness, reason: &str, error: &str) {
+    let summary = PodSummary {
+        error: Some(error.into()),
+        reason: Some(reason.into()),
+        ..PodSummary::new(Step::Plan)
+    };
+    h.pod(PLAN, 0, 0, "Failed", 3, &summary.to_line());
+    h.job_status(
+        PLAN,
+        json!({"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}),
+    );
 }
 
 #[tokio::test]
 async fn an_output_holding_another_runs_plan_is_refused() {
     let h = Harness::new(|_| {});
     h.step().await;
-    // A second resource writes to the same output prefix, from another source.
-    let other_path = "/apis/pomona.dev/v1alpha1/namespaces/fruits/featureextractions/other";
-    let mut other = h.fx();
-    other.metadata.name = Some("other".into());
-    other.metadata.uid = None;
-    other.status = None;
-    other.spec.source.uri = "s3://fruits/images/".into();
-    h.api.put(other_path, serde_json::to_value(&other).unwrap());
-    let stored = || -> FeatureExtraction {
-        serde_json::from_value(h.api.object(other_path).unwrap()).unwrap()
-    };
-    assert_eq!(
-        reconcile(Arc::new(stored()), h.ctx.clone()).await.unwrap(),
-        Action::await_change()
+    // The runner found another run's plan under the output prefix.
+    plan_failed(
+        &h,
+        "OutputInUse",
+        "s3://fruits/runs/fruits-360/ holds the plan of another run (the FeatureExtraction with \
+         uid 1234, source s3://fruits/images/), which differs from this one in run, source: \
+         choose another output prefix, or remove that run's outputs first",
     );
-    let status = stored().status.unwrap();
-    assert_eq!(status.phase, Some(Phase::Failed));
-    let message = status.message.unwrap();
-    assert!(
-        message.contains("choose another spec.output.uri"),
-        "{message}"
-    );
-    assert!(
-        h.api
-            .object("/apis/batch/v1/namespaces/fruits/jobs/other-extract")
-            .is_none()
-    );
+    assert_eq!(h.step().await, Action::await_change());
+    assert_eq!(h.status().phase, Some(Phase::Failed));
+    let (_, reason, message) = h.condition("Failed");
+    assert_eq!(reason, "OutputInUse");
+    assert!(message.contains("uid 1234"), "{message}");
+    assert!(h.api.object(EXTRACT).is_none());
 }
 
 #[tokio::test]
-async fn storage_errors_are_retried_with_backoff_and_shown() {
+async fn api_errors_are_retried_with_backoff_and_shown() {
     let h = Harness::new(|_| {});
-    h.api.edit(
-        SECRET,
-        json!({"data": {"AWS_SECRET_ACCESS_KEY": "d3Jvbmc="}}), // "wrong"
-    );
+    h.api.fail_next(Method::PATCH, PLAN, 500);
     let err = h.reconcile().await.unwrap_err();
-    assert!(matches!(err, Error::Plan(_)), "{err}");
-    assert!(
-        !err.to_string().contains("wrong"),
-        "no secret in errors: {err}"
+    assert!(matches!(err, Error::Api(_)), "{err}");
+    let (on, reason, _) = h.condition("Progressing");
+    assert_eq!(
+        (on.as_str(), reason.as_str()),
+        ("False", "KubernetesApiError")
     );
-    let status = h.status();
-    assert_eq!(status.phase, Some(Phase::Planning));
-    let message = status.message.unwrap();
-    assert!(message.contains("planning will be retried"), "{message}");
-    assert!(message.contains("fruits"), "names the bucket: {message}");
-    assert!(h.event_reasons().contains(&"PlanningRetrying".to_string()));
+    assert!(
+        h.event_reasons()
+            .contains(&"KubernetesApiError".to_string())
+    );
     let fx = Arc::new(h.fx());
     let delays: Vec<Action> = (0..3)
         .map(|_| error_policy(fx.clone(), &err, h.ctx.clone()))
@@ -478,25 +632,12 @@ async fn storage_errors_are_retried_with_backoff_and_shown() {
     );
     let text = h.ctx.metrics.render([]);
     assert!(
-        text.contains("pomona_reconcile_errors_total{category=\"Storage\"} 1"),
+        text.contains("pomona_reconcile_errors_total{category=\"Api\"} 1"),
         "{text}"
     );
-
-    // A missing Secret is reported as such.
-    h.api.remove(SECRET);
-    let err = h.reconcile().await.unwrap_err();
-    assert!(err.to_string().contains("was not found"), "{err}");
-
-    // Fixed: the run is planned, and the backoff starts over.
-    h.api.put(
-        SECRET,
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "fruits-s3", "namespace": NS},
-               "stringData": {}, "data": {
-                   "AWS_ACCESS_KEY_ID": b64(ACCESS_KEY), "AWS_SECRET_ACCESS_KEY": b64(SECRET_KEY)}}),
-    );
+    // Fixed: the run goes on, and the backoff starts over.
     h.step().await;
-    assert_eq!(h.status().phase, Some(Phase::Extracting));
+    assert_eq!(h.status().phase, Some(Phase::Planning));
     assert_eq!(
         error_policy(fx, &err, h.ctx.clone()),
         Action::requeue(Duration::from_secs(5))
@@ -509,7 +650,8 @@ async fn a_run_refused_before_planning_starts_once_its_cause_is_fixed() {
     let mut h = Harness::new(|fx| fx.spec.runner.image = None);
     h.restart_with(Settings {
         runner_image: String::new(),
-        ..Settings::default()
+        allowed_images: List(vec!["registry.example/pomona:*".into()]),
+        ..Harness::settings()
     });
     assert_eq!(h.step().await, Action::await_change());
     assert_eq!(h.status().phase, Some(Phase::Failed));
@@ -521,7 +663,7 @@ async fn a_run_refused_before_planning_starts_once_its_cause_is_fixed() {
         FX,
         json!({"spec": {"runner": {"image": "registry.example/pomona:1"}}}),
     );
-    h.step().await;
+    h.start().await;
     assert_eq!(h.status().phase, Some(Phase::Extracting));
     assert_eq!(h.condition("Failed").0, "False");
     assert_eq!(
@@ -536,19 +678,85 @@ async fn a_run_refused_before_planning_starts_once_its_cause_is_fixed() {
 
 #[tokio::test]
 async fn an_empty_source_is_listed_again_after_a_change() {
-    let h = Harness::new(|fx| fx.spec.source.uri = "s3://fruits/images/Later/".into());
+    let h = Harness::new(|_| {});
+    h.step().await;
+    plan_failed(
+        &h,
+        "EmptySource",
+        "no images to process under s3://fruits/images/Training/: 0 objects listed",
+    );
     h.step().await;
     assert_eq!(h.condition("Failed").1, "EmptySource");
-    let dir = h.s3_file("images/Later/Kiwi 1");
-    std::fs::create_dir_all(&dir).unwrap();
-    for i in 0..5 {
-        std::fs::write(dir.join(format!("{i}.jpg")), b"uploaded later").unwrap();
-    }
+    // Nothing is tried again until the resource changes (images uploaded meanwhile are not
+    // seen): then the plan Job runs again.
+    h.step().await;
+    assert!(h.api.object(PLAN).is_some());
     h.api
         .edit(FX, json!({"spec": {"sharding": {"parallelism": 2}}}));
     h.step().await;
+    assert!(
+        h.api.object(PLAN).is_none(),
+        "the failed plan Job is removed"
+    );
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Planning));
+    h.planned();
+    h.step().await;
     let status = h.status();
     assert_eq!(status.phase, Some(Phase::Extracting));
-    assert_eq!(status.images.unwrap().total, 5);
-    assert_eq!(status.shards.unwrap().total, 2);
+    assert_eq!(status.images.unwrap().total, 10);
+    assert_eq!(status.shards.unwrap().total, 3);
+}
+
+#[tokio::test]
+async fn a_run_never_succeeds_without_the_reduce_pod_s_counts_and_pca() {
+    let h = Harness::new(|_| {});
+    h.start().await;
+    for (index, images) in [(0, 4), (1, 4), (2, 2)] {
+        h.extracted(index, 0, images, 0);
+    }
+    h.job_status(
+        EXTRACT,
+        complete(json!({"active": 0, "succeeded": 3, "completedIndexes": "0-2"})),
+    );
+    h.step().await;
+    assert!(h.api.object(REDUCE).is_some());
+    // The reduce Job completed, but its pod was removed before the operator read it.
+    h.job_status(REDUCE, complete(json!({"succeeded": 1})));
+    h.step().await;
+    let status = h.status();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Reducing),
+        "not Succeeded without a PCA"
+    );
+    assert_eq!(status.pca, None);
+    assert!(h.api.object(REDUCE).is_none(), "the reduce Job runs again");
+    h.step().await;
+    assert!(h.api.object(REDUCE).is_some());
+    let pca = PcaResult {
+        components: 7,
+        explained_variance: 0.95,
+        reused: false,
+    };
+    h.reduced(0, pca.clone());
+    h.job_status(REDUCE, complete(json!({"succeeded": 1})));
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(status.pca, Some(pca));
+    assert_eq!(status.images.unwrap().processed, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_server_that_never_answers_cannot_hold_a_reconcile() {
+    let h = Harness::new(|_| {});
+    h.api.hang_next(Method::GET, PLAN);
+    let started = tokio::time::Instant::now();
+    let err = h.reconcile().await.unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err}");
+    assert_eq!(started.elapsed(), RECONCILE_TIMEOUT);
+    // Retried with backoff like any other error; the next reconcile gets through.
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Planning));
 }

@@ -11,6 +11,7 @@ use pomona_operator::validate::Invalid;
 
 const PLAN: PlanTotals = PlanTotals {
     images: 1260,
+    bytes: 0,
     shards: 3,
     images_per_shard: 500,
 };
@@ -52,15 +53,13 @@ fn pod(index: u32, phase: PodPhase, processed: u64, failed: u64, t: i64) -> PodO
         index: Some(index),
         phase,
         summary: done.then(|| PodSummary {
-            step: Step::Extract,
             shard: Some(index),
             images: PLAN.shard_len(index),
             processed,
             failed,
             seconds: 1.0,
-            peak_rss_mib: None,
-            pca: None,
             error: (phase == PodPhase::Failed).then(|| format!("shard {index} broke")),
+            ..PodSummary::new(Step::Extract)
         }),
         exit_code: done.then_some(if phase == PodPhase::Failed { 3 } else { 0 }),
         reason: None,
@@ -83,6 +82,8 @@ struct Case {
     message: &'static str,
     /// A planning failure the operator retries.
     retrying: Option<&'static str>,
+    /// The PCA the reduce pod reported.
+    pca: Option<pomona_crds::PcaResult>,
 }
 
 fn base(name: &'static str, phase: Phase) -> Case {
@@ -99,6 +100,7 @@ fn base(name: &'static str, phase: Phase) -> Case {
         shards: None,
         message: "",
         retrying: None,
+        pca: None,
     }
 }
 
@@ -229,7 +231,21 @@ fn cases() -> Vec<Case> {
             reduce: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
             images: Some((1260, 1259, 1)),
             shards: Some((3, 3, 0, 0)),
+            pca: Some(pomona_crds::PcaResult {
+                components: 50,
+                explained_variance: 0.85,
+                reused: false,
+            }),
             ..base("reduce succeeded", Phase::Succeeded)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            reduce: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "the reduce pod is gone before its summary was read",
+            ..base("reduce complete, its summary lost", Phase::Reducing)
         },
         Case {
             extract: Some(complete()),
@@ -254,7 +270,7 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         extract_pods: &c.pods,
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
-        pca: None,
+        pca: c.pca.as_ref(),
         retrying: c.retrying,
     };
     compute(&obs, &at(100))
@@ -474,15 +490,11 @@ fn counts_survive_pod_garbage_collection_and_reduce_has_the_last_word() {
     let reduce_pod = PodObservation {
         index: None,
         summary: Some(PodSummary {
-            step: Step::Reduce,
-            shard: None,
             images: 1260,
             processed: 1255,
             failed: 5,
             seconds: 2.0,
-            peak_rss_mib: None,
-            pca: None,
-            error: None,
+            ..PodSummary::new(Step::Reduce)
         }),
         ..pod(0, PodPhase::Succeeded, 0, 0, 30)
     };

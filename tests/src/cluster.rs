@@ -686,3 +686,71 @@ pub async fn assert_no_forbidden(client: &Client, settings: &E2eSettings) {
             .join("\n")
     );
 }
+
+/// Asserts that the operator cannot touch a run's data: its service account may not read or
+/// list Secrets in the run's namespace (asked of the API server's authorizer), and its
+/// containers carry no storage credentials. Planning, extraction and reduce happen in the
+/// run's pods under the run's identity.
+pub async fn assert_operator_holds_no_data_access(
+    client: &Client,
+    settings: &E2eSettings,
+    ns: &str,
+) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let deployments: Api<Deployment> =
+        Api::namespaced(client.clone(), &settings.operator_namespace);
+    let list = deployments
+        .list(&ListParams::default().labels("app.kubernetes.io/name=pomona"))
+        .await
+        .expect("list the operator's Deployment");
+    let deployment = list.items.first().expect("the operator's Deployment");
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod template");
+    let account = pod
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    for container in &pod.containers {
+        for var in container.env.iter().flatten() {
+            assert!(
+                !var.name.starts_with("AWS_"),
+                "the operator's container {} has {}",
+                container.name,
+                var.name
+            );
+        }
+    }
+    let user = format!(
+        "system:serviceaccount:{}:{account}",
+        settings.operator_namespace
+    );
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    for verb in ["get", "list", "watch"] {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.clone()),
+                groups: Some(vec!["system:serviceaccounts".into()]),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.into()),
+                    verb: Some(verb.into()),
+                    resource: Some("secrets".into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("ask the API server's authorizer");
+        let allowed = answer.status.is_some_and(|s| s.allowed);
+        assert!(!allowed, "{user} may {verb} Secrets in {ns}");
+    }
+}

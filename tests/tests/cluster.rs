@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use pomona_crds::{FeatureExtraction, Phase};
 use pomona_tests::cluster::{
-    Run, assert_no_forbidden, assert_outputs, assert_outputs_of, assert_succeeded, cluster,
-    pick_images, shards,
+    Run, assert_no_forbidden, assert_operator_holds_no_data_access, assert_outputs,
+    assert_outputs_of, assert_succeeded, cluster, pick_images, shards,
 };
 use serde_json::json;
 
@@ -123,6 +123,87 @@ async fn cluster_run_succeeds_and_writes_every_output() {
     )
     .await;
     run.assert_event("fruits", "Normal", "Succeeded", "").await;
+    // The plan was made by the run's own plan pod; the operator can read no Secret and holds
+    // no storage credentials.
+    run.assert_event("fruits", "Normal", "JobCreated", "created Job fruits-plan")
+        .await;
+    assert_eq!(run.pods("fruits", "plan").await.len(), 1, "one plan pod");
+    assert_operator_holds_no_data_access(&run.client, &run.settings, &run.ns.name).await;
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// A bucket the run's identity cannot read fails the run at planning, with `AccessDenied` in
+/// its status and a Warning Event; a runner image outside the admin's allow-list is refused
+/// before any Job exists.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_a_bucket_the_runner_cannot_read_fails_with_access_denied() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 1, 3);
+    let run = Run::new(cluster, "denied", images).await;
+    let wrong: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "wrong-s3" },
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": run.settings.access_key,
+            "AWS_SECRET_ACCESS_KEY": "not-the-secret-key",
+        },
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(run.client.clone(), &run.ns.name)
+        .create(&PostParams::default(), &wrong)
+        .await
+        .expect("create the wrong Secret");
+    let mut fx = run.resource("denied", json!({ "imagesPerShard": 10 }));
+    fx.spec.storage.credentials_secret = Some(pomona_crds::SecretReference {
+        name: "wrong-s3".into(),
+    });
+    let api = run.apply(&fx).await;
+    let failed = run.wait_finished(&api, "denied").await;
+    assert_eq!(phase(&failed), Some(Phase::Failed));
+    let status = failed.status.clone().unwrap_or_default();
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("a Failed condition");
+    assert_eq!(condition.reason, "AccessDenied", "{status:?}");
+    assert!(
+        condition.message.contains("access denied")
+            && !condition.message.contains("not-the-secret"),
+        "{}",
+        condition.message
+    );
+    run.assert_event("denied", "Warning", "Failed", "access denied")
+        .await;
+    let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
+    assert!(
+        jobs.get_opt("denied-extract")
+            .await
+            .expect("read Jobs")
+            .is_none(),
+        "nothing extracted"
+    );
+
+    // An image the admin did not allow: refused before any Job exists.
+    let mut other = run.resource("foreign-image", json!({ "imagesPerShard": 10 }));
+    other.spec.runner.image = Some("docker.io/someone/pomona:latest".into());
+    let api = run.apply(&other).await;
+    let refused = run.wait_finished(&api, "foreign-image").await;
+    let status = refused.status.clone().unwrap_or_default();
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.status == "True" && c.reason == "ImageNotAllowed"),
+        "{status:?}"
+    );
+    assert!(
+        jobs.get_opt("foreign-image-plan")
+            .await
+            .expect("read Jobs")
+            .is_none(),
+        "no Job for a refused run"
+    );
     assert_no_forbidden(&run.client, &run.settings).await;
 }
 

@@ -19,16 +19,15 @@ pub mod pca;
 pub mod project;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::io::{BufWriter, Write};
-use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pomona_crds::contract::{MAX_SHARDS, OutputLayout, Plan};
+pub use pomona_crds::contract::steps::ShardList;
+use pomona_crds::contract::{OutputLayout, Plan};
 use pomona_storage::{S3Config, Storage};
 
 use crate::cli::split_object_uri;
@@ -42,7 +41,7 @@ use pca::{Keep, Pca, PcaError};
 use project::{FeatureFile, ReducedWriter};
 
 /// The components `pomona run` keeps when no PCA option is given (the Spark reference's k).
-pub const DEFAULT_COMPONENTS: usize = 50;
+pub const DEFAULT_COMPONENTS: usize = pomona_crds::contract::steps::DEFAULT_COMPONENTS as usize;
 
 /// The PCA options of `pomona reduce` and `pomona run` (at most one of the first three).
 #[derive(Args, Clone, Debug, Default)]
@@ -99,70 +98,6 @@ impl PcaArgs {
             keep: Keep::Components(k),
             default: true,
         })
-    }
-}
-
-/// Shard numbers (the extract Job's indexes) as `--failed-shards` takes them: the comma list of
-/// numbers and inclusive ranges of Kubernetes' `status.failedIndexes`, e.g. `1,3-5,7`. An empty
-/// list is allowed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ShardList(pub BTreeSet<u32>);
-
-impl FromStr for ShardList {
-    type Err = String;
-
-    fn from_str(list: &str) -> Result<Self, String> {
-        let mut shards = BTreeSet::new();
-        if list.trim().is_empty() {
-            return Ok(Self(shards));
-        }
-        let number = |s: &str| -> Result<u32, String> {
-            let s = s.trim();
-            match s.parse::<u32>() {
-                Ok(n) if n < MAX_SHARDS => Ok(n),
-                Ok(_) => Err(format!(
-                    "shard {s} is past the largest possible shard, {}",
-                    MAX_SHARDS - 1
-                )),
-                Err(_) => Err(format!("`{s}` is not a shard number")),
-            }
-        };
-        for item in list.split(',') {
-            let (first, last) = match item.split_once('-') {
-                Some((a, b)) => (number(a)?, number(b)?),
-                None => {
-                    let n = number(item)?;
-                    (n, n)
-                }
-            };
-            if first > last {
-                return Err(format!("the range {} runs backwards", item.trim()));
-            }
-            shards.extend(first..=last);
-        }
-        Ok(Self(shards))
-    }
-}
-
-impl fmt::Display for ShardList {
-    /// The compact form, ranges joined: `1,3-5,7`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shards = self.0.iter().copied().peekable();
-        let mut first = true;
-        while let Some(start) = shards.next() {
-            let mut end = start;
-            while shards.peek() == Some(&(end + 1)) {
-                end = shards.next().expect("peeked");
-            }
-            let sep = if first { "" } else { "," };
-            first = false;
-            if end == start {
-                write!(f, "{sep}{start}")?;
-            } else {
-                write!(f, "{sep}{start}-{end}")?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -588,41 +523,6 @@ pub async fn reduce(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(list: &str) -> Result<Vec<u32>, String> {
-        list.parse::<ShardList>().map(|l| l.0.into_iter().collect())
-    }
-
-    #[test]
-    fn shard_lists_take_kubernetes_failed_indexes() {
-        assert_eq!(parse("3,7"), Ok(vec![3, 7]));
-        assert_eq!(parse("1,3-5,7"), Ok(vec![1, 3, 4, 5, 7]));
-        assert_eq!(parse(" 7 , 0 ,3-3"), Ok(vec![0, 3, 7]));
-        assert_eq!(parse("2,2,1-3"), Ok(vec![1, 2, 3]));
-        assert_eq!(parse(""), Ok(vec![]));
-        assert_eq!(
-            parse(&format!("{}", MAX_SHARDS - 1)),
-            Ok(vec![MAX_SHARDS - 1])
-        );
-        for bad in ["x", "1,,2", "1,", "-1", "5-3", "1-", "3-5-7", "1.5"] {
-            assert!(parse(bad).is_err(), "{bad}");
-        }
-        let error = parse(&format!("0-{MAX_SHARDS}")).unwrap_err();
-        assert!(error.contains("past the largest possible shard"), "{error}");
-        assert_eq!(parse("5-3").unwrap_err(), "the range 5-3 runs backwards");
-    }
-
-    #[test]
-    fn shard_lists_print_compactly() {
-        for (list, shown) in [
-            ("", ""),
-            ("4", "4"),
-            ("7,1,3-5", "1,3-5,7"),
-            ("0,1,2,9,10", "0-2,9-10"),
-        ] {
-            assert_eq!(list.parse::<ShardList>().unwrap().to_string(), shown);
-        }
-    }
 
     #[test]
     fn the_reason_names_the_shard() {

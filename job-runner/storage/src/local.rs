@@ -150,6 +150,14 @@ impl LocalStore {
         }
     }
 
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("delete", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes a temporary file beside the target, syncs it, renames it over the target and
     /// syncs the folder: a reader sees the old object or the whole new one, never a part.
     pub(crate) async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {

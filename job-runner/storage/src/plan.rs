@@ -7,7 +7,9 @@
 
 use bytes::Bytes;
 use pomona_crds::LabelMode;
-use pomona_crds::contract::{MAX_SHARDS, ManifestEntry, OutputLayout, Plan};
+use pomona_crds::contract::{
+    MAX_SHARDS, ManifestEntry, OutputLayout, Plan, Preprocessing, RunIdentity,
+};
 
 use crate::error::{ErrorKind, StorageError};
 use crate::location::Location;
@@ -26,6 +28,28 @@ pub struct PlanOptions {
     pub label: LabelMode,
     /// Images per shard (the last shard takes the rest).
     pub images_per_shard: u32,
+}
+
+impl PlanOptions {
+    /// The identity of a run planned with these options (its source is filled in when it is
+    /// planned), for the resource `run_uid` if any, with the model `model_sha256` fed by
+    /// `preprocessing`.
+    pub fn identity(
+        &self,
+        run_uid: Option<String>,
+        model_sha256: String,
+        preprocessing: Preprocessing,
+    ) -> RunIdentity {
+        RunIdentity {
+            run_uid,
+            source: String::new(),
+            include: self.include.clone(),
+            label: self.label,
+            model_sha256,
+            preprocessing,
+            images_per_shard: self.images_per_shard,
+        }
+    }
 }
 
 /// Why a plan could not be made or read.
@@ -77,12 +101,57 @@ pub enum PlanError {
         /// What is wrong.
         reason: String,
     },
+    /// The output prefix holds the plan of another run.
+    #[error(
+        "{output} holds the plan of another run ({other}, source {other_source}), which differs \
+         from this one in {differences}: choose another output prefix, or remove that run's \
+         outputs first"
+    )]
+    OutputInUse {
+        /// The output prefix.
+        output: String,
+        /// The other run, named.
+        other: String,
+        /// The other run's source.
+        other_source: String,
+        /// What differs, comma-separated.
+        differences: String,
+    },
 }
 
 impl PlanError {
     /// Whether trying again may help (only for some storage failures).
     pub fn is_retryable(&self) -> bool {
         matches!(self, PlanError::Storage(e) if e.is_retryable())
+    }
+
+    /// The failure in one CamelCase word, for the run's condition (see
+    /// [`pomona_crds::contract::PodSummary::reason`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::Storage(e) => storage_reason(e.kind()),
+            PlanError::Pattern(_) => "InvalidInclude",
+            PlanError::Empty { .. } => "EmptySource",
+            PlanError::TooManyShards { .. } => "TooManyShards",
+            PlanError::ZeroShardSize => "InvalidShardSize",
+            PlanError::Corrupt { .. } => "CorruptPlan",
+            PlanError::OutputInUse { .. } => "OutputInUse",
+        }
+    }
+}
+
+/// A storage failure in one CamelCase word.
+pub fn storage_reason(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Transient => "StorageUnavailable",
+        ErrorKind::Throttled => "StorageThrottled",
+        ErrorKind::AccessDenied => "AccessDenied",
+        ErrorKind::NoSuchBucket => "NoSuchBucket",
+        ErrorKind::NotFound => "NotFound",
+        ErrorKind::Invalid => "InvalidLocation",
+        ErrorKind::Changed => "ObjectChanged",
+        ErrorKind::TooLarge => "ObjectTooLarge",
+        ErrorKind::Other => "StorageError",
     }
 }
 
@@ -157,17 +226,55 @@ pub fn build_plan(
             needed: images.div_ceil(u64::from(MAX_SHARDS)),
         });
     }
-    let mut source = source.to_string();
-    if !source.ends_with('/') {
-        source.push('/');
-    }
     Ok(Plan {
         format: Plan::FORMAT,
-        source,
+        source: plan_source(source),
         images,
         bytes: entries.iter().map(|e| e.size).sum(),
         images_per_shard,
         shards: u32::try_from(shards).unwrap_or(u32::MAX),
+        identity: None,
+    })
+}
+
+/// A source URI as a plan records it: ending with `/`, since manifest keys are relative to it.
+pub fn plan_source(source: &str) -> String {
+    let mut source = source.to_string();
+    if !source.ends_with('/') {
+        source.push('/');
+    }
+    source
+}
+
+/// Accepts the plan found under `output` for the run `identity`, or says whose it is: the same
+/// run resumes its own plan; any other is refused before it mixes its outputs with this one.
+/// A plan written before identities were recorded is this run's when its source and shard size
+/// are.
+pub fn check_identity(plan: &Plan, identity: &RunIdentity, output: &str) -> Result<(), PlanError> {
+    let (other, differences) = match &plan.identity {
+        Some(theirs) => (theirs.describe(), theirs.differences(identity)),
+        None => {
+            let mut differences = Vec::new();
+            if plan.source != identity.source {
+                differences.push("source");
+            }
+            if plan.images_per_shard != identity.images_per_shard {
+                differences.push("images per shard");
+            }
+            (
+                "a run planned without a recorded identity".to_string(),
+                differences,
+            )
+        }
+    };
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::OutputInUse {
+        output: output.to_string(),
+        other,
+        other_source: plan.source.clone(),
+        differences: differences.join(", "),
     })
 }
 
@@ -275,33 +382,54 @@ async fn join_one(
     }
 }
 
-/// Lists `source`, plans the run and writes the plan under `output`.
+/// Lists `source`, plans the run `identity` (when given) and writes the plan under `output`.
 pub async fn create_plan(
     source: &Storage,
     output: &Storage,
     options: &PlanOptions,
+    identity: Option<&RunIdentity>,
 ) -> Result<Plan, PlanError> {
     if options.images_per_shard == 0 {
         return Err(PlanError::ZeroShardSize);
     }
     let entries = list_images(source, options).await?;
-    let plan = build_plan(&source.uri(), &entries, options.images_per_shard)?;
+    let mut plan = build_plan(&source.uri(), &entries, options.images_per_shard)?;
+    plan.identity = identity.cloned();
     write_plan(output, &plan, &entries).await?;
     Ok(plan)
 }
 
-/// The plan already under `output` if there is one (a restarted run never re-plans), else a
-/// new one from [`create_plan`]; the flag tells whether it was created now.
+/// The plan of the run `identity` under `output`: the one already there if it is this run's (a
+/// restarted run never re-plans), else a new one from [`create_plan`]; the flag tells whether it
+/// was created now. A plan of another run is refused ([`check_identity`]). A `_SUCCESS` left
+/// by an earlier pass is removed before any shard starts, so that the output is never marked
+/// complete while it is being re-run.
 pub async fn load_or_create_plan(
     source: &Storage,
     output: &Storage,
     options: &PlanOptions,
+    identity: &RunIdentity,
 ) -> Result<(Plan, bool), PlanError> {
-    let key = output.relative(&OutputLayout::new(&output.uri()).plan())?;
-    if output.exists(&key).await? {
-        return Ok((read_plan(output).await?, false));
+    let identity = RunIdentity {
+        source: plan_source(&source.uri()),
+        ..identity.clone()
+    };
+    let layout = OutputLayout::new(&output.uri());
+    let found = match output.exists(&output.relative(&layout.plan())?).await? {
+        true => Some(read_plan(output).await?),
+        false => None,
+    };
+    if let Some(plan) = &found {
+        check_identity(plan, &identity, layout.root())?;
     }
-    Ok((create_plan(source, output, options).await?, true))
+    output.delete(&output.relative(&layout.success())?).await?;
+    Ok(match found {
+        Some(plan) => (plan, false),
+        None => (
+            create_plan(source, output, options, Some(&identity)).await?,
+            true,
+        ),
+    })
 }
 
 /// Reads `manifests/plan.json` under `output`.

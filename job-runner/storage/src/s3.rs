@@ -211,6 +211,22 @@ impl S3Store {
         }
     }
 
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let full = self.full(key);
+        let ctx = self.ctx("s3:DeleteObject", Some(&full));
+        retry(&self.retry, &self.counters, "s3:DeleteObject", || async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+                .map_err(|e| from_sdk(ctx, e))
+        })
+        .await?;
+        Ok(())
+    }
+
     pub(crate) async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
         if data.len() as u64 > self.multipart_threshold {
             return self.put_multipart(key, &Parts::Memory(data)).await;

@@ -243,6 +243,14 @@ impl Storage {
         }
     }
 
+    /// Deletes object `key`; deleting an object that is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.delete(key).await,
+            Backend::Local(l) => l.delete(key).await,
+        }
+    }
+
     /// Whether object `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         Ok(self.head(key).await?.is_some())

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use pomona_crds::LabelMode;
-use pomona_crds::contract::OutputLayout;
+use pomona_crds::contract::{OutputLayout, RunIdentity};
 use pomona_storage::plan::{self, PlanError, PlanOptions};
 use pomona_storage::testing::{self, TempDir};
 use pomona_storage::{ErrorKind, GetOptions, Location, S3Config, Storage};
@@ -121,7 +121,7 @@ async fn local_fruits_plan_and_read_back() {
         label: LabelMode::ParentDirectory,
         images_per_shard: 500,
     };
-    let made = plan::create_plan(&src, &out, &options).await.unwrap();
+    let made = plan::create_plan(&src, &out, &options, None).await.unwrap();
     assert_eq!((made.images, made.shards), (1260, 3));
     let layout = OutputLayout::new(&out.uri());
     assert!(std::path::Path::new(&layout.plan()).is_file());
@@ -146,7 +146,7 @@ async fn local_fruits_plan_and_read_back() {
         images_per_shard: 2000,
         ..options.clone()
     };
-    let p = plan::create_plan(&src, &local(out2.path()).await, &none)
+    let p = plan::create_plan(&src, &local(out2.path()).await, &none, None)
         .await
         .unwrap();
     assert_eq!(p.shards, 1);
@@ -160,7 +160,9 @@ async fn local_fruits_plan_and_read_back() {
         include: vec!["*.tiff".into()],
         ..options.clone()
     };
-    let err = plan::create_plan(&src, &out, &nothing).await.unwrap_err();
+    let err = plan::create_plan(&src, &out, &nothing, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, PlanError::Empty { listed: 1260, .. }),
         "{err}"
@@ -180,4 +182,69 @@ async fn local_reads_are_conditioned_on_the_planned_stamp_and_bounded_in_size() 
     };
     let missing = s.get_with("b.jpg", &read).await.unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+}
+
+#[tokio::test]
+async fn a_plan_belongs_to_one_run_and_a_rerun_clears_its_success_marker() {
+    let src = local(&testing::fruits_training()).await;
+    let out_dir = TempDir::new("identity");
+    let out = local(out_dir.path()).await;
+    let options = PlanOptions {
+        include: vec!["*.jpg".into()],
+        label: LabelMode::ParentDirectory,
+        images_per_shard: 500,
+    };
+    let mine = PlanOptions::identity(
+        &options,
+        Some("uid-1".into()),
+        "a".repeat(64),
+        testing::identity(&options).preprocessing,
+    );
+    let (made, created) = plan::load_or_create_plan(&src, &out, &options, &mine)
+        .await
+        .unwrap();
+    assert!(created);
+    let recorded = made.identity.clone().expect("the plan records its run");
+    assert_eq!(recorded.run_uid.as_deref(), Some("uid-1"));
+    assert_eq!(recorded.source, made.source);
+    assert_eq!(plan::read_plan(&out).await.unwrap(), made);
+
+    // The same run again: its own plan, and the marker of its earlier pass is gone.
+    let success = out_dir.path().join("_SUCCESS");
+    std::fs::write(&success, b"").unwrap();
+    let (again, created) = plan::load_or_create_plan(&src, &out, &options, &mine)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again, made);
+    assert!(!success.exists(), "a stale _SUCCESS survived the re-plan");
+
+    // Another resource, another model or other preprocessing: refused, naming the other run and
+    // what differs; the plan is left as it was.
+    let other_run = RunIdentity {
+        run_uid: Some("uid-2".into()),
+        ..mine.clone()
+    };
+    let mut resized = mine.clone();
+    resized.preprocessing.width = 160;
+    let command_line = RunIdentity {
+        run_uid: None,
+        model_sha256: "b".repeat(64),
+        ..mine.clone()
+    };
+    for (other, differs) in [
+        (other_run, "run"),
+        (resized, "preprocessing"),
+        (command_line, "run, model sha256"),
+    ] {
+        let err = plan::load_or_create_plan(&src, &out, &options, &other)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "OutputInUse");
+        let message = err.to_string();
+        assert!(message.contains("uid uid-1"), "{message}");
+        assert!(message.contains(&format!("in {differs}:")), "{message}");
+        assert!(!err.is_retryable());
+    }
+    assert_eq!(plan::read_plan(&out).await.unwrap(), made);
 }

@@ -154,7 +154,7 @@ async fn fruits_upload_paginated_list_and_plan() {
     let source = server.storage("images/").await;
     let output = server.storage("runs/r1").await;
     let t = Instant::now();
-    let made = plan::create_plan(&source, &output, &options(500))
+    let made = plan::create_plan(&source, &output, &options(500), None)
         .await
         .unwrap();
     eprintln!(
@@ -209,12 +209,20 @@ async fn fruits_upload_paginated_list_and_plan() {
     };
     assert_eq!(strip(&local_entries), strip(&all));
 
-    // A restart reuses the plan instead of re-planning.
-    let (again, created) = plan::load_or_create_plan(&source, &output, &options(7))
+    // A restart reuses the plan instead of re-planning (a plan without a recorded identity is
+    // this run's when the source and shard size are); another shard size is another run.
+    let same = testing::identity(&options(500));
+    let (again, created) = plan::load_or_create_plan(&source, &output, &options(500), &same)
         .await
         .unwrap();
     assert!(!created);
     assert_eq!(again, plan);
+    let other = testing::identity(&options(7));
+    let err = plan::load_or_create_plan(&source, &output, &options(7), &other)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "OutputInUse", "{err}");
+    assert!(err.to_string().contains("images per shard"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,16 @@ use arrow_array::{Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pomona_crds::contract::PodSummary;
 
-/// The `pomona` binary with `args` and `envs`; `run` and `extract` get the shared model. The
+/// The `pomona` binary with `args` and `envs`; `run`, `plan` and `extract` get the shared
+/// model. The
 /// environment's S3 endpoint and the pod's termination log are kept out.
 pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
     cmd.args(args);
-    if matches!(args.first(), Some(&"run") | Some(&"extract")) {
+    if matches!(
+        args.first(),
+        Some(&"run") | Some(&"extract") | Some(&"plan")
+    ) {
         cmd.arg("--model").arg(super::model_path());
     }
     cmd.env_remove("AWS_ENDPOINT_URL")

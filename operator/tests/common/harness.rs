@@ -1,55 +1,48 @@
-//! A run's fixture for the operator tests: a real S3 server (s3s-fs) holding 10 images, the
-//! in-memory API server holding the Fruits-360 resource (3 shards of up to 4 images) and its
-//! credentials Secret, and the moves of Kubernetes' own controllers (Job status, pods).
+//! A run's fixture for the operator tests: the in-memory API server holding the Fruits-360
+//! resource (10 images in 3 shards of up to 4) and the moves of Kubernetes' own controllers and of
+//! the runner pods (Job status, pods and their one-line summaries). The operator reads no
+//! storage: the plan's totals come from the plan pod's summary, as on a cluster.
 
 #![allow(dead_code)]
 
 use std::sync::Arc;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::runtime::controller::Action;
-use pomona_crds::contract::{PodSummary, Step};
+use pomona_crds::contract::{PlanTotals, PodSummary, Step};
 use pomona_crds::{FeatureExtraction, FeatureExtractionStatus, PcaResult};
 use pomona_operator::controller::{Context, Error, reconcile};
 use pomona_operator::metrics::Metrics;
-use pomona_operator::settings::Settings;
-use pomona_storage::testing::{ACCESS_KEY, BUCKET, REGION, S3Server, SECRET_KEY};
+use pomona_operator::settings::{List, Settings};
 use serde_json::{Value, json};
 
 use super::fake_api::{Call, FakeApi};
 
 pub const NS: &str = "fruits";
 pub const FX: &str = "/apis/pomona.dev/v1alpha1/namespaces/fruits/featureextractions/fruits-360";
+pub const PLAN: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-plan";
 pub const EXTRACT: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-extract";
 pub const REDUCE: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-reduce";
 pub const PODS: &str = "/api/v1/namespaces/fruits/pods";
 pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fruits/events";
-pub const SECRET: &str = "/api/v1/namespaces/fruits/secrets/fruits-s3";
 
-/// A run of 10 images (2 varieties) in shards of 4: 3 shards of 4, 4 and 2 images.
+/// The plan of the fixture's run: 10 images (2 varieties) in shards of 4.
+pub const TOTALS: PlanTotals = PlanTotals {
+    images: 10,
+    bytes: 40_960,
+    shards: 3,
+    images_per_shard: 4,
+};
+
+/// A run of 10 images in shards of 4: 3 shards of 4, 4 and 2 images.
 pub struct Harness {
     pub api: FakeApi,
     pub client: Client,
-    pub s3: S3Server,
     pub ctx: Arc<Context>,
 }
 
 impl Harness {
     pub fn new(patch: impl FnOnce(&mut FeatureExtraction)) -> Self {
-        let s3 = S3Server::start();
-        for (variety, n) in [("Apple Red 1", 6), ("Banana 1", 4)] {
-            let dir = s3.root().join(BUCKET).join("images/Training").join(variety);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                std::fs::write(
-                    dir.join(format!("{i}_100.jpg")),
-                    b"not decoded by the planner",
-                )
-                .unwrap();
-            }
-        }
         let (api, client) = FakeApi::start();
         let mut fx: FeatureExtraction = serde_yaml::from_str(
             &std::fs::read_to_string(concat!(
@@ -60,40 +53,25 @@ impl Harness {
         )
         .unwrap();
         fx.metadata.namespace = Some(NS.into());
-        fx.spec.storage.endpoint = Some(s3.endpoint.clone());
-        fx.spec.storage.region = REGION.into();
         fx.spec.sharding.images_per_shard = 4;
         patch(&mut fx);
         api.put(FX, serde_json::to_value(&fx).unwrap());
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some("fruits-s3".into()),
-                namespace: Some(NS.into()),
-                ..Default::default()
-            },
-            data: Some(
-                [
-                    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-                    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-            ),
-            ..Default::default()
-        };
-        api.put(SECRET, serde_json::to_value(&secret).unwrap());
         let ctx = Self::context(&client);
-        Self {
-            api,
-            client,
-            s3,
-            ctx,
+        Self { api, client, ctx }
+    }
+
+    /// The settings of the chart's release `pomona` that the example is written for: its
+    /// runner service account, and the example's MinIO endpoint allowed.
+    pub fn settings() -> Settings {
+        Settings {
+            runner_service_account: "pomona-runner".into(),
+            allowed_endpoints: List(vec!["http://minio.minio.svc:9000".into()]),
+            ..Settings::default()
         }
     }
 
     pub fn context(client: &Client) -> Arc<Context> {
-        Self::context_with(client, Settings::default())
+        Self::context_with(client, Self::settings())
     }
 
     pub fn context_with(client: &Client, settings: Settings) -> Arc<Context> {
@@ -194,6 +172,26 @@ impl Harness {
         );
     }
 
+    /// Plays the plan pod, its kubelet and the Job controller: the plan is written, the pod
+    /// reported `TOTALS` and the plan Job is complete.
+    pub fn planned(&self) {
+        let summary = PodSummary {
+            images: TOTALS.images,
+            plan: Some(TOTALS),
+            ..PodSummary::new(Step::Plan)
+        };
+        self.pod(PLAN, 0, 0, "Succeeded", 0, &summary.to_line());
+        self.job_status(PLAN, complete(json!({"succeeded": 1})));
+    }
+
+    /// The start of every run: the plan Job is created, its pod reports the plan, and the
+    /// extract Job is created.
+    pub async fn start(&self) -> Action {
+        self.step().await;
+        self.planned();
+        self.step().await
+    }
+
     /// Plays the kubelet for a successful extract pod: shard `index`, attempt `attempt`, with
     /// `failed` of its `images` dead-lettered.
     pub fn extracted(&self, index: u32, attempt: u32, images: u64, failed: u64) {
@@ -203,15 +201,13 @@ impl Harness {
 
     pub fn extract_summary(shard: u32, images: u64, failed: u64) -> String {
         PodSummary {
-            step: Step::Extract,
             shard: Some(shard),
             images,
             processed: images - failed,
             failed,
             seconds: 2.5,
             peak_rss_mib: Some(420),
-            pca: None,
-            error: None,
+            ..PodSummary::new(Step::Extract)
         }
         .to_line()
     }
@@ -220,15 +216,13 @@ impl Harness {
     /// dead-lettered, and fitted `pca`.
     pub fn reduced(&self, failed: u64, pca: PcaResult) {
         let summary = PodSummary {
-            step: Step::Reduce,
-            shard: None,
             images: 10,
             processed: 10 - failed,
             failed,
             seconds: 1.0,
             peak_rss_mib: Some(110),
             pca: Some(pca),
-            error: None,
+            ..PodSummary::new(Step::Reduce)
         };
         self.pod(REDUCE, 0, 0, "Succeeded", 0, &summary.to_line());
     }
@@ -250,8 +244,13 @@ impl Harness {
             .collect()
     }
 
-    pub fn s3_file(&self, key: &str) -> std::path::PathBuf {
-        self.s3.root().join(BUCKET).join(key)
+    /// Every request the operator made to a path under `prefix`, reads included.
+    pub fn requests_under(&self, prefix: &str) -> Vec<Call> {
+        self.api
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.starts_with(prefix))
+            .collect()
     }
 }
 
@@ -261,9 +260,4 @@ pub fn complete(extra: Value) -> Value {
     });
     super::fake_api::merge(&mut status, &extra);
     status
-}
-
-/// A Secret value as the API carries it (base64).
-pub fn b64(s: &str) -> Value {
-    serde_json::to_value(ByteString(s.as_bytes().to_vec())).unwrap()
 }

@@ -49,6 +49,21 @@ pub fn fruits_training() -> PathBuf {
     dir
 }
 
+/// The identity of a test run planned with `options`: a fixed model checksum and MobileNetV2's
+/// preprocessing, no resource.
+pub fn identity(options: &crate::plan::PlanOptions) -> pomona_crds::contract::RunIdentity {
+    let preprocessing = pomona_crds::contract::Preprocessing {
+        input_name: "input".into(),
+        output_name: "features".into(),
+        width: 224,
+        height: 224,
+        layout: pomona_crds::TensorLayout::NHWC,
+        scale: 1.0 / 127.5,
+        offset: -1.0,
+    };
+    options.identity(None, "0".repeat(64), preprocessing)
+}
+
 /// Where the `s3s-fs` binary is expected.
 pub fn s3s_fs_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("POMONA_S3S_FS") {

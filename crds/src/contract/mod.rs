@@ -3,9 +3,14 @@
 //! Both sides read and write the same objects under a run's output prefix, and the operator
 //! learns a pod's counts from the one-line summary the pod leaves as its termination message.
 //! Everything they agree on is defined here, once: the output layout, the shard manifest line,
-//! the plan document, the pod summary and the exit codes.
+//! the plan document and the run's identity, the pod summary, the exit codes, the environment
+//! of a runner pod, and each step's command line ([`steps`]).
+
+pub mod steps;
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::{LabelMode, TensorLayout};
 
 /// Width of the zero-padded shard number in file names (`part-00042.parquet`).
 pub const SHARD_DIGITS: usize = 5;
@@ -24,6 +29,29 @@ pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;
 
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX: usize = 4096;
+
+/// The environment variables through which a runner pod gets what is not on its command line.
+/// The runner reads each of them (the AWS ones through the AWS SDK's default chain).
+pub mod env {
+    /// Region of the buckets.
+    pub const REGION: &str = "AWS_REGION";
+    /// Endpoint of an S3-compatible service.
+    pub const ENDPOINT: &str = "AWS_ENDPOINT_URL";
+    /// Static credentials: the key id (from the run's credentials Secret, when it names one).
+    pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    /// Static credentials: the secret key.
+    pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    /// Static credentials: a session token (optional).
+    pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+    /// The shard of an extract pod, set by the Indexed Job.
+    pub const SHARD: &str = "JOB_COMPLETION_INDEX";
+    /// Scratch space for a shard's files before upload.
+    pub const SCRATCH: &str = "POMONA_SCRATCH";
+    /// Temporary files of libraries (the root filesystem is read-only): the scratch folder.
+    pub const TMPDIR: &str = "TMPDIR";
+    /// Where the one-line summary is written besides stdout (default [`super::TERMINATION_LOG`]).
+    pub const TERMINATION_LOG: &str = "POMONA_TERMINATION_LOG";
+}
 
 /// Exit codes of the `pomona` runner. The operator's pod failure policy retries a shard on
 /// [`exit::RETRYABLE`] (and on anything else unexpected, such as an OOM kill) and fails the
@@ -59,7 +87,7 @@ pub struct ManifestEntry {
 
 /// The plan of a run (`manifests/plan.json`), written once before any shard runs so that a
 /// restart never re-plans a run differently.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     /// Version of this document's format.
@@ -74,6 +102,9 @@ pub struct Plan {
     pub images_per_shard: u32,
     /// Number of shards (`manifests/shard-00000.jsonl` …).
     pub shards: u32,
+    /// Which run the plan belongs to; absent from plans written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<RunIdentity>,
 }
 
 impl Plan {
@@ -82,10 +113,115 @@ impl Plan {
 
     /// Number of images in shard `shard` of this plan.
     pub fn shard_len(&self, shard: u32) -> u64 {
+        self.totals().shard_len(shard)
+    }
+
+    /// The plan's totals.
+    pub fn totals(&self) -> PlanTotals {
+        PlanTotals {
+            images: self.images,
+            bytes: self.bytes,
+            shards: self.shards,
+            images_per_shard: self.images_per_shard,
+        }
+    }
+}
+
+/// The totals of a plan: what a plan pod reports and the operator records in the status.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanTotals {
+    /// Images listed.
+    pub images: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Shards (the extract Job's completions).
+    pub shards: u32,
+    /// Images per shard (the last shard takes the rest).
+    pub images_per_shard: u32,
+}
+
+impl PlanTotals {
+    /// Number of images in shard `shard`.
+    pub fn shard_len(&self, shard: u32) -> u64 {
         let start = u64::from(shard) * u64::from(self.images_per_shard);
         self.images
             .saturating_sub(start)
             .min(u64::from(self.images_per_shard))
+    }
+}
+
+/// What makes a run this run: written with its plan, so that a second run with other inputs,
+/// another model or other preprocessing is refused before it mixes its outputs with this one's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunIdentity {
+    /// The uid of the `FeatureExtraction` that planned the run; absent for a run of the
+    /// command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_uid: Option<String>,
+    /// The source URI (ends with `/`).
+    pub source: String,
+    /// The include patterns.
+    pub include: Vec<String>,
+    /// How images are labelled.
+    pub label: LabelMode,
+    /// sha256 of the model file.
+    pub model_sha256: String,
+    /// The model's input and output and the preprocessing that feeds it.
+    pub preprocessing: Preprocessing,
+    /// Images per shard.
+    pub images_per_shard: u32,
+}
+
+/// The preprocessing of a run's images and the tensors it reads from the model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Preprocessing {
+    /// Name of the model input.
+    pub input_name: String,
+    /// Name of the output holding the features.
+    pub output_name: String,
+    /// Width the images are resized to.
+    pub width: u32,
+    /// Height the images are resized to.
+    pub height: u32,
+    /// Tensor layout of the input.
+    pub layout: TensorLayout,
+    /// Scale applied to each 0..=255 channel value.
+    pub scale: f64,
+    /// Offset added after scaling.
+    pub offset: f64,
+}
+
+impl RunIdentity {
+    /// The fields in which `other` differs from this identity, by name; empty when they are
+    /// the same run.
+    pub fn differences(&self, other: &RunIdentity) -> Vec<&'static str> {
+        [
+            (self.run_uid == other.run_uid, "run"),
+            (self.source == other.source, "source"),
+            (self.include == other.include, "include patterns"),
+            (self.label == other.label, "label mode"),
+            (self.model_sha256 == other.model_sha256, "model sha256"),
+            (self.preprocessing == other.preprocessing, "preprocessing"),
+            (
+                self.images_per_shard == other.images_per_shard,
+                "images per shard",
+            ),
+        ]
+        .into_iter()
+        .filter(|(same, _)| !same)
+        .map(|(_, name)| name)
+        .collect()
+    }
+
+    /// Names the run in messages: its resource's uid, or the command line.
+    pub fn describe(&self) -> String {
+        match &self.run_uid {
+            Some(uid) => format!("the FeatureExtraction with uid {uid}"),
+            None => "a run of the pomona command line".to_string(),
+        }
     }
 }
 
@@ -116,13 +252,19 @@ pub struct PodSummary {
     /// The PCA a reduce step fitted or reused (what the operator reports in `status.pca`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pca: Option<crate::api::PcaResult>,
+    /// The plan a plan step made or found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanTotals>,
     /// Why the step failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The failure's reason in one CamelCase word (`AccessDenied`, `NoSuchBucket`,
+    /// `EmptySource`, `OutputInUse`, …): what the operator puts in the run's condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// The steps of a run: `extract` and `reduce` run as pods; `plan` names the listing step when
-/// `pomona run`, which does all three, fails there.
+/// The steps of a run: the operator runs each as pods, and `pomona run` does all three.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
@@ -159,6 +301,23 @@ struct Line<'a> {
 }
 
 impl PodSummary {
+    /// The summary of a `step` that has counted nothing yet.
+    pub fn new(step: Step) -> Self {
+        Self {
+            step,
+            shard: None,
+            images: 0,
+            processed: 0,
+            failed: 0,
+            seconds: 0.0,
+            peak_rss_mib: None,
+            pca: None,
+            plan: None,
+            error: None,
+            reason: None,
+        }
+    }
+
     /// The summary as one line of JSON, shortened (by cutting `error`) to fit in a termination
     /// message.
     pub fn to_line(&self) -> String {
@@ -381,6 +540,7 @@ mod tests {
             bytes: 1,
             images_per_shard: 500,
             shards: 3,
+            identity: None,
         };
         let lens: Vec<u64> = (0..plan.shards).map(|s| plan.shard_len(s)).collect();
         assert_eq!(lens, [500, 500, 260]);
@@ -398,7 +558,9 @@ mod tests {
             seconds: 41.5,
             peak_rss_mib: Some(212),
             pca: None,
+            plan: None,
             error: None,
+            reason: None,
         };
         let line = summary.to_line();
         assert_eq!(
@@ -431,7 +593,9 @@ mod tests {
             seconds: 0.5,
             peak_rss_mib: None,
             pca: None,
+            plan: None,
             error: Some("listing failed".into()),
+            reason: None,
         };
         let counts = StorageCounts {
             requests: 9,
@@ -469,7 +633,9 @@ mod tests {
                 explained_variance: 0.854,
                 reused: false,
             }),
+            plan: None,
             error: None,
+            reason: None,
         };
         let line = summary.to_line();
         assert!(

@@ -1,0 +1,295 @@
+//! The `pomona` command line: its subcommands as clap types, and their conversion into the
+//! typed step arguments of the job contract ([`pomona_crds::contract::steps`]).
+//!
+//! The operator writes a pod's arguments from those contract types; parsing them back with
+//! [`Cli`] and converting gives the same values, which a test checks for every Job of the
+//! examples. The binary (`main.rs`) only runs what this module parsed.
+
+use clap::{Args, Parser, Subcommand};
+use pomona_crds::LabelMode;
+use pomona_crds::contract::{env, steps};
+use pomona_storage::plan::PlanOptions;
+
+use crate::cli::{ModelArgs, S3Args, TuningArgs};
+use crate::reduce::{PcaArgs, ShardList};
+
+/// Turns images into MobileNetV2 features, a PCA and reduced vectors.
+#[derive(Parser, Debug)]
+#[command(name = steps::PROGRAM, version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List a source and show the plan (images, bytes, shards); with --output, write it there
+    /// with the run's identity (or find the one already written for the same run).
+    Plan(PlanCommand),
+    /// Extract one shard of a planned run: features, dead letters and PCA statistics.
+    Extract(ExtractCommand),
+    /// Fit a PCA on every shard's statistics (or reuse one), project the features, write the
+    /// report, and mark the run complete (_SUCCESS) when every image is accounted for.
+    Reduce(ReduceCommand),
+    /// Run the whole pipeline on this machine: plan, extract every shard not yet done, then
+    /// reduce (a PCA of 50 components unless told otherwise).
+    Run(RunCommand),
+}
+
+/// `pomona plan`.
+#[derive(Args, Debug)]
+pub struct PlanCommand {
+    /// The images: s3://bucket/prefix/ or a folder.
+    #[arg(long)]
+    pub input: String,
+    /// Where to write the plan and shard manifests (a run's output prefix).
+    #[arg(long)]
+    pub output: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub options: PlanOptionsArgs,
+    /// The FeatureExtraction this run belongs to (its uid), recorded in the plan's identity.
+    #[arg(long)]
+    pub run_uid: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: S3Args,
+}
+
+/// `pomona extract`.
+#[derive(Args, Debug)]
+pub struct ExtractCommand {
+    /// The run's output prefix (s3://bucket/prefix/ or a folder).
+    #[arg(long)]
+    pub output: String,
+    /// The folder of the plan and shard manifests. Default: <output>/manifests/.
+    #[arg(long)]
+    pub manifest: Option<String>,
+    /// The shard to extract. Default: $JOB_COMPLETION_INDEX (set by an Indexed Job).
+    #[arg(long, env = env::SHARD)]
+    pub shard: Option<u32>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tuning: TuningArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: S3Args,
+}
+
+/// `pomona reduce`.
+#[derive(Args, Debug)]
+pub struct ReduceCommand {
+    /// The run's output prefix (s3://bucket/prefix/ or a folder).
+    #[arg(long)]
+    pub output: String,
+    /// Shards whose extract pods failed for good, as the Job's failed indexes: "3,7" or
+    /// "1,3-5,7". Those without complete outputs get every image of their manifest
+    /// dead-lettered (deadletter/part-NNNNN.parquet, with the reason) and the PCA is fitted
+    /// on the other shards; a shard missing but not named still fails the step.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub failed_shards: ShardList,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pca: PcaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: S3Args,
+}
+
+/// `pomona run`.
+#[derive(Args, Debug)]
+pub struct RunCommand {
+    /// The images: s3://bucket/prefix/ or a folder.
+    #[arg(long)]
+    pub input: String,
+    /// Where the run's outputs go: s3://bucket/prefix/ or a folder.
+    #[arg(long)]
+    pub output: String,
+    /// Shards extracted at once (the CPUs are shared between them).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub plan: PlanOptionsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pca: PcaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tuning: TuningArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: S3Args,
+}
+
+/// Which images a plan takes, how it labels them and how it shards them.
+#[derive(Args, Debug)]
+pub struct PlanOptionsArgs {
+    /// Images per shard (one extractor pod each).
+    #[arg(long, default_value_t = 2000)]
+    pub images_per_shard: u32,
+    /// File-name patterns of the images (case-insensitive); repeat for several.
+    #[arg(long = "include", default_values = ["*.jpg", "*.jpeg", "*.png", "*.webp"])]
+    pub include: Vec<String>,
+    /// How an image gets its label: parent-directory (the name of the folder holding it) or
+    /// none.
+    #[arg(long, default_value = "parent-directory")]
+    pub label: LabelMode,
+}
+
+impl PlanOptionsArgs {
+    /// The planner's options.
+    pub fn options(&self) -> PlanOptions {
+        PlanOptions {
+            include: self.include.clone(),
+            label: self.label,
+            images_per_shard: self.images_per_shard,
+        }
+    }
+}
+
+impl PlanCommand {
+    /// The contract's arguments of a plan step, when it writes its plan (`--output`).
+    pub fn contract(&self) -> Option<steps::PlanArgs> {
+        Some(steps::PlanArgs {
+            input: self.input.clone(),
+            output: self.output.clone()?,
+            include: self.options.include.clone(),
+            label: self.options.label,
+            images_per_shard: self.options.images_per_shard,
+            run_uid: self.run_uid.clone(),
+            model: (&self.model).into(),
+            storage: (&self.s3).into(),
+        })
+    }
+}
+
+impl From<&ExtractCommand> for steps::ExtractArgs {
+    fn from(c: &ExtractCommand) -> Self {
+        Self {
+            output: c.output.clone(),
+            model: (&c.model).into(),
+            batch_size: c
+                .tuning
+                .batch_size
+                .map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
+            max_image_bytes: c.tuning.max_image_bytes,
+            storage: (&c.s3).into(),
+        }
+    }
+}
+
+impl ReduceCommand {
+    /// The contract's arguments of a reduce step; `None` without a PCA mode.
+    pub fn contract(&self) -> Option<steps::ReduceArgs> {
+        let pca = &self.pca;
+        let mode = match (&pca.pca_from, pca.components, pca.variance_to_keep) {
+            (Some(from), _, _) => steps::PcaMode::From(from.clone()),
+            (None, Some(k), _) => steps::PcaMode::Components(u32::try_from(k).ok()?),
+            (None, None, Some(f)) => steps::PcaMode::VarianceToKeep(f),
+            (None, None, None) => return None,
+        };
+        Some(steps::ReduceArgs {
+            output: self.output.clone(),
+            pca: mode,
+            csv: pca.csv,
+            failed_shards: self.failed_shards.clone(),
+            storage: (&self.s3).into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[String]) -> Command {
+        let argv = std::iter::once(steps::PROGRAM.to_string()).chain(args.iter().cloned());
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    fn model() -> steps::ModelArgs {
+        steps::ModelArgs {
+            uri: "s3://models/m.onnx".into(),
+            sha256: Some("ab".repeat(32)),
+            preprocessing: pomona_crds::contract::Preprocessing {
+                input_name: "pixels".into(),
+                output_name: "embedding".into(),
+                width: 192,
+                height: 160,
+                layout: pomona_crds::TensorLayout::NCHW,
+                scale: 1.0 / 255.0,
+                offset: -0.5,
+            },
+        }
+    }
+
+    #[test]
+    fn every_step_parses_back_into_the_contract_it_was_written_from() {
+        let storage = steps::StorageArgs {
+            path_style: Some(false),
+        };
+        let plan = steps::PlanArgs {
+            input: "s3://b/images/".into(),
+            output: "s3://b/runs/1/".into(),
+            include: vec!["*.jpg".into()],
+            label: LabelMode::None,
+            images_per_shard: 7,
+            run_uid: Some("0b0e".into()),
+            model: model(),
+            storage: storage.clone(),
+        };
+        let Command::Plan(parsed) = parse(&plan.to_args()) else {
+            panic!("not a plan")
+        };
+        assert_eq!(parsed.contract(), Some(plan));
+
+        let extract = steps::ExtractArgs {
+            output: "s3://b/runs/1/".into(),
+            model: model(),
+            batch_size: Some(8),
+            max_image_bytes: 1 << 20,
+            storage: storage.clone(),
+        };
+        let Command::Extract(parsed) = parse(&extract.to_args()) else {
+            panic!("not an extract")
+        };
+        assert_eq!(steps::ExtractArgs::from(&parsed), extract);
+
+        for pca in [
+            steps::PcaMode::Components(50),
+            steps::PcaMode::VarianceToKeep(0.95),
+            steps::PcaMode::From("s3://b/runs/0/pca/".into()),
+        ] {
+            let reduce = steps::ReduceArgs {
+                output: "s3://b/runs/1/".into(),
+                pca,
+                csv: true,
+                failed_shards: "1,3-5".parse().unwrap(),
+                storage: storage.clone(),
+            };
+            let Command::Reduce(parsed) = parse(&reduce.to_args()) else {
+                panic!("not a reduce")
+            };
+            assert_eq!(parsed.contract(), Some(reduce));
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The job contract holds end to end: every Job the operator renders for the examples runs a
+//! command line that the runner's own parser accepts and turns back into the same typed step
+//! arguments the operator built it from. A flag renamed on one side fails here, not on a
+//! cluster.
+
+use std::path::Path;
+
+use clap::Parser;
+use k8s_openapi::api::batch::v1::Job;
+use pomona_crds::FeatureExtraction;
+use pomona_crds::contract::steps::{self, ExtractArgs};
+use pomona_operator::jobs::{CONTAINER, extract_args, plan_args, reduce_args};
+use pomona_operator::render::render;
+use pomona_operator::settings::{List, Settings};
+use pomona_runner::command::{Cli, Command};
+
+/// The settings of a release that allows every example's endpoint and service account.
+fn settings() -> Settings {
+    Settings {
+        runner_service_account: "pomona-runner".into(),
+        allowed_endpoints: List(vec![
+            "http://minio.minio.svc:9000".into(),
+            "http://10.244.0.1:9000".into(),
+        ]),
+        ..Settings::default()
+    }
+}
+
+/// The container's command line of a rendered Job, program first.
+fn command_line(job: &Job) -> Vec<String> {
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = pod.containers.iter().find(|c| c.name == CONTAINER).unwrap();
+    let mut argv = container.command.clone().unwrap();
+    argv.extend(container.args.clone().unwrap());
+    argv
+}
+
+#[test]
+fn every_rendered_job_parses_with_the_runner_s_parser_into_its_contract() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
+    let mut examples = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        examples += 1;
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let rendered = render(&yaml, 1260, None, &settings())
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let jobs: Vec<Job> = rendered
+            .split("\n---\n")
+            .skip(1)
+            .map(|doc| serde_yaml::from_str(doc).unwrap())
+            .collect();
+        assert_eq!(jobs.len(), 3, "{}", path.display());
+        // What the operator built each Job from (render stamps a placeholder uid).
+        let mut fx: FeatureExtraction = serde_yaml::from_str(&yaml).unwrap();
+        fx.metadata.uid = Some(pomona_operator::render::PLACEHOLDER_UID.into());
+        for job in &jobs {
+            let argv = command_line(job);
+            assert_eq!(argv[0], steps::PROGRAM);
+            let parsed = Cli::try_parse_from(&argv)
+                .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()))
+                .command;
+            match parsed {
+                Command::Plan(c) => assert_eq!(c.contract(), Some(plan_args(&fx))),
+                Command::Extract(c) => assert_eq!(ExtractArgs::from(&c), extract_args(&fx)),
+                Command::Reduce(c) => {
+                    assert_eq!(c.contract(), Some(reduce_args(&fx, Default::default())))
+                }
+                Command::Run(_) => panic!("the operator never runs `pomona run`"),
+            }
+        }
+    }
+    assert_eq!(examples, 3, "every example in {}", dir.display());
+}
