@@ -35,7 +35,8 @@ pub struct PodObservation {
     pub summary: Option<PodSummary>,
     /// Exit code of the runner container, once it terminated.
     pub exit_code: Option<i32>,
-    /// Why the container terminated (`Error`, `OOMKilled`, …).
+    /// Why the pod ended when the kubelet says (`DeadlineExceeded`, `Evicted`), else why its
+    /// container terminated (`Error`, `OOMKilled`, …).
     pub reason: Option<String>,
     /// The termination message when it holds no summary (with `FallbackToLogsOnError`, the
     /// tail of the log).
@@ -79,7 +80,9 @@ impl PodObservation {
             },
             summary,
             exit_code: terminated.map(|t| t.exit_code),
-            reason: terminated.and_then(|t| t.reason.clone()),
+            reason: status
+                .and_then(|s| s.reason.clone())
+                .or_else(|| terminated.and_then(|t| t.reason.clone())),
             finished_at: terminated.and_then(|t| t.finished_at.clone()),
         }
     }

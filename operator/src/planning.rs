@@ -50,9 +50,14 @@ pub fn planning(job: Option<&Job>, pods: &[PodObservation]) -> Planning {
         .filter(|p| p.phase == PodPhase::Failed)
         .max_by(|a, b| a.finished_at.cmp(&b.finished_at));
     if let Some(condition) = job_condition(job, "Failed") {
+        // The runner's own reason, else the kubelet's (`DeadlineExceeded`), else a generic one.
         let reason = last_failure
-            .and_then(|p| p.summary.as_ref())
-            .and_then(|s| s.reason.clone())
+            .and_then(|p| p.summary.as_ref().and_then(|s| s.reason.clone()))
+            .or_else(|| {
+                last_failure
+                    .and_then(|p| p.reason.clone())
+                    .filter(|r| r != "Error")
+            })
             .unwrap_or_else(|| "PlanFailed".to_string());
         let why = last_failure.map_or_else(
             || format!("the plan Job failed ({condition})"),

@@ -159,6 +159,19 @@ async fn the_operator_process_runs_a_whole_run_and_hands_its_lease_back() {
         eventually(line, || metrics(port).contains(line)).await;
     }
     assert_eq!(h.api.paths("/apis/batch/v1/").len(), 3, "one Job of each");
+    // The pods come from a watch cache: listed once when the watch starts, never per reconcile.
+    let pod_lists: Vec<String> = h
+        .api
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == http::Method::GET && c.path.ends_with("/pods"))
+        .filter(|c| !c.query.contains("watch=true"))
+        .map(|c| format!("{}?{}", c.path, c.query))
+        .collect();
+    assert!(
+        pod_lists.len() <= 2 && pod_lists.iter().all(|l| l.starts_with("/api/v1/pods?")),
+        "pods listed per reconcile: {pod_lists:?}"
+    );
     let reasons = h.event_reasons();
     for reason in [
         "JobCreated",

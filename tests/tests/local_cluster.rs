@@ -142,3 +142,155 @@ async fn local_a_paused_leader_is_replaced_and_stops_acting_when_resumed() {
     assert_eq!(created, 1, "the extract Job was created once");
     assert_no_forbidden(&run.client, &run.settings).await;
 }
+
+/// The pid of the operator container of `pod`, from the local kubelet's pid file.
+fn operator_pid(pod_logs: &std::path::Path, pod: &Pod) -> Pid {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let file = pod_logs
+        .join(uid)
+        .join("containers")
+        .join(format!("operator-{}.pid", restarts(pod)));
+    let pid: i32 = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .parse()
+        .expect("a pid");
+    Pid::from_raw(pid).expect("a pid")
+}
+
+/// The reduce pod removed before any operator read its summary (both replicas paused while the
+/// reduce step ran): the run is not reported Succeeded without its final counts and PCA; the
+/// operator runs the reduce Job again and reports them.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "local cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::api::{DeleteParams, ListParams};
+
+    let cluster = cluster().await;
+    let pod_logs: PathBuf = cluster
+        .settings
+        .pod_logs
+        .clone()
+        .expect("POMONA_E2E_POD_LOGS: this test pauses processes of the local cluster's node");
+    let images = pick_images(&cluster.settings.images, 2, 10);
+    let run = Run::new(cluster, "lost", images).await;
+    let n = run.images.len();
+    let fx = run.resource("lost", json!({ "imagesPerShard": 10, "parallelism": 2 }));
+    let api = run.apply(&fx).await;
+
+    // The moment the reduce Job exists, every operator replica is paused.
+    let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
+    eventually(Duration::from_secs(240), "the reduce Job", || async {
+        jobs.get_opt("lost-reduce").await.ok().flatten().is_some()
+    })
+    .await;
+    let ns = run.settings.operator_namespace.clone();
+    let operator_pods: Api<Pod> = Api::namespaced(run.client.clone(), &ns);
+    let replicas = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=pomona"))
+        .await
+        .expect("list the operator pods")
+        .items;
+    let paused: Vec<Pid> = replicas
+        .iter()
+        .map(|p| operator_pid(&pod_logs, p))
+        .collect();
+    for pid in &paused {
+        kill_process(*pid, Signal::STOP).expect("pause an operator replica");
+    }
+
+    // The reduce step ends; its pod is removed before anyone read it.
+    eventually(
+        Duration::from_secs(120),
+        "the reduce Job completes",
+        || async {
+            jobs.get_opt("lost-reduce")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|j| j.status)
+                .is_some_and(|s| s.succeeded == Some(1))
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &run.ns.name);
+    let selector = "batch.kubernetes.io/job-name=lost-reduce";
+    for pod in pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list the reduce pods")
+    {
+        let name = pod.metadata.name.unwrap_or_default();
+        pods.delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete the reduce pod");
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the reduce pod is gone",
+        || async {
+            pods.list(&ListParams::default().labels(selector))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        },
+    )
+    .await;
+    for pid in &paused {
+        kill_process(*pid, Signal::CONT).expect("resume an operator replica");
+    }
+
+    let done = run.wait_finished(&api, "lost").await;
+    // Succeeded, with the counts and the PCA the second reduce pod reported.
+    assert_succeeded(&done, n, 0, shards(n, 10));
+    let logs = pomona_tests::cluster::operator_logs(&run.client, &run.settings).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("reduce Job removed to run again")),
+        "the operator ran the reduce step again"
+    );
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// A step that never ends (here a plan pod whose model file is a FIFO nobody writes: its read
+/// blocks for ever, as one on a server that trickles its answer) is stopped at the pod's
+/// deadline by the kubelet, and the run fails with `DeadlineExceeded` instead of hanging.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "local cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn local_a_step_that_never_ends_is_stopped_at_its_deadline() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 1, 2);
+    let run = Run::new(cluster, "stuck", images).await;
+    // The pods of the local cluster see this machine's files.
+    let fifo = std::env::temp_dir().join(format!("{}-model.onnx", run.ns.name));
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "0666"])
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let mut fx = run.resource(
+        "stuck",
+        json!({ "imagesPerShard": 10, "retriesPerShard": 0 }),
+    );
+    fx.spec.model.uri = format!("file://{}", fifo.display());
+    fx.spec.runner.active_deadline_seconds = Some(60);
+    let api = run.apply(&fx).await;
+    let started = Instant::now();
+    let failed = run.wait_finished(&api, "stuck").await;
+    let waited = started.elapsed();
+    std::fs::remove_file(&fifo).ok();
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("a Failed condition");
+    assert_eq!(condition.reason, "DeadlineExceeded", "{status:?}");
+    assert!(
+        waited >= Duration::from_secs(55),
+        "stopped at its deadline, not before: {waited:?}"
+    );
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
