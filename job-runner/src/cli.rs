@@ -263,6 +263,18 @@ impl From<&S3Args> for steps::StorageArgs {
     }
 }
 
+/// `--overwrite`: removes everything under `output`, once it is known not to overlap `source`
+/// (whose images it would otherwise delete).
+pub async fn clear_output(source: &Storage, output: &Storage) -> anyhow::Result<()> {
+    pomona_storage::plan::check_locations(source, output)?;
+    let removed = output.delete_prefix("").await?;
+    eprintln!(
+        "pomona: --overwrite removed {removed} object(s) under {}",
+        output.uri()
+    );
+    Ok(())
+}
+
 /// Splits an object URI or path into its folder and file name.
 pub fn split_object_uri(uri: &str) -> anyhow::Result<(String, String)> {
     match uri.rsplit_once('/') {

@@ -53,6 +53,10 @@ pub struct PlanCommand {
     /// The FeatureExtraction this run belongs to (its uid), recorded in the plan's identity.
     #[arg(long)]
     pub run_uid: Option<String>,
+    /// Remove everything under --output first (an output is otherwise resumed by the same run
+    /// and refused to any other).
+    #[arg(long, requires = "output")]
+    pub overwrite: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,
@@ -121,6 +125,10 @@ pub struct RunCommand {
     /// Shards extracted at once (the CPUs are shared between them).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Remove everything under --output first. Without it, an output is resumed by the same
+    /// run (same inputs, model and preprocessing) and refused to any other.
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub plan: PlanOptionsArgs,

@@ -111,7 +111,9 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
             };
         }
         if let Some(e) = cause.downcast_ref::<pomona_storage::plan::PlanError>() {
-            return if e.is_retryable() {
+            return if e.is_usage() {
+                exit::USAGE
+            } else if e.is_retryable() {
                 exit::RETRYABLE
             } else {
                 exit::PERMANENT_ERROR

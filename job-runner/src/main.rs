@@ -131,6 +131,9 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
             let source = Storage::open(&c.input, &config).await?;
             let out = Storage::open(output, &config).await?;
             outcome.storages = vec![source.clone(), out.clone()];
+            if c.overwrite {
+                cli::clear_output(&source, &out).await?;
+            }
             let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
             cli::print_plan(&plan);
             let how = if created {
@@ -215,6 +218,9 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     let source = Storage::open(&c.input, &config).await?;
     let out = Storage::open(&c.output, &config).await?;
     outcome.storages = vec![source.clone(), out.clone()];
+    if c.overwrite {
+        cli::clear_output(&source, &out).await?;
+    }
     let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
     cli::print_plan(&plan);
     if !created {

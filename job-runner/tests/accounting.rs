@@ -174,7 +174,8 @@ fn a_failed_run_names_the_step_that_failed() {
     let run = dir.path().join("run");
     let (input_s, run_s) = (input.to_str().unwrap(), run.to_str().unwrap());
 
-    // Extraction cannot start: the model file is not a model.
+    // Extraction cannot start: the model file is not a model. It is loaded before anything is
+    // listed, so the run fails before it writes anything (no plan to tie later runs to it).
     let not_a_model = dir.path().join("model.onnx");
     std::fs::write(&not_a_model, b"not a model").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pomona"))
@@ -186,8 +187,10 @@ fn a_failed_run_names_the_step_that_failed() {
     assert_eq!(out.status.code(), Some(3));
     let s = summary(&out);
     assert_eq!(s.step, Step::Extract, "{s:?}");
-    assert_eq!((s.images, s.processed, s.failed), (n, 0, 0));
+    assert_eq!((s.images, s.processed, s.failed), (0, 0, 0));
     assert!(s.error.unwrap().contains("model"));
+    assert!(!run.exists(), "nothing written");
+    assert!(n > 0);
 
     // Planning cannot start: there is no such folder.
     let missing = dir.path().join("missing");

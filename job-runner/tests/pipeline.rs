@@ -395,3 +395,73 @@ fn a_resize_the_model_does_not_take_is_refused_before_any_image() {
         "nothing extracted"
     );
 }
+
+#[test]
+fn an_output_is_resumed_by_its_run_refused_to_others_and_cleared_by_overwrite() {
+    common::init_ort();
+    let dir = TempDir::new("modes");
+    let input = dir.path().join("images");
+    let n = copy_varieties(&input, &["Fig 1"]);
+    let output = dir.path().join("run");
+    let (input_s, output_s) = (input.to_str().unwrap(), output.to_str().unwrap());
+    let run = |output: &str, extra: &[&str]| {
+        let args = [&["run", "--input", input_s, "--output", output][..], extra].concat();
+        pomona(&args, &[])
+    };
+    let first = run(output_s, &["--components", "4"]);
+    assert!(first.status.success());
+
+    // Another run (another label mode) into the same output: refused, nothing changed.
+    let plan = std::fs::read(OutputLayout::new(output_s).plan()).unwrap();
+    let other = run(output_s, &["--components", "4", "--label", "none"]);
+    assert_eq!(other.status.code(), Some(exit::PERMANENT_ERROR));
+    assert_eq!(summary(&other).reason.as_deref(), Some("OutputInUse"));
+    assert_eq!(
+        std::fs::read(OutputLayout::new(output_s).plan()).unwrap(),
+        plan
+    );
+
+    // --overwrite clears the output and runs anew.
+    let again = run(
+        output_s,
+        &["--components", "4", "--label", "none", "--overwrite"],
+    );
+    assert!(again.status.success());
+    assert_eq!(counts(&summary(&again)), (n, n, 0));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(OutputLayout::new(output_s).plan()).unwrap())
+            .unwrap();
+    assert_eq!(plan["identity"]["label"], "None");
+
+    // An output inside the input is a usage error, before anything is written, even with
+    // --overwrite (which would delete the images).
+    let inside = input.join("out");
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let refused = run(inside.to_str().unwrap(), extra);
+        assert_eq!(refused.status.code(), Some(exit::USAGE), "{extra:?}");
+        assert_eq!(
+            summary(&refused).reason.as_deref(),
+            Some("OutputOverlapsInput")
+        );
+        assert!(!inside.exists(), "nothing written inside the input");
+    }
+    assert_eq!(copy_count(&input), n, "no image deleted");
+
+    // A folder holding something else is not written into.
+    let occupied = dir.path().join("occupied");
+    std::fs::create_dir_all(&occupied).unwrap();
+    std::fs::write(occupied.join("notes.txt"), b"mine").unwrap();
+    let refused = run(occupied.to_str().unwrap(), &[]);
+    assert_eq!(refused.status.code(), Some(exit::PERMANENT_ERROR));
+    assert_eq!(summary(&refused).reason.as_deref(), Some("OutputNotEmpty"));
+    assert!(!occupied.join("manifests").exists());
+}
+
+/// Files under `dir`, recursively.
+fn copy_count(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { copy_count(&p) } else { 1 })
+        .sum()
+}

@@ -26,6 +26,6 @@ pub use location::Location;
 pub use pomona_crds::contract::StorageCounts;
 pub use retry::RetryPolicy;
 pub use storage::{
-    GetOptions, Listing, MULTIPART_THRESHOLD, ObjectMeta, PART_SIZE, REQUEST_TIMEOUT, S3Config,
-    StaticCredentials, Storage,
+    CHILDREN_PAGE, GetOptions, Listing, MULTIPART_THRESHOLD, ObjectMeta, PART_SIZE,
+    REQUEST_TIMEOUT, S3Config, StaticCredentials, Storage,
 };

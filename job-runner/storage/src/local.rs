@@ -150,6 +150,32 @@ impl LocalStore {
         }
     }
 
+    pub(crate) async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = match prefix.trim_end_matches('/') {
+            "" => self.root.clone(),
+            folder => self.path(folder)?,
+        };
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_error("list", &dir, e)),
+            };
+            let mut names = Vec::new();
+            for entry in entries.take(crate::storage::CHILDREN_PAGE) {
+                let entry = entry.map_err(|e| io_error("list", &dir, e))?;
+                let mut name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    name.push('/');
+                }
+                names.push(name);
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {

@@ -101,6 +101,30 @@ pub enum PlanError {
         /// What is wrong.
         reason: String,
     },
+    /// The output lies inside the input, or the input inside the output: a run would read its
+    /// own outputs as images, or clearing the output would delete the images.
+    #[error(
+        "the output {output} and the input {input} overlap: one lies inside the other, so the \
+         run would read its own outputs as images (or --overwrite would delete the images); \
+         choose an output outside the input"
+    )]
+    Overlap {
+        /// The input.
+        input: String,
+        /// The output.
+        output: String,
+    },
+    /// The output prefix holds objects of something other than a pomona run.
+    #[error(
+        "{output} is not empty and holds no pomona run ({found}): choose an empty output \
+         prefix, or pass --overwrite to clear it first"
+    )]
+    OutputNotEmpty {
+        /// The output prefix.
+        output: String,
+        /// Some of what it holds.
+        found: String,
+    },
     /// The output prefix holds the plan of another run.
     #[error(
         "{output} holds the plan of another run ({other}, source {other_source}), which differs \
@@ -136,7 +160,14 @@ impl PlanError {
             PlanError::ZeroShardSize => "InvalidShardSize",
             PlanError::Corrupt { .. } => "CorruptPlan",
             PlanError::OutputInUse { .. } => "OutputInUse",
+            PlanError::Overlap { .. } => "OutputOverlapsInput",
+            PlanError::OutputNotEmpty { .. } => "OutputNotEmpty",
         }
+    }
+
+    /// Whether the arguments themselves are wrong (exit code 2): the locations overlap.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, PlanError::Overlap { .. })
     }
 }
 
@@ -244,6 +275,48 @@ pub fn plan_source(source: &str) -> String {
         source.push('/');
     }
     source
+}
+
+/// Whether two locations overlap: one is the other or lies inside it.
+pub fn overlap(a: &Location, b: &Location) -> bool {
+    match (a, b) {
+        (
+            Location::S3 {
+                bucket: ba,
+                prefix: pa,
+            },
+            Location::S3 {
+                bucket: bb,
+                prefix: pb,
+            },
+        ) => ba == bb && (pa.starts_with(pb.as_str()) || pb.starts_with(pa.as_str())),
+        (Location::Local { root: ra }, Location::Local { root: rb }) => {
+            ra.starts_with(rb) || rb.starts_with(ra)
+        }
+        _ => false,
+    }
+}
+
+/// Refuses an output that overlaps the input, before anything is read or written.
+pub fn check_locations(source: &Storage, output: &Storage) -> Result<(), PlanError> {
+    if overlap(source.location(), output.location()) {
+        return Err(PlanError::Overlap {
+            input: source.uri(),
+            output: output.uri(),
+        });
+    }
+    Ok(())
+}
+
+/// What under an output prefix that holds no plan is not a pomona run's own (a plan cut short
+/// leaves `manifests/`, a stale marker `_SUCCESS`): the names that make the prefix someone
+/// else's.
+pub fn foreign_children(children: &[String]) -> Vec<&str> {
+    children
+        .iter()
+        .map(String::as_str)
+        .filter(|name| *name != "manifests/" && *name != "_SUCCESS")
+        .collect()
 }
 
 /// Accepts the plan found under `output` for the run `identity`, or says whose it is: the same
@@ -401,7 +474,9 @@ pub async fn create_plan(
 
 /// The plan of the run `identity` under `output`: the one already there if it is this run's (a
 /// restarted run never re-plans), else a new one from [`create_plan`]; the flag tells whether it
-/// was created now. A plan of another run is refused ([`check_identity`]). A `_SUCCESS` left
+/// was created now. An output overlapping the source is refused ([`check_locations`]), and so
+/// are a plan of another run ([`check_identity`]) and, when there is no plan, a prefix holding
+/// anything but a pomona run's own objects ([`foreign_children`]). A `_SUCCESS` left
 /// by an earlier pass is removed before any shard starts, so that the output is never marked
 /// complete while it is being re-run.
 pub async fn load_or_create_plan(
@@ -410,6 +485,7 @@ pub async fn load_or_create_plan(
     options: &PlanOptions,
     identity: &RunIdentity,
 ) -> Result<(Plan, bool), PlanError> {
+    check_locations(source, output)?;
     let identity = RunIdentity {
         source: plan_source(&source.uri()),
         ..identity.clone()
@@ -419,8 +495,27 @@ pub async fn load_or_create_plan(
         true => Some(read_plan(output).await?),
         false => None,
     };
-    if let Some(plan) = &found {
-        check_identity(plan, &identity, layout.root())?;
+    match &found {
+        Some(plan) => check_identity(plan, &identity, layout.root())?,
+        None => {
+            let children = output.children("").await?;
+            let foreign = foreign_children(&children);
+            if !foreign.is_empty() {
+                let mut found = foreign
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if foreign.len() > 5 {
+                    found.push_str(", …");
+                }
+                return Err(PlanError::OutputNotEmpty {
+                    output: layout.root().to_string(),
+                    found,
+                });
+            }
+        }
     }
     output.delete(&output.relative(&layout.success())?).await?;
     Ok(match found {

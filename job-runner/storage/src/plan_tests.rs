@@ -118,3 +118,36 @@ fn manifests_round_trip_as_json_lines() {
         "{bad}"
     );
 }
+
+#[test]
+fn locations_overlap_when_one_lies_inside_the_other() {
+    let at = |uri: &str| Location::parse(uri).unwrap();
+    for (a, b) in [
+        ("s3://bkt/images/", "s3://bkt/images/run/"),
+        ("s3://bkt/images/run/", "s3://bkt/images/"),
+        ("s3://bkt/images/", "s3://bkt/images"),
+        ("s3://bkt/", "s3://bkt/images/"),
+        ("/data/images", "/data/images/out"),
+    ] {
+        assert!(overlap(&at(a), &at(b)), "{a} {b}");
+    }
+    for (a, b) in [
+        ("s3://bkt/images/", "s3://bkt/images-run/"),
+        ("s3://bkt/images/", "s3://ckt/images/"),
+        ("/data/images", "/data/images-out"),
+        ("s3://bkt/images/", "/data/images"),
+    ] {
+        assert!(!overlap(&at(a), &at(b)), "{a} {b}");
+    }
+}
+
+#[test]
+fn only_a_pomona_run_s_own_objects_make_an_output_prefix_reusable() {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(foreign_children(&names(&[])).is_empty());
+    assert!(foreign_children(&names(&["manifests/", "_SUCCESS"])).is_empty());
+    assert_eq!(
+        foreign_children(&names(&["holiday.jpg", "manifests/", "notes/"])),
+        ["holiday.jpg", "notes/"]
+    );
+}

@@ -211,6 +211,37 @@ impl S3Store {
         }
     }
 
+    pub(crate) async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let full_prefix = self.full(prefix);
+        let req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .delimiter("/")
+            .max_keys(i32::try_from(crate::storage::CHILDREN_PAGE).unwrap_or(1000));
+        let page = retry(&self.retry, &self.counters, "s3:ListObjectsV2", || {
+            let req = req.clone();
+            async move {
+                req.send()
+                    .await
+                    .map_err(|e| from_sdk(self.ctx("s3:ListObjectsV2", None), e))
+            }
+        })
+        .await?;
+        let objects = page.contents().iter().filter_map(|o| o.key());
+        let prefixes = page.common_prefixes().iter().filter_map(|p| p.prefix());
+        let mut names: Vec<String> = objects
+            .chain(prefixes)
+            .filter_map(|k| k.strip_prefix(&full_prefix))
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let full = self.full(key);
         let ctx = self.ctx("s3:DeleteObject", Some(&full));

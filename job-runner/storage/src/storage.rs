@@ -114,6 +114,9 @@ pub struct Listing {
     pub requests: u32,
 }
 
+/// The most names [`Storage::children`] returns: one S3 listing page.
+pub const CHILDREN_PAGE: usize = 1000;
+
 #[derive(Clone, Debug)]
 enum Backend {
     S3(S3Store),
@@ -240,6 +243,16 @@ impl Storage {
         match &self.backend {
             Backend::S3(s) => s.head(key).await,
             Backend::Local(l) => l.head(key).await,
+        }
+    }
+
+    /// The names directly under `prefix` (a folder-like prefix, empty or ending with `/`):
+    /// objects by name and sub-prefixes ending with `/`, sorted, at most [`CHILDREN_PAGE`] of
+    /// them (one S3 request with a delimiter, or one directory read). A missing prefix has none.
+    pub async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.children(prefix).await,
+            Backend::Local(l) => l.children(prefix).await,
         }
     }
 

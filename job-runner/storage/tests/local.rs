@@ -248,3 +248,48 @@ async fn a_plan_belongs_to_one_run_and_a_rerun_clears_its_success_marker() {
     }
     assert_eq!(plan::read_plan(&out).await.unwrap(), made);
 }
+
+#[tokio::test]
+async fn an_output_that_overlaps_the_input_or_holds_something_else_is_refused() {
+    let src_dir = TempDir::new("refuse-src");
+    std::fs::create_dir_all(src_dir.path().join("Kiwi")).unwrap();
+    std::fs::write(src_dir.path().join("Kiwi/1.jpg"), b"jpeg").unwrap();
+    let src = local(src_dir.path()).await;
+    let options = PlanOptions {
+        include: vec!["*.jpg".into()],
+        label: LabelMode::ParentDirectory,
+        images_per_shard: 10,
+    };
+    let identity = testing::identity(&options);
+
+    // Inside the input: the run would read its own outputs as images.
+    let inside = local(&src_dir.path().join("run")).await;
+    let err = plan::load_or_create_plan(&src, &inside, &options, &identity)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "OutputOverlapsInput", "{err}");
+    assert!(err.is_usage());
+    assert!(!src_dir.path().join("run").exists(), "nothing written");
+
+    // A folder holding other things: refused, naming some of them.
+    let out_dir = TempDir::new("refuse-out");
+    std::fs::write(out_dir.path().join("thesis.pdf"), b"pdf").unwrap();
+    let out = local(out_dir.path()).await;
+    let err = plan::load_or_create_plan(&src, &out, &options, &identity)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "OutputNotEmpty", "{err}");
+    assert!(err.to_string().contains("thesis.pdf"), "{err}");
+    assert!(!out_dir.path().join("manifests").exists());
+
+    // What a plan cut short leaves (manifests/ without plan.json) is the run's own.
+    let partial_dir = TempDir::new("refuse-partial");
+    std::fs::create_dir_all(partial_dir.path().join("manifests")).unwrap();
+    std::fs::write(partial_dir.path().join("manifests/shard-00000.jsonl"), b"").unwrap();
+    let partial = local(partial_dir.path()).await;
+    let (plan, created) = plan::load_or_create_plan(&src, &partial, &options, &identity)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(plan.images, 1);
+}
