@@ -16,14 +16,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use pomona_crds::FeatureExtraction;
 
 use crate::controller::{Context, error_policy, reconcile};
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::names::MANAGED_BY_SELECTOR;
+use crate::names::{MANAGED_BY_SELECTOR, RUN_NAME_ANNOTATION};
 use crate::serve::{Health, serve};
 use crate::settings::Settings;
 
@@ -168,7 +168,8 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
         ctx = ctx.with_leadership(elector.leadership());
     }
     // The runs' pods come from a watch cache: no LIST per reconcile. Only what the status
-    // reads is kept (metadata without managed fields, and the status).
+    // reads is kept (metadata without managed fields, and the status). The same watch wakes
+    // the run a pod belongs to when the pod changes.
     let (pod_cache, pod_writer) = reflector::store::<Pod>();
     let pod_watch = reflector(
         pod_writer,
@@ -179,19 +180,11 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
             })
             .default_backoff(),
     )
-    .for_each(|event| async move {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "the pod watch failed; it is retried");
-        }
-    });
-    tokio::spawn(pod_watch);
-    pod_cache
-        .wait_until_ready()
-        .await
-        .context("the pod watch cache never filled")?;
+    .touched_objects();
     let ctx = Arc::new(ctx.with_pod_cache(pod_cache));
     let controller = Controller::new(fxs, watcher::Config::default().any_semantic())
-        .owns(jobs, watcher::Config::default().labels(MANAGED_BY_SELECTOR));
+        .owns(jobs, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .watches_stream(pod_watch, |pod: Pod| run_of(&pod));
     let _ = store.set(controller.store());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = controller
@@ -234,6 +227,12 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
         }
     }
     outcome
+}
+
+/// The run a pod of the operator's belongs to.
+fn run_of(pod: &Pod) -> Option<ObjectRef<FeatureExtraction>> {
+    let name = pod.annotations().get(RUN_NAME_ANNOTATION)?;
+    Some(ObjectRef::new(name).within(&pod.namespace()?))
 }
 
 /// Resolves on SIGTERM or SIGINT.

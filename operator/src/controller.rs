@@ -31,7 +31,7 @@ use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionSta
 
 use crate::jobs::{extract_job, plan_job, reduce_job};
 use crate::leader::Leadership;
-use crate::lifecycle::{self, Expiry};
+use crate::lifecycle::{self, Expiry, MissingSummary};
 use crate::metrics::{ErrorCategory, Metrics};
 use crate::names::{Component, INSTANCE_LABEL, MANAGED_BY_SELECTOR, bounded, job_name};
 use crate::observe::{PodObservation, PodPhase, job_indexes};
@@ -61,6 +61,9 @@ pub enum Error {
     /// A Job of the run's name exists and belongs to something else.
     #[error("Job {0} exists and is not owned by this FeatureExtraction; waiting for it to go")]
     ForeignJob(String),
+    /// The pod watch cache's writer is gone (the operator is shutting down).
+    #[error("the pod watch cache is gone")]
+    PodCacheGone,
     /// The reconcile did not finish in [`RECONCILE_TIMEOUT`] (an API server that answers too
     /// slowly, or trickles its answer): it is abandoned and retried.
     #[error("the reconcile took longer than {} s and was abandoned", RECONCILE_TIMEOUT.as_secs())]
@@ -80,6 +83,7 @@ impl Error {
         match self {
             Error::Api(_) => "KubernetesApiError",
             Error::Timeout => "ReconcileTimedOut",
+            Error::PodCacheGone => "PodCacheGone",
             Error::ForeignJob(_) => "ForeignJob",
             Error::FailedShardsUnknown(_) => "FailedShardsUnknown",
         }
@@ -88,7 +92,7 @@ impl Error {
     /// The metric label of the error.
     pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::Api(_) | Error::Timeout => ErrorCategory::Api,
+            Error::Api(_) | Error::Timeout | Error::PodCacheGone => ErrorCategory::Api,
             Error::ForeignJob(_) | Error::FailedShardsUnknown(_) => ErrorCategory::Spec,
         }
     }
@@ -319,8 +323,10 @@ impl<'a> Run<'a> {
         let mut plan = recorded_plan(self.spec(), old);
         let mut retrying = None;
         let mut plan_action = PlanAction::Keep;
+        // How soon to look again for a summary the watch cache has not shown yet.
+        let mut look_again: Option<Duration> = None;
         if invalid.is_none() && observed.is_ok() && plan == PlanState::NotStarted {
-            match planning(jobs.plan.as_ref(), &jobs.plan_pods) {
+            match planning(jobs.plan.as_ref(), &jobs.plan_pods, Timestamp::now()) {
                 Planning::Absent if self.spec().suspend => {}
                 Planning::Absent => {
                     plan = PlanState::Running;
@@ -332,6 +338,10 @@ impl<'a> Run<'a> {
                     retrying = why;
                 }
                 Planning::Planned(totals) => plan = PlanState::Ready(totals),
+                Planning::Awaiting(left) => {
+                    plan = PlanState::Running;
+                    look_again = Some(left);
+                }
                 Planning::Lost => {
                     plan = PlanState::Running;
                     plan_action = PlanAction::Rerun;
@@ -367,7 +377,9 @@ impl<'a> Run<'a> {
         let progress = match (observed, plan) {
             (Err(e), _) => Err(e),
             (Ok(()), _) if invalid.is_some() => Ok(false),
-            (Ok(()), PlanState::Ready(totals)) => self.act(&new, totals, &mut jobs).await,
+            (Ok(()), PlanState::Ready(totals)) => {
+                self.act(&new, totals, &mut jobs, &mut look_again).await
+            }
             (Ok(()), _) => self.act_on_plan(plan_action, &mut jobs).await,
         };
         match progress {
@@ -402,8 +414,11 @@ impl<'a> Run<'a> {
             self.event(EventType::Warning, "PlanningRetrying", "Plan", &note)
                 .await;
         }
-        Ok(match new.phase {
-            Some(Phase::Planning | Phase::Extracting | Phase::Reducing) => Action::requeue(RESYNC),
+        Ok(match (new.phase, look_again) {
+            (_, Some(soon)) => Action::requeue(soon.min(RESYNC)),
+            (Some(Phase::Planning | Phase::Extracting | Phase::Reducing), None) => {
+                Action::requeue(RESYNC)
+            }
             _ => Action::await_change(),
         })
     }
@@ -477,11 +492,16 @@ impl<'a> Run<'a> {
         let namespace = self.fx.namespace().unwrap_or_default();
         let instance = bounded(&self.name, 63);
         let Some(cache) = &self.ctx.pods else {
+            // The scenario tests: no watch cache.
             let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &namespace);
             let selector = format!("{INSTANCE_LABEL}={instance},{MANAGED_BY_SELECTOR}");
             let list = pods.list(&ListParams::default().labels(&selector)).await?;
             return Ok(list.items.into_iter().map(Arc::new).collect());
         };
+        // The first reconciles may run before the watch has listed the pods once.
+        if cache.wait_until_ready().await.is_err() {
+            return Err(Error::PodCacheGone);
+        }
         Ok(cache
             .state()
             .into_iter()
@@ -509,11 +529,13 @@ impl<'a> Run<'a> {
     /// Creates the Job the run needs next, or brings an existing one in line with the spec
     /// (suspend, parallelism). A step that is over is never created again. Returns whether it
     /// wrote anything.
+    /// (`look_again` is set when the reduce pod's summary is awaited.)
     async fn act(
         &self,
         status: &FeatureExtractionStatus,
         plan: PlanTotals,
         jobs: &mut Jobs,
+        look_again: &mut Option<Duration>,
     ) -> Result<bool, Error> {
         let settings = &self.ctx.settings;
         let phase = status.phase.unwrap_or(Phase::Pending);
@@ -558,15 +580,23 @@ impl<'a> Run<'a> {
             };
             let reported = reduce_pca(&jobs.reduce_pods).is_some();
             let recorded = status.pca.is_some();
-            if let Some(job) = &jobs.reduce
-                && lifecycle::reduce_summary_lost(job, reported, recorded)
-            {
-                let name = job_name(&self.name, Component::Reduce);
-                self.jobs.delete(&name, &DeleteParams::background()).await?;
-                tracing::info!(fx = %self.name, "reduce Job removed to run again");
-                jobs.reduce = None;
-                jobs.reduce_pods.clear();
-                return Ok(true);
+            let missing = jobs.reduce.as_ref().and_then(|job| {
+                lifecycle::reduce_summary(job, reported, recorded, Timestamp::now())
+            });
+            match missing {
+                Some(MissingSummary::Wait(left)) => {
+                    *look_again = Some(left);
+                    return Ok(false);
+                }
+                Some(MissingSummary::Lost) => {
+                    let name = job_name(&self.name, Component::Reduce);
+                    self.jobs.delete(&name, &DeleteParams::background()).await?;
+                    tracing::info!(fx = %self.name, "reduce Job removed to run again");
+                    jobs.reduce = None;
+                    jobs.reduce_pods.clear();
+                    return Ok(true);
+                }
+                None => {}
             }
             let desired = reduce_job(self.fx, plan.images, &failed, settings);
             if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
@@ -688,7 +718,8 @@ impl<'a> Run<'a> {
         let params = PatchParams::apply(&self.ctx.settings.field_manager).force();
         api.patch_status(&self.name, &params, &Patch::Apply(&patch))
             .await?;
-        self.ctx.metrics.status_written(old, new);
+        let uid = self.fx.metadata.uid.as_deref().unwrap_or_default();
+        self.ctx.metrics.status_written(uid, old, new);
         let (was, is) = (old.and_then(|s| s.phase), new.phase);
         if was != is
             && let Some(phase) = is

@@ -23,7 +23,7 @@ use pomona_crds::contract::steps::{
 };
 use pomona_crds::contract::{DEFAULT_MAX_IMAGE_BYTES, Preprocessing, TERMINATION_LOG, env, exit};
 
-use crate::names::{Component, job_name, labels, owner_reference};
+use crate::names::{Component, RUN_NAME_ANNOTATION, job_name, labels, owner_reference};
 use crate::settings::Settings;
 
 /// Name of the runner container in both Jobs.
@@ -319,6 +319,7 @@ fn job(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
+                    annotations: Some([(RUN_NAME_ANNOTATION.to_string(), name.to_string())].into()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),

@@ -47,17 +47,52 @@ pub fn extraction_over(shards: Option<&ShardCounts>) -> bool {
     shards.is_some_and(|s| s.total > 0 && s.succeeded + s.failed >= s.total)
 }
 
-/// Whether the reduce Job completed but its pod's summary (the run's final counts and PCA) can
-/// no longer be read and was never recorded: the Job is then run again, which rewrites the same
-/// outputs.
-pub fn reduce_summary_lost(job: &Job, reported: bool, recorded: bool) -> bool {
-    let complete = job.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Complete" && c.status == "True")
-    });
-    complete && !reported && !recorded
+/// How long after a Job completed its pod's summary may still be missing from the watch cache
+/// (which may see the Job's completion before the pod's last change) before it counts as lost.
+pub const SUMMARY_GRACE: Duration = Duration::from_secs(30);
+
+/// A completed Job whose pod's summary has not been read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingSummary {
+    /// Still within [`SUMMARY_GRACE`]: look again after this long.
+    Wait(Duration),
+    /// Lost (the pod was removed before it was read): run the Job again, which is harmless (the
+    /// plan step finds its plan; the reduce step rewrites the same bytes).
+    Lost,
+}
+
+/// The missing summary of a Job that completed at `completion` (a Job that says not when is
+/// taken as completed long ago).
+pub fn missing_summary(completion: Option<&Time>, now: Timestamp) -> MissingSummary {
+    let Some(completion) = completion else {
+        return MissingSummary::Lost;
+    };
+    let waited = now.as_millisecond() - completion.0.as_millisecond();
+    let grace = i64::try_from(SUMMARY_GRACE.as_millis()).unwrap_or(i64::MAX);
+    if waited >= grace {
+        MissingSummary::Lost
+    } else {
+        let left = u64::try_from(grace - waited.max(0)).unwrap_or(0);
+        MissingSummary::Wait(Duration::from_millis(left))
+    }
+}
+
+/// What to do about the reduce Job: `None` while its summary is read or recorded, or the Job
+/// has not completed; else how long its missing summary has been missing.
+pub fn reduce_summary(
+    job: &Job,
+    reported: bool,
+    recorded: bool,
+    now: Timestamp,
+) -> Option<MissingSummary> {
+    let status = job.status.as_ref()?;
+    let complete = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Complete" && c.status == "True");
+    (complete && !reported && !recorded)
+        .then(|| missing_summary(status.completion_time.as_ref(), now))
 }
 
 /// The two fields of a running Job a spec edit may move.
@@ -156,5 +191,22 @@ mod tests {
         assert!(runner_changed(&running, &desired));
         assert!(!runner_changed(&running, &job("runner:1", true)));
         assert_eq!(mutable_fields(&running), (false, Some(2)));
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_summary_is_lost_only_after_the_grace() {
+        let at = |s: i64| Time(Timestamp::from_second(s).unwrap());
+        let now = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(
+            missing_summary(Some(&at(990)), now),
+            MissingSummary::Wait(Duration::from_secs(20))
+        );
+        assert_eq!(missing_summary(Some(&at(970)), now), MissingSummary::Lost);
+        assert_eq!(missing_summary(None, now), MissingSummary::Lost);
     }
 }

@@ -10,6 +10,8 @@
 //! | `pomona_images_failed_total` | counter | |
 //! | `pomona_leader` | gauge | 1 on the replica that holds the lease |
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pomona_crds::{FeatureExtractionStatus, Phase};
@@ -51,6 +53,10 @@ pub struct Metrics {
     images_processed: Counter,
     images_failed: Counter,
     leader: Gauge,
+    /// The image counts already added, per resource (its uid): a reconcile may start from a
+    /// status older than the one last written (the watch cache lags the writes), and what was
+    /// counted must not be counted again.
+    counted: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Default for Metrics {
@@ -102,6 +108,7 @@ impl Default for Metrics {
             images_processed,
             images_failed,
             leader,
+            counted: Mutex::default(),
         }
     }
 }
@@ -120,9 +127,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds the images a status write newly reports as processed or failed.
+    /// Adds the images a status write of the resource `uid` newly reports as processed or
+    /// failed: beyond both the status it started from (`old`, what an earlier process counted)
+    /// and what this process already counted for it.
     pub fn status_written(
         &self,
+        uid: &str,
         old: Option<&FeatureExtractionStatus>,
         new: &FeatureExtractionStatus,
     ) {
@@ -132,8 +142,12 @@ impl Metrics {
         };
         let (p0, f0) = counts(old);
         let (p1, f1) = counts(Some(new));
+        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = counted.entry(uid.to_string()).or_insert((p0, f0));
+        let (p0, f0) = (seen.0.max(p0), seen.1.max(f0));
         self.images_processed.inc_by(p1.saturating_sub(p0));
         self.images_failed.inc_by(f1.saturating_sub(f0));
+        *seen = (p0.max(p1), f0.max(f1));
     }
 
     /// Sets whether this replica leads.
@@ -185,8 +199,11 @@ mod tests {
         let m = Metrics::default();
         m.reconciled(Duration::from_millis(20));
         m.failed(ErrorCategory::Spec);
-        m.status_written(None, &status(10, 1));
-        m.status_written(Some(&status(10, 1)), &status(40, 1));
+        m.status_written("uid-1", None, &status(10, 1));
+        m.status_written("uid-1", Some(&status(10, 1)), &status(40, 1));
+        // A reconcile that started from a stale status writes the same counts again: nothing
+        // is counted twice.
+        m.status_written("uid-1", Some(&status(10, 1)), &status(40, 1));
         m.set_leader(true);
         let text = m.render([Some(Phase::Extracting), Some(Phase::Extracting), None]);
         for line in [

@@ -27,6 +27,14 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 /// The label selector of everything the operator creates (its watches of Jobs and pods).
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=pomona-operator";
 
+/// The label that names the run a pod belongs to, for cost attribution (OpenCost, AWS split
+/// cost allocation): the resource's name.
+pub const RUN_LABEL: &str = "pomona.dev/run";
+
+/// The annotation of a run's pods that names its resource in full (labels are cut at 63
+/// characters): how a pod's change finds the run to reconcile.
+pub const RUN_NAME_ANNOTATION: &str = "pomona.dev/run-name";
+
 /// The label that names a Job's (and its pods') component.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 
@@ -106,8 +114,8 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
-/// The `app.kubernetes.io/*` labels of a run's Job and its pods. `part-of` is the resource's
-/// own `app.kubernetes.io/part-of` label when it has one, else `pomona`.
+/// The `app.kubernetes.io/*` labels of a run's Job and its pods, and [`RUN_LABEL`]. `part-of`
+/// is the resource's own `app.kubernetes.io/part-of` label when it has one, else `pomona`.
 pub fn labels(fx: &FeatureExtraction, component: Component) -> BTreeMap<String, String> {
     let name = fx.metadata.name.as_deref().unwrap_or_default();
     let part_of = fx
@@ -123,6 +131,7 @@ pub fn labels(fx: &FeatureExtraction, component: Component) -> BTreeMap<String, 
         (COMPONENT_LABEL, component.as_str()),
         ("app.kubernetes.io/managed-by", "pomona-operator"),
         ("app.kubernetes.io/part-of", part_of),
+        (RUN_LABEL, &bounded(name, 63)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

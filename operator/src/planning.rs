@@ -5,9 +5,13 @@
 //! Job whose pod is gone before the summary was read is simply run again: the runner finds the
 //! plan it wrote and reports it.
 
+use std::time::Duration;
+
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::jiff::Timestamp;
 use pomona_crds::contract::PlanTotals;
 
+use crate::lifecycle::{MissingSummary, missing_summary};
 use crate::observe::{PodObservation, PodPhase, job_condition};
 use crate::validate::Invalid;
 
@@ -23,6 +27,9 @@ pub enum Planning {
     },
     /// A plan pod reported the plan.
     Planned(PlanTotals),
+    /// The plan Job completed and its pod's summary is not read yet: look again after this
+    /// long (the watch cache may see the Job's completion before the pod's last change).
+    Awaiting(Duration),
     /// The plan Job completed but its pod's summary can no longer be read (the pod was
     /// removed): the Job is to be run again.
     Lost,
@@ -30,8 +37,8 @@ pub enum Planning {
     Failed(Invalid),
 }
 
-/// The plan step of a run from its plan Job (if it exists) and its pods.
-pub fn planning(job: Option<&Job>, pods: &[PodObservation]) -> Planning {
+/// The plan step of a run from its plan Job (if it exists) and its pods, at `now`.
+pub fn planning(job: Option<&Job>, pods: &[PodObservation], now: Timestamp) -> Planning {
     let Some(job) = job else {
         return Planning::Absent;
     };
@@ -69,7 +76,10 @@ pub fn planning(job: Option<&Job>, pods: &[PodObservation]) -> Planning {
         });
     }
     if job_condition(job, "Complete").is_some() {
-        return Planning::Lost;
+        return match missing_summary(job.completion_time.as_ref(), now) {
+            MissingSummary::Wait(left) => Planning::Awaiting(left),
+            MissingSummary::Lost => Planning::Lost,
+        };
     }
     Planning::Running {
         retrying: last_failure.map(PodObservation::explain),
@@ -82,6 +92,10 @@ mod tests {
     use pomona_crds::contract::{PodSummary, Step};
 
     use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
 
     fn job(condition: Option<&str>) -> Job {
         let status = JobStatus {
@@ -127,21 +141,33 @@ mod tests {
             plan: Some(totals),
             ..PodSummary::new(Step::Plan)
         };
-        assert_eq!(planning(None, &[]), Planning::Absent);
+        assert_eq!(planning(None, &[], now()), Planning::Absent);
         // Just created: no status yet.
         assert_eq!(
-            planning(Some(&Job::default()), &[]),
+            planning(Some(&Job::default()), &[], now()),
             Planning::Running { retrying: None }
         );
         assert_eq!(
             planning(
                 Some(&job(None)),
-                &[pod(PodPhase::Succeeded, Some(summary), 5)]
+                &[pod(PodPhase::Succeeded, Some(summary), 5)],
+                now()
             ),
             Planning::Planned(totals)
         );
-        // Complete, but the pod is gone: plan again (the runner finds its own plan).
-        assert_eq!(planning(Some(&job(Some("Complete"))), &[]), Planning::Lost);
+        // Complete, but the pod's summary is not in sight: wait a moment (the watch cache may
+        // lag), then plan again (the runner finds its own plan).
+        let mut complete = job(Some("Complete"));
+        complete.status.as_mut().unwrap().completion_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        assert_eq!(
+            planning(Some(&complete), &[], now()),
+            Planning::Awaiting(crate::lifecycle::SUMMARY_GRACE)
+        );
+        let later = now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(31))
+            .unwrap();
+        assert_eq!(planning(Some(&complete), &[], later), Planning::Lost);
     }
 
     #[test]
@@ -152,13 +178,14 @@ mod tests {
             ..PodSummary::new(Step::Plan)
         };
         let attempt = pod(PodPhase::Failed, Some(denied), 10);
-        match planning(Some(&job(None)), std::slice::from_ref(&attempt)) {
+        match planning(Some(&job(None)), std::slice::from_ref(&attempt), now()) {
             Planning::Running {
                 retrying: Some(why),
             } => assert!(why.contains("access denied"), "{why}"),
             other => panic!("{other:?}"),
         }
-        let Planning::Failed(invalid) = planning(Some(&job(Some("Failed"))), &[attempt]) else {
+        let Planning::Failed(invalid) = planning(Some(&job(Some("Failed"))), &[attempt], now())
+        else {
             panic!("not failed")
         };
         assert_eq!(invalid.reason(), "AccessDenied");
@@ -167,7 +194,7 @@ mod tests {
                 .to_string()
                 .starts_with("planning failed: access denied")
         );
-        let Planning::Failed(invalid) = planning(Some(&job(Some("Failed"))), &[]) else {
+        let Planning::Failed(invalid) = planning(Some(&job(Some("Failed"))), &[], now()) else {
             panic!("not failed")
         };
         assert_eq!(invalid.reason(), "PlanFailed");

@@ -128,14 +128,15 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     let suspended = || verdict(Phase::Suspended, "Suspended", "spec.suspend is true");
     if let Some(reduce) = obs.reduce {
         if job_condition(reduce, "Complete").is_some() {
-            // The run's final counts and PCA come from the reduce pod's summary: without it
-            // (the pod was removed before it was read) the reduce step runs again.
+            // The run's final counts and PCA come from the reduce pod's summary: until it is
+            // read the run is not over (a pod removed before it was read makes the reduce
+            // step run again, which writes the same bytes).
             if obs.pca.is_none() && obs.old.is_none_or(|o| o.pca.is_none()) {
                 return verdict(
                     Phase::Reducing,
-                    "ReduceSummaryLost",
-                    "the reduce pod is gone before its summary was read: the reduce step runs \
-                     again (it writes the same bytes)",
+                    "AwaitingReduceSummary",
+                    "the reduce Job completed; reading its pod's summary (the run's counts and \
+                     PCA)",
                 );
             }
             return verdict(Phase::Succeeded, "Succeeded", "every output is written");

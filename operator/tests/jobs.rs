@@ -108,6 +108,10 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
         assert_eq!(labels["app.kubernetes.io/component"], component);
         assert_eq!(labels["app.kubernetes.io/managed-by"], "pomona-operator");
         assert_eq!(labels["app.kubernetes.io/part-of"], "fruits");
+        assert_eq!(
+            labels["pomona.dev/run"], "fruits-360",
+            "cost attribution by run"
+        );
         assert_eq!(v["spec"]["template"]["metadata"]["labels"], *labels);
         let owner = &meta["ownerReferences"][0];
         assert_eq!(owner["apiVersion"], "pomona.dev/v1alpha1");

@@ -272,9 +272,19 @@ async fn a_restart_mid_run_neither_plans_again_nor_duplicates_the_job() {
 async fn a_plan_pod_gone_before_its_summary_was_read_is_run_again() {
     let h = Harness::new(|_| {});
     h.step().await;
-    // The plan Job completed, but its pod was removed before the operator read it.
+    // The plan Job just completed and its pod's summary is not in sight: the operator waits a
+    // moment (a watch cache may show the Job's completion before the pod's last change)...
     h.job_status(PLAN, complete(json!({"succeeded": 1})));
     h.api.clear_calls();
+    let action = h.step().await;
+    assert!(h.api.object(PLAN).is_some(), "not rerun at once");
+    assert_ne!(
+        action,
+        Action::requeue(Duration::from_secs(300)),
+        "looked at again soon"
+    );
+    // ...and once the grace has passed, the summary counts as lost: the plan Job runs again.
+    h.job_status(PLAN, json!({"completionTime": "2026-01-01T00:00:00Z"}));
     h.step().await;
     assert!(h.api.object(PLAN).is_none(), "the plan Job is removed");
     assert_eq!(h.status().phase, Some(Phase::Planning));
@@ -721,8 +731,11 @@ async fn a_run_never_succeeds_without_the_reduce_pod_s_counts_and_pca() {
     );
     h.step().await;
     assert!(h.api.object(REDUCE).is_some());
-    // The reduce Job completed, but its pod was removed before the operator read it.
-    h.job_status(REDUCE, complete(json!({"succeeded": 1})));
+    // The reduce Job completed long ago, but its pod was removed before the operator read it.
+    h.job_status(
+        REDUCE,
+        complete(json!({"succeeded": 1, "completionTime": "2026-01-01T00:00:00Z"})),
+    );
     h.step().await;
     let status = h.status();
     assert_eq!(

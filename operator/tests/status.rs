@@ -244,7 +244,7 @@ fn cases() -> Vec<Case> {
             reduce: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
             images: Some((1260, 1259, 1)),
             shards: Some((3, 3, 0, 0)),
-            message: "the reduce pod is gone before its summary was read",
+            message: "the reduce Job completed; reading its pod's summary",
             ..base("reduce complete, its summary lost", Phase::Reducing)
         },
         Case {

@@ -254,8 +254,11 @@ impl Harness {
     }
 }
 
+/// A complete Job's status (completed now), with `extra` merged over it.
 pub fn complete(extra: Value) -> Value {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let mut status = json!({
+        "completionTime": now,
         "conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]
     });
     super::fake_api::merge(&mut status, &extra);
