@@ -116,6 +116,15 @@ pub struct PodSummary {
     /// The PCA a reduce step fitted or reused (what the operator reports in `status.pca`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pca: Option<crate::api::PcaResult>,
+    /// The leave-one-out 1-nearest-neighbour accuracy (cosine) of the labels on the reduced
+    /// vectors, for a reduce step on labelled images (what the operator reports in
+    /// `status.labelAgreement`).
+    #[serde(
+        default,
+        rename = "labelAgreement",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub label_agreement: Option<f64>,
     /// Why the step failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -208,6 +217,7 @@ impl PodSummary {
 /// <output>/pca/                           the fitted PCA
 /// <output>/reduced/part-00000.parquet     path, label, pca
 /// <output>/reduced.csv                    path, label, pc1..pcK (when asked for)
+/// <output>/clusters/part-00000.parquet    path, label, cluster (when k-means is asked for)
 /// <output>/report/                        pictures and summary.json
 /// <output>/_SUCCESS                       written last
 /// ```
@@ -292,9 +302,33 @@ impl OutputLayout {
     pub fn csv(&self) -> String {
         self.join("reduced.csv")
     }
+    /// Prefix of the cluster assignments.
+    pub fn clusters_dir(&self) -> String {
+        self.join("clusters/")
+    }
+    /// The cluster of each image of one shard.
+    pub fn clusters(&self, shard: u32) -> String {
+        self.part("clusters", shard, "parquet")
+    }
     /// Prefix of the report (pictures, summary).
     pub fn report_dir(&self) -> String {
         self.join("report/")
+    }
+    /// The reduce step's summary (also the content of `_SUCCESS`).
+    pub fn summary_json(&self) -> String {
+        self.join("report/summary.json")
+    }
+    /// The explained-variance picture.
+    pub fn explained_variance_png(&self) -> String {
+        self.join("report/explained_variance.png")
+    }
+    /// The scatter of the first two components, coloured by label.
+    pub fn scatter_png(&self) -> String {
+        self.join("report/scatter.png")
+    }
+    /// The first two components coloured by cluster, beside the scatter by label.
+    pub fn clusters_png(&self) -> String {
+        self.join("report/clusters.png")
     }
     /// The marker written last, when the whole run is complete.
     pub fn success(&self) -> String {
@@ -351,6 +385,18 @@ mod tests {
         assert_eq!(local.features(1), "/tmp/out/features/part-00001.parquet");
         assert_eq!(local.csv(), "/tmp/out/reduced.csv");
         assert_eq!(local.report_dir(), "/tmp/out/report/");
+        assert_eq!(
+            s3.clusters(2),
+            "s3://fruits/runs/a/clusters/part-00002.parquet"
+        );
+        assert_eq!(local.summary_json(), "/tmp/out/report/summary.json");
+        assert_eq!(local.clusters_png(), "/tmp/out/report/clusters.png");
+        assert_eq!(local.sweep_json(), "/tmp/out/sweep.json");
+        assert_eq!(local.sweep_png(), "/tmp/out/report/sweep.png");
+        assert_eq!(
+            local.sweep_setting("int8-160"),
+            "/tmp/out/settings/int8-160/"
+        );
     }
 
     #[test]
@@ -398,6 +444,7 @@ mod tests {
             seconds: 41.5,
             peak_rss_mib: Some(212),
             pca: None,
+            label_agreement: None,
             error: None,
         };
         let line = summary.to_line();
@@ -431,6 +478,7 @@ mod tests {
             seconds: 0.5,
             peak_rss_mib: None,
             pca: None,
+            label_agreement: None,
             error: Some("listing failed".into()),
         };
         let counts = StorageCounts {
@@ -469,11 +517,14 @@ mod tests {
                 explained_variance: 0.854,
                 reused: false,
             }),
+            label_agreement: Some(0.987),
             error: None,
         };
         let line = summary.to_line();
         assert!(
-            line.ends_with(r#""pca":{"components":50,"explainedVariance":0.854,"reused":false}}"#),
+            line.ends_with(
+                r#""pca":{"components":50,"explainedVariance":0.854,"reused":false},"labelAgreement":0.987}"#
+            ),
             "{line}"
         );
         assert_eq!(PodSummary::from_message(&line), Some(summary));

@@ -9,7 +9,8 @@
 //! - [`stats`]: mergeable PCA statistics (count, mean, co-moment) written by every shard.
 //! - [`parquet_out`]: the feature and dead-letter Parquet files of a shard.
 //! - [`reduce`]: `pomona reduce`: merges the statistics, fits (or reuses) the PCA, projects every
-//!   shard, and closes the run's accounting.
+//!   shard, measures the label agreement, groups the images by k-means when asked, and closes
+//!   the run's accounting.
 //! - [`report`]: the pictures and summary of the reduce step.
 //!
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the

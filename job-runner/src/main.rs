@@ -10,6 +10,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use pomona_crds::contract::{PodSummary, Step};
 use pomona_crds::{LabelMode, PcaResult};
 use pomona_runner::cli::{self, ModelArgs, S3Args};
+use pomona_runner::reduce::grouping::ClusterArgs;
 use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, PcaArgs, ShardList};
 use pomona_runner::report::ReduceSummary;
 use pomona_runner::{Threads, exit_code};
@@ -72,6 +73,8 @@ enum Command {
         #[command(flatten)]
         pca: PcaArgs,
         #[command(flatten)]
+        clusters: ClusterArgs,
+        #[command(flatten)]
         s3: S3Args,
     },
     /// Run the whole pipeline on this machine: plan, extract every shard not yet done, then
@@ -90,6 +93,8 @@ enum Command {
         plan: PlanOptionsArgs,
         #[command(flatten)]
         pca: PcaArgs,
+        #[command(flatten)]
+        clusters: ClusterArgs,
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
             seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             peak_rss_mib: cli::peak_rss_mib(),
             pca: outcome.pca,
+            label_agreement: outcome.label_agreement,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         };
         let storage = cli::storage_counts(&outcome.storages);
@@ -201,6 +207,7 @@ struct Outcome {
     processed: u64,
     failed: u64,
     pca: Option<PcaResult>,
+    label_agreement: Option<f64>,
     storages: Vec<Storage>,
 }
 
@@ -214,6 +221,7 @@ impl Outcome {
             explained_variance: summary.cumulative_explained_variance_ratio,
             reused: summary.pca_mode == "reuse",
         });
+        self.label_agreement = summary.label_agreement;
     }
 }
 
@@ -292,6 +300,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             workers,
             plan,
             pca,
+            clusters,
             model,
             s3,
         } => {
@@ -324,8 +333,15 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             extracted?;
             outcome.step = Some(Step::Reduce);
             let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
-            let reduced =
-                reduce::reduce(&out, &config, &mode, pca.csv, &ShardList::default()).await?;
+            let reduced = reduce::reduce(
+                &out,
+                &config,
+                &mode,
+                pca.csv,
+                &ShardList::default(),
+                clusters.clusters,
+            )
+            .await?;
             outcome.reduced(&reduced.summary);
             Ok(())
         }
@@ -333,6 +349,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             output,
             failed_shards,
             pca,
+            clusters,
             s3,
         } => {
             outcome.step = Some(Step::Reduce);
@@ -340,7 +357,15 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             let out = Storage::open(&output, &config).await?;
             outcome.storages = vec![out.clone()];
             let mode = pca.mode(None).expect("checked in main");
-            let reduced = reduce::reduce(&out, &config, &mode, pca.csv, &failed_shards).await?;
+            let reduced = reduce::reduce(
+                &out,
+                &config,
+                &mode,
+                pca.csv,
+                &failed_shards,
+                clusters.clusters,
+            )
+            .await?;
             outcome.reduced(&reduced.summary);
             Ok(())
         }

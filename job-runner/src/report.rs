@@ -5,7 +5,8 @@
 //! | --- | --- |
 //! | `report/explained_variance.png` | per-component explained variance ratio (bars) and the cumulative curve, 1000×600 |
 //! | `report/scatter.png` | every image (or a fixed-seed sample of 50,000) on the first two components, one colour per label, with a legend, 1200×800 |
-//! | `report/summary.json` | counts, the PCA (k, explained variance), provenance and timings ([`ReduceSummary`]) |
+//! | `report/clusters.png` | with `--clusters`: the same points coloured by cluster, beside them coloured by label, 1800×800 |
+//! | `report/summary.json` | counts, the PCA (k, explained variance), label agreement, clustering, provenance and timings ([`ReduceSummary`]) |
 //!
 //! The pictures are drawn by plotters into a memory buffer (no display, no system fonts: DejaVu
 //! Sans is compiled in) and encoded as PNG.
@@ -22,6 +23,8 @@ use serde::Serialize;
 pub const VARIANCE_SIZE: (u32, u32) = (1000, 600);
 /// Size of `scatter.png`.
 pub const SCATTER_SIZE: (u32, u32) = (1200, 800);
+/// Size of `clusters.png`.
+pub const CLUSTERS_SIZE: (u32, u32) = (1800, 800);
 /// Most points drawn on the scatter plot (a fixed-seed sample beyond that).
 pub const MAX_POINTS: usize = 50_000;
 /// Most labels named in the scatter plot's legend (the most frequent ones).
@@ -312,6 +315,99 @@ impl Scatter {
     }
 }
 
+/// One image of `clusters.png`: its first two components, label and cluster.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterPoint {
+    /// First component.
+    pub x: f32,
+    /// Second component.
+    pub y: f32,
+    /// Index of its label in the names given to [`clusters_png`].
+    pub label: u32,
+    /// Its cluster.
+    pub cluster: u32,
+}
+
+/// `clusters.png`: `points` on the first two components, coloured by cluster (left) and by
+/// label (right), on the same axes. `labels` names the label indexes.
+pub fn clusters_png(
+    points: &[ClusterPoint],
+    labels: &[String],
+    k: usize,
+    axis_ratios: (f64, Option<f64>),
+) -> anyhow::Result<Vec<u8>> {
+    let bounds = |f: fn(&ClusterPoint) -> f32| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        if lo > hi {
+            return (-1.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        (f64::from(lo - pad), f64::from(hi + pad))
+    };
+    let (x0, x1) = bounds(|p| p.x);
+    let (y0, y1) = bounds(|p| p.y);
+    // Labels get colours in name order, as in scatter.png.
+    let mut by_name: Vec<usize> = (0..labels.len()).collect();
+    by_name.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
+    let mut label_colours = vec![HSLColor(0.0, 0.0, 0.0); labels.len()];
+    for (rank, &id) in by_name.iter().enumerate() {
+        label_colours[id] = colour(rank);
+    }
+    let pct = |r: f64| format!("{:.1}%", r * 100.0);
+    let x_desc = format!("PC1 ({} of the variance)", pct(axis_ratios.0));
+    let y_desc = match axis_ratios.1 {
+        Some(r) => format!("PC2 ({} of the variance)", pct(r)),
+        None => "PC2 (not fitted: k = 1)".to_string(),
+    };
+    render(CLUSTERS_SIZE, |root| {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (left, right) = root.split_horizontally(CLUSTERS_SIZE.0 / 2);
+        let panels: [(_, String, &dyn Fn(&ClusterPoint) -> HSLColor); 2] = [
+            (
+                left,
+                format!("{} images by cluster (k = {k})", points.len()),
+                &|p| colour(p.cluster as usize),
+            ),
+            (right, format!("by label ({} labels)", labels.len()), &|p| {
+                label_colours[p.label as usize]
+            }),
+        ];
+        for (area, title, paint) in panels {
+            let mut chart = ChartBuilder::on(&area)
+                .caption(title, ("sans-serif", 24).into_font())
+                .margin(20)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc.as_str())
+                .y_desc(y_desc.as_str())
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 18))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(points.iter().map(|p| {
+                    Circle::new(
+                        (f64::from(p.x), f64::from(p.y)),
+                        3,
+                        paint(p).mix(0.75).filled(),
+                    )
+                }))
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
+}
+
 /// Seconds each phase of the reduce step took.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
@@ -323,6 +419,8 @@ pub struct Timings {
     pub project: f64,
     /// Drawing the pictures.
     pub report: f64,
+    /// The label agreement.
+    pub agreement: f64,
     /// The whole step.
     pub total: f64,
 }
@@ -377,6 +475,16 @@ pub struct ReduceSummary {
     pub versions: String,
     /// Images per label.
     pub labels: BTreeMap<String, u64>,
+    /// The leave-one-out 1-nearest-neighbour accuracy (cosine) of the labels on the reduced
+    /// vectors of a fixed-seed sample; absent without labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_agreement: Option<f64>,
+    /// Images in that sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_agreement_sample: Option<usize>,
+    /// The k-means of the reduced vectors, with `--clusters`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clustering: Option<crate::reduce::grouping::ClusteringSummary>,
     /// Seconds per phase.
     pub seconds: Timings,
 }
@@ -404,6 +512,21 @@ mod tests {
         assert_eq!(
             size_of(&Scatter::new().png((1.0, None)).unwrap()),
             SCATTER_SIZE
+        );
+        let points: Vec<ClusterPoint> = (0..300)
+            .map(|i| ClusterPoint {
+                x: (i % 17) as f32,
+                y: (i % 11) as f32,
+                label: i % 3,
+                cluster: i % 5,
+            })
+            .collect();
+        let names = ["b".to_string(), "a".to_string(), "c".to_string()];
+        let png = clusters_png(&points, &names, 5, (0.4, Some(0.2))).unwrap();
+        assert_eq!(size_of(&png), CLUSTERS_SIZE);
+        assert_eq!(
+            size_of(&clusters_png(&[], &[], 2, (1.0, None)).unwrap()),
+            CLUSTERS_SIZE
         );
     }
 

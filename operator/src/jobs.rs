@@ -108,6 +108,9 @@ pub fn reduce_job(fx: &FeatureExtraction, failed_shards: &[u32], settings: &Sett
     if spec.output.csv {
         args.push("--csv".into());
     }
+    if let Some(clustering) = &spec.clustering {
+        args.push(format!("--clusters={}", clustering.clusters_arg()));
+    }
     if !failed_shards.is_empty() {
         let list: Vec<String> = failed_shards.iter().map(u32::to_string).collect();
         args.push(format!("--failed-shards={}", list.join(",")));

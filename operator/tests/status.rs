@@ -60,6 +60,7 @@ fn pod(index: u32, phase: PodPhase, processed: u64, failed: u64, t: i64) -> PodO
             seconds: 1.0,
             peak_rss_mib: None,
             pca: None,
+            label_agreement: None,
             error: (phase == PodPhase::Failed).then(|| format!("shard {index} broke")),
         }),
         exit_code: done.then_some(if phase == PodPhase::Failed { 3 } else { 0 }),
@@ -255,6 +256,7 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
         pca: None,
+        label_agreement: None,
         retrying: c.retrying,
     };
     compute(&obs, &at(100))
@@ -341,6 +343,7 @@ fn extracting<'a>(
         reduce: None,
         reduce_pods: &[],
         pca: None,
+        label_agreement: None,
         retrying: None,
     }
 }
@@ -423,6 +426,7 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
         reduce: None,
         reduce_pods: &[],
         pca: None,
+        label_agreement: None,
         retrying: None,
     };
     let s = compute(&obs, &at(0));
@@ -482,6 +486,7 @@ fn counts_survive_pod_garbage_collection_and_reduce_has_the_last_word() {
             seconds: 2.0,
             peak_rss_mib: None,
             pca: None,
+            label_agreement: None,
             error: None,
         }),
         ..pod(0, PodPhase::Succeeded, 0, 0, 30)

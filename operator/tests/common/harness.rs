@@ -211,6 +211,7 @@ impl Harness {
             seconds: 2.5,
             peak_rss_mib: Some(420),
             pca: None,
+            label_agreement: None,
             error: None,
         }
         .to_line()
@@ -228,6 +229,7 @@ impl Harness {
             seconds: 1.0,
             peak_rss_mib: Some(110),
             pca: Some(pca),
+            label_agreement: Some(0.987),
             error: None,
         };
         self.pod(REDUCE, 0, 0, "Succeeded", 0, &summary.to_line());
