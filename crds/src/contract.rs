@@ -219,6 +219,7 @@ impl PodSummary {
 /// <output>/reduced.csv                    path, label, pc1..pcK (when asked for)
 /// <output>/clusters/part-00000.parquet    path, label, cluster (when k-means is asked for)
 /// <output>/report/                        pictures and summary.json
+/// <output>/sweep.json                     a sweep's settings and figures (`pomona sweep`)
 /// <output>/_SUCCESS                       written last
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -329,6 +330,18 @@ impl OutputLayout {
     /// The first two components coloured by cluster, beside the scatter by label.
     pub fn clusters_png(&self) -> String {
         self.join("report/clusters.png")
+    }
+    /// A sweep's settings and figures.
+    pub fn sweep_json(&self) -> String {
+        self.join("sweep.json")
+    }
+    /// A sweep's picture: speed against agreement, one point per setting.
+    pub fn sweep_png(&self) -> String {
+        self.join("report/sweep.png")
+    }
+    /// The output prefix of one setting of a sweep (a run of its own).
+    pub fn sweep_setting(&self, name: &str) -> String {
+        self.join(&format!("settings/{name}/"))
     }
     /// The marker written last, when the whole run is complete.
     pub fn success(&self) -> String {

@@ -110,7 +110,7 @@ fn committed_crd_matches_the_types() {
 
 #[test]
 fn examples_parse_into_the_types_and_pass_every_rule() {
-    for name in ["minimal.yaml", "fruits-360.yaml"] {
+    for name in ["minimal.yaml", "fruits-360.yaml", "fruits-360-fast.yaml"] {
         let value = example(name);
         let typed: FeatureExtraction = serde_json::from_value(value.clone())
             .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));

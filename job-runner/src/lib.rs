@@ -12,6 +12,7 @@
 //!   shard, measures the label agreement, groups the images by k-means when asked, and closes
 //!   the run's accounting.
 //! - [`report`]: the pictures and summary of the reduce step.
+//! - [`sweep`]: `pomona sweep`: speed and label agreement of models × input sizes.
 //!
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
 //! operator shares.
@@ -29,6 +30,7 @@ pub mod reduce;
 pub mod report;
 pub mod resize;
 pub mod stats;
+pub mod sweep;
 pub mod window;
 
 use pomona_crds::contract::exit;

@@ -100,6 +100,10 @@ enum Command {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Compare models and input sizes on labelled images: images/s, label agreement on the
+    /// features and on a PCA, cosine to the reference; prints a table and a recommendation,
+    /// writes sweep.json and report/sweep.png.
+    Sweep(pomona_runner::sweep::SweepArgs),
 }
 
 #[derive(Args)]
@@ -343,6 +347,10 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             )
             .await?;
             outcome.reduced(&reduced.summary);
+            Ok(())
+        }
+        Command::Sweep(args) => {
+            pomona_runner::sweep::sweep(&args).await?;
             Ok(())
         }
         Command::Reduce {

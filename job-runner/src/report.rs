@@ -408,6 +408,87 @@ pub fn clusters_png(
     })
 }
 
+/// Size of a sweep's `report/sweep.png`.
+pub const SWEEP_SIZE: (u32, u32) = (1200, 800);
+
+/// A sweep's `report/sweep.png`: images/s against the label agreement on the PCA, one point
+/// per setting labelled with its size, one colour per model (settings without an agreement
+/// are left out).
+pub fn sweep_png(results: &[crate::sweep::table::SettingResult]) -> anyhow::Result<Vec<u8>> {
+    let mut models: Vec<&str> = Vec::new();
+    for r in results {
+        if !models.contains(&r.model.as_str()) {
+            models.push(&r.model);
+        }
+    }
+    let points: Vec<(f64, f64, usize, u32)> = results
+        .iter()
+        .filter_map(|r| {
+            let m = models.iter().position(|m| *m == r.model)?;
+            Some((r.images_per_second, r.agreement_pca?, m, r.size))
+        })
+        .collect();
+    let (mut x1, mut y0, mut y1) = (1.0f64, 1.0f64, 0.0f64);
+    for &(x, y, _, _) in &points {
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    let pad = ((y1 - y0) * 0.15).max(0.005);
+    let (y0, y1) = (y0 - pad, (y1 + pad).min(1.0 + pad));
+    render(SWEEP_SIZE, |root| {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Speed against label agreement, one point per setting",
+                ("sans-serif", 26).into_font(),
+            )
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..x1 * 1.15, y0..y1)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("images/s (decode, inference and writing)")
+            .y_desc("label agreement on the PCA (leave-one-out 1-NN)")
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(plot_err)?;
+        for (m, model) in models.iter().enumerate() {
+            let c = colour(m);
+            let name = model.rsplit('/').next().unwrap_or(model).to_string();
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .filter(|p| p.2 == m)
+                        .map(|&(x, y, _, _)| Circle::new((x, y), 7, c.filled())),
+                )
+                .map_err(plot_err)?
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 6, c.filled()));
+        }
+        chart
+            .draw_series(points.iter().map(|&(x, y, _, size)| {
+                Text::new(size.to_string(), (x, y), ("sans-serif", 16).into_font())
+            }))
+            .map_err(plot_err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
 /// Seconds each phase of the reduce step took.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
@@ -528,6 +609,23 @@ mod tests {
             size_of(&clusters_png(&[], &[], 2, (1.0, None)).unwrap()),
             CLUSTERS_SIZE
         );
+        let setting = |model: &str, size, speed, agreement| crate::sweep::table::SettingResult {
+            name: String::new(),
+            model: model.into(),
+            size,
+            images: 10,
+            extract_seconds: 1.0,
+            images_per_second: speed,
+            agreement_features: agreement,
+            agreement_pca: agreement,
+            cosine_to_reference: None,
+        };
+        let sweep = [
+            setting("a.onnx", 224, 200.0, Some(0.99)),
+            setting("b.onnx", 160, 700.0, Some(0.985)),
+            setting("b.onnx", 96, 1500.0, None),
+        ];
+        assert_eq!(size_of(&sweep_png(&sweep).unwrap()), SWEEP_SIZE);
     }
 
     #[test]
