@@ -328,6 +328,9 @@ pub struct ClusterPoint {
     pub cluster: u32,
 }
 
+/// How a panel of `clusters.png` colours a point.
+type Paint<'a> = &'a dyn Fn(&ClusterPoint) -> HSLColor;
+
 /// `clusters.png`: `points` on the first two components, coloured by cluster (left) and by
 /// label (right), on the same axes. `labels` names the label indexes.
 pub fn clusters_png(
@@ -367,7 +370,7 @@ pub fn clusters_png(
     render(CLUSTERS_SIZE, |root| {
         root.fill(&WHITE).map_err(plot_err)?;
         let (left, right) = root.split_horizontally(CLUSTERS_SIZE.0 / 2);
-        let panels: [(_, String, &dyn Fn(&ClusterPoint) -> HSLColor); 2] = [
+        let panels: [(_, String, Paint<'_>); 2] = [
             (
                 left,
                 format!("{} images by cluster (k = {k})", points.len()),
