@@ -151,6 +151,9 @@ pub struct Run<'a> {
     pub pca_sha256: &'a str,
     /// Explained variance ratios of the first two components (for the picture's axes).
     pub axis_ratios: (f64, Option<f64>),
+    /// More images than this are clustered by mini-batch k-means
+    /// ([`kmeans::MINI_BATCH_ABOVE`] in a run).
+    pub mini_batch_above: u64,
 }
 
 const SEED_AUTO: u64 = 0xa070_5eed;
@@ -203,7 +206,7 @@ fn failure(e: kmeans::KMeansFailure) -> anyhow::Error {
 /// `report/clusters.png`, and returns the summary.
 pub async fn cluster(run: &Run<'_>, count: ClusterCount) -> anyhow::Result<ClusteringSummary> {
     let started = Instant::now();
-    let in_memory = run.images <= kmeans::MINI_BATCH_ABOVE as u64;
+    let in_memory = run.images <= run.mini_batch_above;
     // Pass 1.
     let mut all: Vec<Vec<f64>> = Vec::new();
     let mut init = Reservoir::new(kmeans::INIT_SAMPLE, SEED_INIT);
@@ -423,6 +426,81 @@ impl ClusterWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reduce::project::ReducedWriter;
+
+    /// Writes `shards` reduced files of `per` rows each: 2-D points around four well-apart
+    /// centres, labelled by their centre.
+    async fn blobs(out: &Storage, layout: &OutputLayout, shards: u32, per: usize) {
+        let centres = [(0.0f32, 0.0f32), (20.0, 0.0), (0.0, 20.0), (20.0, 20.0)];
+        let mut state = 7u64;
+        let mut jitter = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 1000) as f32 / 500.0 - 1.0
+        };
+        for shard in 0..shards {
+            let mut w = ReducedWriter::new(2, &Origin::default(), "pca").unwrap();
+            let (mut paths, mut labels, mut values) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..per {
+                let c = (i + shard as usize) % 4;
+                paths.push(format!("s{shard}/{i}.jpg"));
+                labels.push(format!("fruit {c}"));
+                values.extend([centres[c].0 + jitter(), centres[c].1 + jitter()]);
+            }
+            w.push(
+                &StringArray::from(paths),
+                &StringArray::from(labels),
+                values,
+            )
+            .unwrap();
+            let uri = layout.reduced(shard);
+            out.put(
+                &out.relative(&uri).unwrap(),
+                Bytes::from(w.finish().unwrap()),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn both_methods_group_separated_blobs_and_write_every_shard() {
+        let dir = pomona_storage::testing::TempDir::new("grouping");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let out = Storage::open(dir.path().to_str().unwrap(), &Default::default())
+                .await
+                .unwrap();
+            let layout = OutputLayout::new(&out.uri());
+            blobs(&out, &layout, 3, 5000).await;
+            let origin = Origin::default();
+            let shards = [0, 1, 2];
+            let run = |mini_batch_above| Run {
+                out: &out,
+                layout: &layout,
+                shards: &shards,
+                images: 15_000,
+                origin: &origin,
+                pca_sha256: "pca",
+                axis_ratios: (0.5, Some(0.3)),
+                mini_batch_above,
+            };
+            for (above, method) in [(20_000, "lloyd"), (1_000, "mini-batch")] {
+                let s = cluster(&run(above), ClusterCount::Fixed(4)).await.unwrap();
+                assert_eq!(s.method, method);
+                assert_eq!((s.k, s.images, s.labelled), (4, 15_000, Some(15_000)));
+                assert_eq!(s.ari, Some(1.0), "{method}");
+                assert_eq!(s.purity, Some(1.0), "{method}");
+                assert_eq!(s.sizes, [3750; 4], "{method}");
+                assert!(s.silhouette.unwrap() > 0.9, "{method}: {:?}", s.silhouette);
+                for shard in shards {
+                    assert!(std::path::Path::new(&layout.clusters(shard)).exists());
+                }
+                assert!(std::path::Path::new(&layout.clusters_png()).exists());
+            }
+        });
+    }
 
     #[test]
     fn cluster_counts_parse() {

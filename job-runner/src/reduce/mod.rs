@@ -585,6 +585,7 @@ pub async fn reduce(
                 origin: &origin,
                 pca_sha256: &pca_sha256,
                 axis_ratios,
+                mini_batch_above: kmeans::MINI_BATCH_ABOVE as u64,
             };
             Some(grouping::cluster(&run, count).await?)
         }
