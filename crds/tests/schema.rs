@@ -110,7 +110,7 @@ fn committed_crd_matches_the_types() {
 
 #[test]
 fn examples_parse_into_the_types_and_pass_every_rule() {
-    for name in ["minimal.yaml", "fruits-360.yaml"] {
+    for name in ["minimal.yaml", "fruits-360.yaml", "fruits-360-fast.yaml"] {
         let value = example(name);
         let typed: FeatureExtraction = serde_json::from_value(value.clone())
             .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
@@ -166,6 +166,9 @@ struct Case {
     old: Option<Value>,
     breaks: Option<&'static str>,
 }
+
+/// The rule of `spec.clustering.k`.
+const K_RULE: &str = "string(self) == 'auto' || (string(self).matches('^[0-9]{1,4}$') && int(string(self)) >= 2 && int(string(self)) <= 1000)";
 
 fn cel_cases() -> Vec<Case> {
     let base = example("minimal.yaml");
@@ -294,6 +297,32 @@ fn cel_cases() -> Vec<Case> {
             "variance of one",
             set("spec.pca", json!({"varianceToKeep": 1.0})),
             None,
+        ),
+        // clustering
+        create(
+            "21 clusters",
+            set("spec.clustering", json!({"k": 21})),
+            None,
+        ),
+        create(
+            "clusters chosen by silhouette",
+            set("spec.clustering", json!({"k": "auto"})),
+            None,
+        ),
+        create(
+            "one cluster",
+            set("spec.clustering", json!({"k": 1})),
+            Some(K_RULE),
+        ),
+        create(
+            "too many clusters",
+            set("spec.clustering", json!({"k": 1001})),
+            Some(K_RULE),
+        ),
+        create(
+            "clusters by another word",
+            set("spec.clustering", json!({"k": "many"})),
+            Some(K_RULE),
         ),
         // output placement
         create(

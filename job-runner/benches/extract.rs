@@ -11,7 +11,10 @@
 //! 3. `pomona extract` end to end from local files (a child process: start-up, model load,
 //!    fetch, decode, inference, Parquet, statistics, upload), its ratio to 2 and its peak RSS;
 //! 4. the same from a local S3 server (s3s-fs on 127.0.0.1): `pomona plan` + `pomona extract`;
-//! 5. the reference figures of ../shared/RECIPES.md (Python onnxruntime, the Spark pipeline),
+//! 5. the fast settings of `pomona sweep` (the int8 model with a dynamic input size, at 160 and
+//!    at the sources' 100): preprocessing, raw ONNX Runtime and `pomona extract` from local files
+//!    at each, and the ratio of the two;
+//! 6. the reference figures of ../shared/RECIPES.md (Python onnxruntime, the Spark pipeline),
 //!    which were measured elsewhere and are quoted, not re-measured.
 
 use std::process::Command;
@@ -27,9 +30,20 @@ use common::{replicate, training_images};
 /// The runner's default batch size.
 const BATCH: usize = pomona_runner::cli::DEFAULT_BATCH_SIZE;
 
-/// Runs the `pomona` binary; returns its summary (if the step prints one) and the wall time.
+/// Runs the `pomona` binary with the float32 model at 224; returns its summary (if the step
+/// prints one) and the wall time.
 fn pomona(args: &[&str], envs: &[(&str, &str)]) -> (Option<PodSummary>, f64) {
-    let model = shared_dir().join("models/mobilenetv2_features.onnx");
+    pomona_with("mobilenetv2_features.onnx", 224, args, envs)
+}
+
+/// Runs the `pomona` binary; `run` and `extract` get the shared `model` at `size`.
+fn pomona_with(
+    model: &str,
+    size: u32,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Option<PodSummary>, f64) {
+    let model = shared_dir().join("models").join(model);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pomona"));
     cmd.args(args)
         .env_remove("AWS_ENDPOINT_URL")
@@ -37,7 +51,8 @@ fn pomona(args: &[&str], envs: &[(&str, &str)]) -> (Option<PodSummary>, f64) {
     if matches!(args[0], "run" | "extract") {
         cmd.arg("--model")
             .arg(&model)
-            .args(["--batch-size", &BATCH.to_string()]);
+            .args(["--batch-size", &BATCH.to_string()])
+            .args(["--size", &size.to_string()]);
     }
     for (k, v) in envs {
         cmd.env(k, v);
@@ -52,6 +67,51 @@ fn pomona(args: &[&str], envs: &[(&str, &str)]) -> (Option<PodSummary>, f64) {
     );
     let summary = PodSummary::from_message(&String::from_utf8_lossy(&out.stdout));
     (summary, wall)
+}
+
+/// Preprocessing per image on one thread (ms), and raw ONNX Runtime on pre-decoded tensors
+/// (images/s over about `total` images), for `model` at `size`.
+fn ceiling(
+    model: &str,
+    size: u32,
+    bytes: &[Vec<u8>],
+    total: usize,
+    threads: Threads,
+) -> (f64, f64) {
+    let pre = Preprocess::new(size, size).unwrap();
+    let mut tensor = vec![0f32; pre.tensor_len()];
+    let start = Instant::now();
+    for b in bytes {
+        pre.to_tensor(&pre.decode(b).unwrap(), &mut tensor);
+    }
+    let pre_ms = start.elapsed().as_secs_f64() * 1e3 / bytes.len() as f64;
+    let options = ModelOptions {
+        intra_threads: threads.inference,
+        input_size: Some((size, size)),
+        ..ModelOptions::default()
+    };
+    let mut m = Model::load(&shared_dir().join("models").join(model), options).unwrap();
+    let pool = 8 * BATCH;
+    let mut tensors = vec![0f32; pool * pre.tensor_len()];
+    for (b, t) in bytes.iter().zip(tensors.chunks_exact_mut(pre.tensor_len())) {
+        pre.to_tensor(&pre.decode(b).unwrap(), t);
+    }
+    let batch_len = BATCH * pre.tensor_len();
+    for i in 0..2 {
+        m.run(&tensors[i * batch_len..(i + 1) * batch_len], BATCH)
+            .unwrap();
+    }
+    let batches = total.div_ceil(BATCH);
+    let start = Instant::now();
+    for i in 0..batches {
+        let slot = i % (pool / BATCH);
+        m.run(&tensors[slot * batch_len..(slot + 1) * batch_len], BATCH)
+            .unwrap();
+    }
+    (
+        pre_ms,
+        (batches * BATCH) as f64 / start.elapsed().as_secs_f64(),
+    )
 }
 
 fn main() {
@@ -190,6 +250,37 @@ fn main() {
         100.0 * s3_rate / raw,
         s3.peak_rss_mib.map_or("?".into(), |m| m.to_string())
     );
+
+    // 5. The fast settings: int8 with a dynamic input size, at 160 and at 100.
+    let model = "mobilenetv2_features_int8_dynamic.onnx";
+    for size in [160, 100] {
+        let (pre_ms, raw) = ceiling(model, size, &bytes, n, threads);
+        let out = work.path().join(format!("fast-{size}"));
+        let out = out.to_str().unwrap();
+        let plan = ["plan", "--input", input, "--output", out];
+        pomona_with(
+            model,
+            size,
+            &[&plan[..], &["--images-per-shard", &n.to_string()]].concat(),
+            &[],
+        );
+        let (s, wall) = pomona_with(
+            model,
+            size,
+            &["extract", "--output", out, "--shard", "0"],
+            &[],
+        );
+        let s = s.expect("a summary");
+        assert_eq!(s.processed as usize, n);
+        let rate = n as f64 / wall;
+        println!(
+            "  int8 dynamic at {size}: preprocessing {pre_ms:.3} ms/image (1 thread); raw ONNX \
+             Runtime {raw:.1} images/s; pomona extract, local files, {rate:.1} images/s ({n} \
+             images in {wall:.2} s, process start to exit) = {:.1} % of raw; peak RSS {} MiB",
+            100.0 * rate / raw,
+            s.peak_rss_mib.map_or("?".into(), |m| m.to_string())
+        );
+    }
 
     println!("  references (quoted from ../shared/RECIPES.md, not measured by this run):");
     println!(

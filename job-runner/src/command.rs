@@ -11,6 +11,7 @@ use pomona_crds::contract::{env, steps};
 use pomona_storage::plan::PlanOptions;
 
 use crate::cli::{ModelArgs, S3Args, TuningArgs};
+use crate::reduce::grouping::ClusterArgs;
 use crate::reduce::{PcaArgs, ShardList};
 
 /// Turns images into MobileNetV2 features, a PCA and reduced vectors.
@@ -36,6 +37,10 @@ pub enum Command {
     /// Run the whole pipeline on this machine: plan, extract every shard not yet done, then
     /// reduce (a PCA of 50 components unless told otherwise).
     Run(RunCommand),
+    /// Compare models and input sizes on labelled images: images/s, label agreement on the
+    /// features and on a PCA, cosine to the reference; prints a table and a recommendation,
+    /// writes sweep.json and report/sweep.png.
+    Sweep(crate::sweep::SweepArgs),
 }
 
 /// `pomona plan`.
@@ -110,6 +115,9 @@ pub struct ReduceCommand {
     pub pca: PcaArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub clusters: ClusterArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub s3: S3Args,
 }
 
@@ -135,6 +143,9 @@ pub struct RunCommand {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub pca: PcaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub clusters: ClusterArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,
@@ -217,6 +228,7 @@ impl ReduceCommand {
             output: self.output.clone(),
             pca: mode,
             csv: pca.csv,
+            clusters: self.clusters.clusters,
             failed_shards: self.failed_shards.clone(),
             storage: (&self.s3).into(),
         })
@@ -291,6 +303,7 @@ mod tests {
                 output: "s3://b/runs/1/".into(),
                 pca,
                 csv: true,
+                clusters: Some(steps::ClusterCount::Auto),
                 failed_shards: "1,3-5".parse().unwrap(),
                 storage: storage.clone(),
             };

@@ -9,10 +9,12 @@
 //! - [`stats`]: mergeable PCA statistics (count, mean, co-moment) written by every shard.
 //! - [`parquet_out`]: the feature and dead-letter Parquet files of a shard.
 //! - [`reduce`]: `pomona reduce`: merges the statistics, fits (or reuses) the PCA, projects every
-//!   shard, and closes the run's accounting.
+//!   shard, measures the label agreement, groups the images by k-means when asked, and closes
+//!   the run's accounting.
 //! - [`report`]: the pictures and summary of the reduce step.
 //! - [`command`] and [`cli`]: the command line, its conversion into the job contract's step
 //!   arguments, and what its subcommands share.
+//! - [`sweep`]: `pomona sweep`: speed and label agreement of models × input sizes.
 //!
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
 //! operator shares.
@@ -31,6 +33,7 @@ pub mod reduce;
 pub mod report;
 pub mod resize;
 pub mod stats;
+pub mod sweep;
 pub mod window;
 
 use pomona_crds::contract::exit;

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             peak_rss_mib: cli::peak_rss_mib(),
             pca: outcome.pca,
             plan: outcome.plan,
+            label_agreement: outcome.label_agreement,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
             reason: result.as_ref().err().map(|e| failure_reason(e).to_string()),
         };
@@ -83,6 +84,7 @@ struct Outcome {
     failed: u64,
     pca: Option<PcaResult>,
     plan: Option<PlanTotals>,
+    label_agreement: Option<f64>,
     storages: Vec<Storage>,
 }
 
@@ -96,6 +98,7 @@ impl Outcome {
             explained_variance: summary.cumulative_explained_variance_ratio,
             reused: summary.pca_mode == "reuse",
         });
+        self.label_agreement = summary.label_agreement;
     }
 }
 
@@ -105,13 +108,25 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
         Command::Plan(c) => plan(c, outcome).await,
         Command::Extract(c) => extract(c, outcome).await,
         Command::Run(c) => run(c, outcome).await,
+        Command::Sweep(args) => {
+            pomona_runner::sweep::sweep(&args).await?;
+            Ok(())
+        }
         Command::Reduce(c) => {
             outcome.step = Some(Step::Reduce);
             let config = c.s3.config();
             let out = Storage::open(&c.output, &config).await?;
             outcome.storages = vec![out.clone()];
             let mode = c.pca.mode(None).expect("checked in main");
-            let reduced = reduce::reduce(&out, &config, &mode, c.pca.csv, &c.failed_shards).await?;
+            let reduced = reduce::reduce(
+                &out,
+                &config,
+                &mode,
+                c.pca.csv,
+                &c.failed_shards,
+                c.clusters.clusters,
+            )
+            .await?;
             outcome.reduced(&reduced.summary);
             Ok(())
         }
@@ -248,7 +263,15 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         .pca
         .mode(Some(DEFAULT_COMPONENTS))
         .expect("a default mode");
-    let reduced = reduce::reduce(&out, &config, &mode, c.pca.csv, &ShardList::default()).await?;
+    let reduced = reduce::reduce(
+        &out,
+        &config,
+        &mode,
+        c.pca.csv,
+        &ShardList::default(),
+        c.clusters.clusters,
+    )
+    .await?;
     outcome.reduced(&reduced.summary);
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! | --- | --- |
 //! | `report/explained_variance.png` | per-component explained variance ratio (bars) and the cumulative curve, 1000×600 |
 //! | `report/scatter.png` | every image (or a fixed-seed sample of 50,000) on the first two components, one colour per label, with a legend, 1200×800 |
-//! | `report/summary.json` | counts, the PCA (k, explained variance), provenance and timings ([`ReduceSummary`]) |
+//! | `report/clusters.png` | with `--clusters`: the same points coloured by cluster, beside them coloured by label, 1800×800 |
+//! | `report/summary.json` | counts, the PCA (k, explained variance), label agreement, clustering, provenance and timings ([`ReduceSummary`]) |
 //!
 //! The pictures are drawn by plotters into a memory buffer (no display, no system fonts: DejaVu
 //! Sans is compiled in) and encoded as PNG.
@@ -22,6 +23,8 @@ use serde::Serialize;
 pub const VARIANCE_SIZE: (u32, u32) = (1000, 600);
 /// Size of `scatter.png`.
 pub const SCATTER_SIZE: (u32, u32) = (1200, 800);
+/// Size of `clusters.png`.
+pub const CLUSTERS_SIZE: (u32, u32) = (1800, 800);
 /// Most points drawn on the scatter plot (a fixed-seed sample beyond that).
 pub const MAX_POINTS: usize = 50_000;
 /// Most labels named in the scatter plot's legend (the most frequent ones).
@@ -312,6 +315,183 @@ impl Scatter {
     }
 }
 
+/// One image of `clusters.png`: its first two components, label and cluster.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterPoint {
+    /// First component.
+    pub x: f32,
+    /// Second component.
+    pub y: f32,
+    /// Index of its label in the names given to [`clusters_png`].
+    pub label: u32,
+    /// Its cluster.
+    pub cluster: u32,
+}
+
+/// How a panel of `clusters.png` colours a point.
+type Paint<'a> = &'a dyn Fn(&ClusterPoint) -> HSLColor;
+
+/// `clusters.png`: `points` on the first two components, coloured by cluster (left) and by
+/// label (right), on the same axes. `labels` names the label indexes.
+pub fn clusters_png(
+    points: &[ClusterPoint],
+    labels: &[String],
+    k: usize,
+    axis_ratios: (f64, Option<f64>),
+) -> anyhow::Result<Vec<u8>> {
+    let bounds = |f: fn(&ClusterPoint) -> f32| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        if lo > hi {
+            return (-1.0, 1.0);
+        }
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        (f64::from(lo - pad), f64::from(hi + pad))
+    };
+    let (x0, x1) = bounds(|p| p.x);
+    let (y0, y1) = bounds(|p| p.y);
+    // Labels get colours in name order, as in scatter.png.
+    let mut by_name: Vec<usize> = (0..labels.len()).collect();
+    by_name.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
+    let mut label_colours = vec![HSLColor(0.0, 0.0, 0.0); labels.len()];
+    for (rank, &id) in by_name.iter().enumerate() {
+        label_colours[id] = colour(rank);
+    }
+    let pct = |r: f64| format!("{:.1}%", r * 100.0);
+    let x_desc = format!("PC1 ({} of the variance)", pct(axis_ratios.0));
+    let y_desc = match axis_ratios.1 {
+        Some(r) => format!("PC2 ({} of the variance)", pct(r)),
+        None => "PC2 (not fitted: k = 1)".to_string(),
+    };
+    render(CLUSTERS_SIZE, |root| {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (left, right) = root.split_horizontally(CLUSTERS_SIZE.0 / 2);
+        let panels: [(_, String, Paint<'_>); 2] = [
+            (
+                left,
+                format!("{} images by cluster (k = {k})", points.len()),
+                &|p| colour(p.cluster as usize),
+            ),
+            (right, format!("by label ({} labels)", labels.len()), &|p| {
+                label_colours[p.label as usize]
+            }),
+        ];
+        for (area, title, paint) in panels {
+            let mut chart = ChartBuilder::on(&area)
+                .caption(title, ("sans-serif", 24).into_font())
+                .margin(20)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc.as_str())
+                .y_desc(y_desc.as_str())
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 18))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(points.iter().map(|p| {
+                    Circle::new(
+                        (f64::from(p.x), f64::from(p.y)),
+                        3,
+                        paint(p).mix(0.75).filled(),
+                    )
+                }))
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
+}
+
+/// Size of a sweep's `report/sweep.png`.
+pub const SWEEP_SIZE: (u32, u32) = (1200, 800);
+
+/// A sweep's `report/sweep.png`: images/s against the label agreement on the PCA, one point
+/// per setting labelled with its size, one colour per model (settings without an agreement
+/// are left out).
+pub fn sweep_png(results: &[crate::sweep::table::SettingResult]) -> anyhow::Result<Vec<u8>> {
+    let mut models: Vec<&str> = Vec::new();
+    for r in results {
+        if !models.contains(&r.model.as_str()) {
+            models.push(&r.model);
+        }
+    }
+    let points: Vec<(f64, f64, usize, u32)> = results
+        .iter()
+        .filter_map(|r| {
+            let m = models.iter().position(|m| *m == r.model)?;
+            Some((r.images_per_second, r.agreement_pca?, m, r.size))
+        })
+        .collect();
+    let (mut x1, mut y0, mut y1) = (1.0f64, 1.0f64, 0.0f64);
+    for &(x, y, _, _) in &points {
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    let pad = ((y1 - y0) * 0.15).max(0.005);
+    let (y0, y1) = (y0 - pad, (y1 + pad).min(1.0 + pad));
+    render(SWEEP_SIZE, |root| {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Speed against label agreement, one point per setting",
+                ("sans-serif", 26).into_font(),
+            )
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..x1 * 1.15, y0..y1)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("images/s (decode, inference and writing)")
+            .y_desc("label agreement on the PCA (leave-one-out 1-NN)")
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(plot_err)?;
+        for (m, model) in models.iter().enumerate() {
+            let c = colour(m);
+            let name = model.rsplit('/').next().unwrap_or(model).to_string();
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .filter(|p| p.2 == m)
+                        .map(|&(x, y, _, _)| Circle::new((x, y), 7, c.filled())),
+                )
+                .map_err(plot_err)?
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 6, c.filled()));
+        }
+        chart
+            .draw_series(points.iter().map(|&(x, y, _, size)| {
+                Text::new(size.to_string(), (x, y), ("sans-serif", 16).into_font())
+            }))
+            .map_err(plot_err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
 /// Seconds each phase of the reduce step took.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
@@ -323,6 +503,8 @@ pub struct Timings {
     pub project: f64,
     /// Drawing the pictures.
     pub report: f64,
+    /// The label agreement.
+    pub agreement: f64,
     /// The whole step.
     pub total: f64,
 }
@@ -377,6 +559,16 @@ pub struct ReduceSummary {
     pub versions: String,
     /// Images per label.
     pub labels: BTreeMap<String, u64>,
+    /// The leave-one-out 1-nearest-neighbour accuracy (cosine) of the labels on the reduced
+    /// vectors of a fixed-seed sample; absent without labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_agreement: Option<f64>,
+    /// Images in that sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_agreement_sample: Option<usize>,
+    /// The k-means of the reduced vectors, with `--clusters`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clustering: Option<crate::reduce::grouping::ClusteringSummary>,
     /// Seconds per phase.
     pub seconds: Timings,
 }
@@ -405,6 +597,38 @@ mod tests {
             size_of(&Scatter::new().png((1.0, None)).unwrap()),
             SCATTER_SIZE
         );
+        let points: Vec<ClusterPoint> = (0..300)
+            .map(|i| ClusterPoint {
+                x: (i % 17) as f32,
+                y: (i % 11) as f32,
+                label: i % 3,
+                cluster: i % 5,
+            })
+            .collect();
+        let names = ["b".to_string(), "a".to_string(), "c".to_string()];
+        let png = clusters_png(&points, &names, 5, (0.4, Some(0.2))).unwrap();
+        assert_eq!(size_of(&png), CLUSTERS_SIZE);
+        assert_eq!(
+            size_of(&clusters_png(&[], &[], 2, (1.0, None)).unwrap()),
+            CLUSTERS_SIZE
+        );
+        let setting = |model: &str, size, speed, agreement| crate::sweep::table::SettingResult {
+            name: String::new(),
+            model: model.into(),
+            size,
+            images: 10,
+            extract_seconds: 1.0,
+            images_per_second: speed,
+            agreement_features: agreement,
+            agreement_pca: agreement,
+            cosine_to_reference: None,
+        };
+        let sweep = [
+            setting("a.onnx", 224, 200.0, Some(0.99)),
+            setting("b.onnx", 160, 700.0, Some(0.985)),
+            setting("b.onnx", 96, 1500.0, None),
+        ];
+        assert_eq!(size_of(&sweep_png(&sweep).unwrap()), SWEEP_SIZE);
     }
 
     #[test]

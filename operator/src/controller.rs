@@ -367,7 +367,9 @@ impl<'a> Run<'a> {
                     extract_pods: &jobs.extract_pods,
                     reduce: jobs.reduce.as_ref().and_then(|j| j.status.as_ref()),
                     reduce_pods: &jobs.reduce_pods,
-                    pca: reduce_pca(&jobs.reduce_pods),
+                    pca: reduce_summary(&jobs.reduce_pods).and_then(|s| s.pca.as_ref()),
+                    label_agreement: reduce_summary(&jobs.reduce_pods)
+                        .and_then(|s| s.label_agreement),
                     retrying: retry_note.as_deref(),
                 },
                 &now,
@@ -578,7 +580,7 @@ impl<'a> Run<'a> {
                     n => return Err(Error::FailedShardsUnknown(n)),
                 },
             };
-            let reported = reduce_pca(&jobs.reduce_pods).is_some();
+            let reported = reduce_summary(&jobs.reduce_pods).is_some_and(|s| s.pca.is_some());
             let recorded = status.pca.is_some();
             let missing = jobs.reduce.as_ref().and_then(|job| {
                 lifecycle::reduce_summary(job, reported, recorded, Timestamp::now())
@@ -780,13 +782,13 @@ fn failed_before_planning(status: &FeatureExtractionStatus) -> bool {
     status.phase == Some(Phase::Failed) && status.shards.is_none()
 }
 
-/// The PCA the reduce pod reported, from its termination summary.
-fn reduce_pca(pods: &[PodObservation]) -> Option<&pomona_crds::PcaResult> {
+/// The termination summary of the reduce pod that succeeded last (its PCA and label
+/// agreement go into the status).
+fn reduce_summary(pods: &[PodObservation]) -> Option<&pomona_crds::contract::PodSummary> {
     pods.iter()
         .filter(|p| p.phase == PodPhase::Succeeded)
         .max_by(|a, b| a.finished_at.cmp(&b.finished_at))
         .and_then(|p| p.summary.as_ref())
-        .and_then(|s| s.pca.as_ref())
 }
 
 #[cfg(test)]

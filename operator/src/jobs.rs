@@ -105,6 +105,8 @@ pub fn reduce_args(fx: &FeatureExtraction, failed_shards: ShardList) -> ReduceAr
         output: spec.output.uri.clone(),
         pca: mode,
         csv: spec.output.csv,
+        // The schema admits only counts the runner takes.
+        clusters: spec.clustering.as_ref().and_then(|c| c.count().ok()),
         failed_shards,
         storage: storage_args(fx),
     }

@@ -58,6 +58,8 @@ pub struct Observed<'a> {
     pub reduce_pods: &'a [PodObservation],
     /// The PCA the reduce step reports (in its pod's termination summary), once it has.
     pub pca: Option<&'a PcaResult>,
+    /// The label agreement the reduce step reports, once it has.
+    pub label_agreement: Option<f64>,
     /// Why the plan Job's last attempt failed while it retries (storage unreachable, say):
     /// shown in the message of a run not yet planned.
     pub retrying: Option<&'a str>,
@@ -113,6 +115,11 @@ pub fn compute(obs: &Observed<'_>, now: &Time) -> FeatureExtractionStatus {
         outputs: succeeded.then(|| outputs(obs.spec)),
         pca: if succeeded {
             obs.pca.cloned().or(old.pca)
+        } else {
+            None
+        },
+        label_agreement: if succeeded {
+            obs.label_agreement.or(old.label_agreement)
         } else {
             None
         },

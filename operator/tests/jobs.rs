@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pomona_crds::FeatureExtraction;
 use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, plan_job, reduce_job};
 use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
@@ -178,22 +179,41 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
 #[test]
 fn reduce_job_runs_one_pod_with_the_pca_mode() {
     type Patch = fn(&mut FeatureExtraction);
-    let cases: [(Patch, &[&str]); 3] = [
-        (|_| {}, &["--variance-to-keep=0.95", "--csv"]),
+    let cases: [(Patch, &[&str]); 5] = [
+        (
+            |_| {},
+            &["--variance-to-keep=0.95", "--csv", "--clusters=21"],
+        ),
         (
             |fx| {
                 fx.spec.pca.variance_to_keep = None;
                 fx.spec.pca.components = Some(50);
                 fx.spec.output.csv = false;
             },
-            &["--components=50"],
+            &["--components=50", "--clusters=21"],
         ),
         (
             |fx| {
                 fx.spec.pca.variance_to_keep = None;
                 fx.spec.pca.from = Some("s3://fruits/runs/old/pca/".into());
             },
-            &["--pca-from=s3://fruits/runs/old/pca/", "--csv"],
+            &[
+                "--pca-from=s3://fruits/runs/old/pca/",
+                "--csv",
+                "--clusters=21",
+            ],
+        ),
+        (
+            |fx| {
+                fx.spec.clustering = Some(pomona_crds::ClusteringSpec {
+                    k: IntOrString::String("auto".into()),
+                });
+            },
+            &["--variance-to-keep=0.95", "--csv", "--clusters=auto"],
+        ),
+        (
+            |fx| fx.spec.clustering = None,
+            &["--variance-to-keep=0.95", "--csv"],
         ),
     ];
     for (patch, mode) in cases {

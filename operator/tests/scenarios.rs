@@ -185,6 +185,7 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
     assert_eq!(h.condition("Progressing").0, "False");
     assert_eq!(h.condition("Failed").0, "False");
     assert_eq!(status.pca, Some(pca));
+    assert_eq!(status.label_agreement, Some(0.987));
     let outputs = status.outputs.unwrap();
     assert_eq!(
         outputs.features.as_deref(),

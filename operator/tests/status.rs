@@ -271,6 +271,7 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
         pca: c.pca.as_ref(),
+        label_agreement: None,
         retrying: c.retrying,
     };
     compute(&obs, &at(100))
@@ -357,6 +358,7 @@ fn extracting<'a>(
         reduce: None,
         reduce_pods: &[],
         pca: None,
+        label_agreement: None,
         retrying: None,
     }
 }
@@ -439,6 +441,7 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
         reduce: None,
         reduce_pods: &[],
         pca: None,
+        label_agreement: None,
         retrying: None,
     };
     let s = compute(&obs, &at(0));

@@ -69,9 +69,11 @@ fn every_rendered_job_parses_with_the_runner_s_parser_into_its_contract() {
                 Command::Reduce(c) => {
                     assert_eq!(c.contract(), Some(reduce_args(&fx, Default::default())))
                 }
-                Command::Run(_) => panic!("the operator never runs `pomona run`"),
+                Command::Run(_) | Command::Sweep(_) => {
+                    panic!("the operator runs only plan, extract and reduce")
+                }
             }
         }
     }
-    assert_eq!(examples, 3, "every example in {}", dir.display());
+    assert!(examples >= 3, "the examples in {}", dir.display());
 }

@@ -255,6 +255,15 @@ pub struct PodSummary {
     /// The plan a plan step made or found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanTotals>,
+    /// The leave-one-out 1-nearest-neighbour accuracy (cosine) of the labels on the reduced
+    /// vectors, for a reduce step on labelled images (what the operator reports in
+    /// `status.labelAgreement`).
+    #[serde(
+        default,
+        rename = "labelAgreement",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub label_agreement: Option<f64>,
     /// Why the step failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -313,6 +322,7 @@ impl PodSummary {
             peak_rss_mib: None,
             pca: None,
             plan: None,
+            label_agreement: None,
             error: None,
             reason: None,
         }
@@ -367,7 +377,9 @@ impl PodSummary {
 /// <output>/pca/                           the fitted PCA
 /// <output>/reduced/part-00000.parquet     path, label, pca
 /// <output>/reduced.csv                    path, label, pc1..pcK (when asked for)
+/// <output>/clusters/part-00000.parquet    path, label, cluster (when k-means is asked for)
 /// <output>/report/                        pictures and summary.json
+/// <output>/sweep.json                     a sweep's settings and figures (`pomona sweep`)
 /// <output>/_SUCCESS                       written last
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,9 +463,45 @@ impl OutputLayout {
     pub fn csv(&self) -> String {
         self.join("reduced.csv")
     }
+    /// Prefix of the cluster assignments.
+    pub fn clusters_dir(&self) -> String {
+        self.join("clusters/")
+    }
+    /// The cluster of each image of one shard.
+    pub fn clusters(&self, shard: u32) -> String {
+        self.part("clusters", shard, "parquet")
+    }
     /// Prefix of the report (pictures, summary).
     pub fn report_dir(&self) -> String {
         self.join("report/")
+    }
+    /// The reduce step's summary (also the content of `_SUCCESS`).
+    pub fn summary_json(&self) -> String {
+        self.join("report/summary.json")
+    }
+    /// The explained-variance picture.
+    pub fn explained_variance_png(&self) -> String {
+        self.join("report/explained_variance.png")
+    }
+    /// The scatter of the first two components, coloured by label.
+    pub fn scatter_png(&self) -> String {
+        self.join("report/scatter.png")
+    }
+    /// The first two components coloured by cluster, beside the scatter by label.
+    pub fn clusters_png(&self) -> String {
+        self.join("report/clusters.png")
+    }
+    /// A sweep's settings and figures.
+    pub fn sweep_json(&self) -> String {
+        self.join("sweep.json")
+    }
+    /// A sweep's picture: speed against agreement, one point per setting.
+    pub fn sweep_png(&self) -> String {
+        self.join("report/sweep.png")
+    }
+    /// The output prefix of one setting of a sweep (a run of its own).
+    pub fn sweep_setting(&self, name: &str) -> String {
+        self.join(&format!("settings/{name}/"))
     }
     /// The marker written last, when the whole run is complete.
     pub fn success(&self) -> String {
@@ -510,6 +558,18 @@ mod tests {
         assert_eq!(local.features(1), "/tmp/out/features/part-00001.parquet");
         assert_eq!(local.csv(), "/tmp/out/reduced.csv");
         assert_eq!(local.report_dir(), "/tmp/out/report/");
+        assert_eq!(
+            s3.clusters(2),
+            "s3://fruits/runs/a/clusters/part-00002.parquet"
+        );
+        assert_eq!(local.summary_json(), "/tmp/out/report/summary.json");
+        assert_eq!(local.clusters_png(), "/tmp/out/report/clusters.png");
+        assert_eq!(local.sweep_json(), "/tmp/out/sweep.json");
+        assert_eq!(local.sweep_png(), "/tmp/out/report/sweep.png");
+        assert_eq!(
+            local.sweep_setting("int8-160"),
+            "/tmp/out/settings/int8-160/"
+        );
     }
 
     #[test]
@@ -559,6 +619,7 @@ mod tests {
             peak_rss_mib: Some(212),
             pca: None,
             plan: None,
+            label_agreement: None,
             error: None,
             reason: None,
         };
@@ -594,6 +655,7 @@ mod tests {
             peak_rss_mib: None,
             pca: None,
             plan: None,
+            label_agreement: None,
             error: Some("listing failed".into()),
             reason: None,
         };
@@ -634,12 +696,15 @@ mod tests {
                 reused: false,
             }),
             plan: None,
+            label_agreement: Some(0.987),
             error: None,
             reason: None,
         };
         let line = summary.to_line();
         assert!(
-            line.ends_with(r#""pca":{"components":50,"explainedVariance":0.854,"reused":false}}"#),
+            line.ends_with(
+                r#""pca":{"components":50,"explainedVariance":0.854,"reused":false},"labelAgreement":0.987}"#
+            ),
             "{line}"
         );
         assert_eq!(PodSummary::from_message(&line), Some(summary));

@@ -144,6 +144,41 @@ impl ExtractArgs {
 /// Components of the PCA fitted when a run asks for none (`pomona run`).
 pub const DEFAULT_COMPONENTS: u32 = 50;
 
+/// How many clusters: a number, or `auto` (chosen by silhouette).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterCount {
+    /// This many.
+    Fixed(usize),
+    /// The k from 2 to 30 with the largest silhouette on a sample (the runner's
+    /// `AUTO_RANGE`).
+    Auto,
+}
+
+impl FromStr for ClusterCount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        match s.trim().parse::<usize>() {
+            Ok(k) if k >= 2 => Ok(Self::Fixed(k)),
+            _ => Err(format!(
+                "`{s}` is neither a number of clusters (2 or more) nor `auto`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ClusterCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fixed(k) => write!(f, "{k}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
 /// How the reduce step gets its PCA.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PcaMode {
@@ -165,6 +200,8 @@ pub struct ReduceArgs {
     pub pca: PcaMode,
     /// Also write the reduced vectors as one CSV.
     pub csv: bool,
+    /// Group the reduced vectors by k-means.
+    pub clusters: Option<ClusterCount>,
     /// Shards that failed for good, within the run's tolerance: their images are
     /// dead-lettered.
     pub failed_shards: ShardList,
@@ -183,6 +220,9 @@ impl ReduceArgs {
         });
         if self.csv {
             args.push("--csv".into());
+        }
+        if let Some(clusters) = self.clusters {
+            args.push(format!("--clusters={clusters}"));
         }
         if !self.failed_shards.0.is_empty() {
             args.push(format!("--failed-shards={}", self.failed_shards));
@@ -344,6 +384,7 @@ mod tests {
             output: "s3://b/out/".into(),
             pca: PcaMode::VarianceToKeep(0.9),
             csv: true,
+            clusters: None,
             failed_shards: "2,3,9".parse().unwrap(),
             storage: StorageArgs::default(),
         };

@@ -12,11 +12,20 @@
 //! 3. `pca/pca.safetensors` is written (a reused PCA is copied there unchanged).
 //! 4. Projection, shard by shard: `reduced/part-NNNNN.parquet`, and with `--csv` one
 //!    `reduced.csv` streamed through a scratch file ([`project`]).
-//! 5. `report/` ([`crate::report`]), then `_SUCCESS` (the summary) last, only when
+//! 5. Label agreement ([`agreement`]): the leave-one-out 1-NN accuracy (cosine) of the labels
+//!    on a fixed-seed sample of the reduced vectors, kept during the projection.
+//! 6. With `--clusters`, k-means of the reduced vectors ([`grouping`]): `clusters/` and
+//!    `report/clusters.png`.
+//! 7. `report/` ([`crate::report`]), then `_SUCCESS` (the summary) last, only when
 //!    listed = processed + dead-lettered.
 
+pub mod agreement;
+pub mod grouping;
+pub mod kmeans;
 pub mod pca;
 pub mod project;
+pub mod sample;
+pub mod scores;
 
 use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
@@ -37,8 +46,10 @@ use crate::parquet_out::Provenance;
 use crate::report::{self, ReduceSummary, Scatter, Timings};
 use crate::stats::Moments;
 use crate::{Permanent, Usage};
+use grouping::ClusterCount;
 use pca::{Keep, Pca, PcaError};
 use project::{FeatureFile, ReducedWriter};
+use sample::Reservoir;
 
 /// The components `pomona run` keeps when no PCA option is given (the Spark reference's k).
 pub const DEFAULT_COMPONENTS: usize = pomona_crds::contract::steps::DEFAULT_COMPONENTS as usize;
@@ -280,6 +291,24 @@ async fn read_pca(uri: &str, s3: &S3Config) -> anyhow::Result<(Pca, Vec<u8>)> {
     Ok((pca, data.to_vec()))
 }
 
+/// The label agreement of a sample of (label, `k` reduced values), rounded to 6 digits;
+/// `None` with fewer than two images or a single label.
+fn labelled_agreement(sample: &[(String, Vec<f32>)], k: usize) -> Option<f64> {
+    let mut ids = std::collections::BTreeMap::new();
+    let labels: Vec<u32> = sample
+        .iter()
+        .map(|(l, _)| {
+            let next = ids.len() as u32;
+            *ids.entry(l.as_str()).or_insert(next)
+        })
+        .collect();
+    if ids.len() < 2 {
+        return None;
+    }
+    let rows: Vec<f32> = sample.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+    agreement::loo_1nn_accuracy(&rows, k, &labels).map(|a| (a * 1e6).round() / 1e6)
+}
+
 fn permanent(e: PcaError) -> anyhow::Error {
     Permanent(e.to_string()).into()
 }
@@ -293,6 +322,7 @@ pub async fn reduce(
     mode: &Mode,
     csv: bool,
     failed_shards: &ShardList,
+    clusters: Option<ClusterCount>,
 ) -> anyhow::Result<ReduceOutcome> {
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
@@ -395,6 +425,7 @@ pub async fn reduce(
     // Projection, shard by shard.
     let t = Instant::now();
     let mut scatter = Scatter::new();
+    let mut agreement_sample = Reservoir::new(agreement::MAX_SAMPLE, agreement::SEED);
     let mut csv_file = if csv {
         let file = tempfile::NamedTempFile::new_in(crate::cli::scratch_dir())
             .context("cannot create a scratch file for the CSV")?;
@@ -423,11 +454,11 @@ pub async fn reduce(
             let rows = rows.with_context(|| uri.clone())?;
             let reduced = pca.project(&rows.values);
             for (i, row) in reduced.chunks_exact(k).enumerate() {
-                scatter.push(
-                    rows.labels.value(i),
-                    row[0],
-                    row.get(1).copied().unwrap_or(0.0),
-                );
+                let label = rows.labels.value(i);
+                scatter.push(label, row[0], row.get(1).copied().unwrap_or(0.0));
+                if !label.is_empty() {
+                    agreement_sample.offer_with(|| (label.to_string(), row.to_vec()));
+                }
             }
             if let Some(w) = &mut csv_file {
                 project::csv_rows(w, &rows.paths, &rows.labels, &reduced, k)?;
@@ -450,20 +481,51 @@ pub async fn reduce(
         timings.project
     );
 
+    // Label agreement.
+    let t = Instant::now();
+    let sample = agreement_sample.into_items();
+    let label_agreement = labelled_agreement(&sample, k);
+    timings.agreement = secs(t);
+    if let Some(a) = label_agreement {
+        eprintln!(
+            "pomona: reduce: label agreement (leave-one-out 1-NN, cosine) {a:.4} on {} images \
+             in {:.3} s",
+            sample.len(),
+            timings.agreement
+        );
+    }
+
     // The report.
     let t = Instant::now();
     let ratios = pca.explained_variance_ratio.to_vec();
+    let axis_ratios = (ratios[0], ratios.get(1).copied());
     let variance_png = report::explained_variance_png(&ratios, target)?;
-    let scatter_png = scatter.png((ratios[0], ratios.get(1).copied()))?;
-    let report_dir = layout.report_dir();
-    put(
-        out,
-        &format!("{report_dir}explained_variance.png"),
-        variance_png,
-    )
-    .await?;
-    put(out, &format!("{report_dir}scatter.png"), scatter_png).await?;
+    let scatter_png = scatter.png(axis_ratios)?;
+    put(out, &layout.explained_variance_png(), variance_png).await?;
+    put(out, &layout.scatter_png(), scatter_png).await?;
     timings.report = secs(t);
+
+    // Clusters: written afresh by each reduce, so none of an earlier one is left behind.
+    out.delete_prefix(&out.relative(&layout.clusters_dir())?)
+        .await?;
+    out.delete_prefix(&out.relative(&layout.clusters_png())?)
+        .await?;
+    let clustering = match clusters {
+        Some(count) => {
+            let run = grouping::Run {
+                out,
+                layout: &layout,
+                shards: &census.complete,
+                images: processed,
+                origin: &origin,
+                pca_sha256: &pca_sha256,
+                axis_ratios,
+                mini_batch_above: kmeans::MINI_BATCH_ABOVE as u64,
+            };
+            Some(grouping::cluster(&run, count).await?)
+        }
+        None => None,
+    };
     timings.total = secs(started);
 
     let summary = ReduceSummary {
@@ -494,11 +556,14 @@ pub async fn reduce(
         preprocessing: origin.preprocessing.clone(),
         versions: origin.versions.clone(),
         labels: scatter.label_counts(),
+        label_agreement_sample: label_agreement.map(|_| sample.len()),
+        label_agreement,
+        clustering,
         seconds: timings,
     };
     let mut json = serde_json::to_vec_pretty(&summary)?;
     json.write_all(b"\n")?;
-    put(out, &format!("{report_dir}summary.json"), json.clone()).await?;
+    put(out, &layout.summary_json(), json.clone()).await?;
 
     if matches!(mode, Mode::Fit { .. }) && pca.n_samples != processed {
         return Err(Permanent(format!(

@@ -1,4 +1,5 @@
-//! Reading a shard's feature file and writing its reduced vectors (Parquet, and CSV rows).
+//! Reading a shard's feature (or reduced) file and writing its reduced vectors (Parquet, and CSV
+//! rows).
 //!
 //! | file | columns |
 //! | --- | --- |
@@ -41,6 +42,7 @@ pub struct FeatureFile {
     pub rows: u64,
     /// The `pomona.*` provenance of its key-value metadata.
     pub origin: Origin,
+    column: &'static str,
     builder: ParquetRecordBatchReaderBuilder<Bytes>,
 }
 
@@ -51,6 +53,12 @@ fn bad(what: &str) -> ParquetError {
 impl FeatureFile {
     /// Opens a feature file held in memory.
     pub fn open(data: Bytes) -> Result<Self, ParquetError> {
+        Self::open_vectors(data, "features")
+    }
+
+    /// Opens a file of vectors held in memory, with `path`, `label` and the vectors in
+    /// `column` (`features`, or `pca` for a reduced file).
+    pub fn open_vectors(data: Bytes, column: &'static str) -> Result<Self, ParquetError> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(data)?;
         let meta = builder.metadata().file_metadata();
         let rows = meta.num_rows() as u64;
@@ -69,18 +77,19 @@ impl FeatureFile {
         };
         let field = builder
             .schema()
-            .field_with_name("features")
-            .map_err(|_| bad("no features column"))?;
+            .field_with_name(column)
+            .map_err(|_| bad(&format!("no {column} column")))?;
         let dim = match field.data_type() {
             DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Float32 => {
                 *n as usize
             }
-            other => return Err(bad(&format!("features is {other}"))),
+            other => return Err(bad(&format!("{column} is {other}"))),
         };
         Ok(Self {
             dim,
             rows,
             origin,
+            column,
             builder,
         })
     }
@@ -89,7 +98,7 @@ impl FeatureFile {
     pub fn batches(
         self,
     ) -> Result<impl Iterator<Item = Result<FeatureRows, ParquetError>>, ParquetError> {
-        let dim = self.dim;
+        let (dim, name) = (self.dim, self.column);
         let reader = self.builder.with_batch_size(1024).build()?;
         Ok(reader.map(move |batch| {
             let batch = batch?;
@@ -105,15 +114,15 @@ impl FeatureFile {
                     .cloned()
                     .ok_or_else(|| bad(&format!("{name} is not utf8")))
             };
-            let features = column("features")?
+            let features = column(name)?
                 .as_any()
                 .downcast_ref::<FixedSizeListArray>()
-                .ok_or_else(|| bad("features is not a fixed-size list"))?;
+                .ok_or_else(|| bad(&format!("{name} is not a fixed-size list")))?;
             let items = features
                 .values()
                 .as_any()
                 .downcast_ref::<Float32Array>()
-                .ok_or_else(|| bad("features are not float32"))?;
+                .ok_or_else(|| bad(&format!("{name} are not float32")))?;
             let start = features.value_offset_at(0);
             let values = items.values()[start..start + features.len() * dim].to_vec();
             Ok(FeatureRows {

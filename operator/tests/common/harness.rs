@@ -222,6 +222,7 @@ impl Harness {
             seconds: 1.0,
             peak_rss_mib: Some(110),
             pca: Some(pca),
+            label_agreement: Some(0.987),
             ..PodSummary::new(Step::Reduce)
         };
         self.pod(REDUCE, 0, 0, "Succeeded", 0, &summary.to_line());
