@@ -16,6 +16,7 @@ use pomona_storage::{REQUEST_TIMEOUT, RetryPolicy, S3Config, Storage};
 use crate::extract::{DEFAULT_MAX_IMAGE_BYTES, Extractor, ModelFile, Tuning};
 use crate::infer::{ModelOptions, init_runtime};
 use crate::preprocess::{Layout, Preprocess};
+use crate::resize::Filter;
 use crate::window::{Bounds, DEFAULT_BYTES_IN_FLIGHT};
 use crate::{Permanent, Threads};
 
@@ -79,6 +80,28 @@ pub enum LayoutArg {
     Nchw,
 }
 
+/// The resize filter on the command line (PIL's definitions).
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum ResizeFilterArg {
+    /// PIL's Image.NEAREST (Keras' load_img default).
+    Nearest,
+    /// PIL's Image.BILINEAR (the default model was validated with it).
+    #[default]
+    Bilinear,
+    /// PIL's Image.BICUBIC (PIL's own default for Image.resize).
+    Bicubic,
+}
+
+impl From<ResizeFilterArg> for Filter {
+    fn from(f: ResizeFilterArg) -> Self {
+        match f {
+            ResizeFilterArg::Nearest => Filter::Nearest,
+            ResizeFilterArg::Bilinear => Filter::Bilinear,
+            ResizeFilterArg::Bicubic => Filter::Bicubic,
+        }
+    }
+}
+
 /// The model, its preprocessing and the extractor's tuning.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -107,6 +130,11 @@ pub struct ModelArgs {
     /// Tensor layout of the model input.
     #[arg(long, value_enum, default_value_t = LayoutArg::Nhwc)]
     pub layout: LayoutArg,
+    /// How images are resized to the model's input, exactly as PIL's Image.resize does with
+    /// that filter: for parity with a pipeline that resized otherwise (Keras' load_img uses
+    /// nearest, PIL's resize bicubic). Features of different filters must not be mixed.
+    #[arg(long, value_enum, default_value_t = ResizeFilterArg::Bilinear)]
+    pub resize_filter: ResizeFilterArg,
     /// Each 0..=255 channel value x becomes x * scale + offset.
     #[arg(long, default_value_t = 1.0 / 127.5)]
     pub scale: f32,
@@ -180,7 +208,8 @@ impl ModelArgs {
             LayoutArg::Nhwc => Layout::Nhwc,
             LayoutArg::Nchw => Layout::Nchw,
         })
-        .with_normalization(self.scale, self.offset);
+        .with_normalization(self.scale, self.offset)
+        .with_filter(self.resize_filter.into());
         let options = ModelOptions {
             intra_threads: threads.inference,
             input_name: self.input_name.clone(),

@@ -398,7 +398,7 @@ pub fn describe(p: &Preprocess) -> String {
         "layout": format!("{:?}", p.layout()).to_uppercase(),
         "scale": p.scale(),
         "offset": p.offset(),
-        "resize": "bilinear",
+        "resize": p.filter().name(),
         "color": "RGB",
         "alpha": "composited over white",
         "exifOrientation": true,
