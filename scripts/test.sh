@@ -30,6 +30,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 ensure_onnxruntime   # ORT_DYLIB_PATH: the runtime the runner loads
 ensure_python        # POMONA_PYTHON: onnxruntime + Pillow oracles the preprocessing is checked against
+ensure_spark         # ... + pyspark, pandas, duckdb: the Spark ML comparison, docs/from-spark.md's snippets
 ensure_s3s_fs        # POMONA_S3S_FS: the S3 server the pipeline tests start on 127.0.0.1
 ensure_validators    # POMONA_KUBERNETES_VALIDATE: checks the Jobs `pomona-operator render` prints
 ensure_helm          # POMONA_HELM, POMONA_HELM3: the chart checks

@@ -6,6 +6,9 @@
 #   ensure_python        a venv with the test oracles (onnxruntime, Pillow, numpy, pyarrow,
 #                        scikit-learn);
 #                        exports POMONA_PYTHON
+#   ensure_spark         pyspark, pandas and duckdb in the same venv, for the tests that compare
+#                        with Spark ML and run docs/from-spark.md's snippets (Spark needs Java
+#                        17 or 21 on the PATH); exports POMONA_PYTHON
 #   ensure_s3s_fs        the s3s-fs S3 server for pipeline tests; exports POMONA_S3S_FS
 #   ensure_validators    kubernetes-validate (offline Kubernetes schemas) in the venv, for the
 #                        operator's rendered Jobs; exports POMONA_KUBERNETES_VALIDATE
@@ -67,6 +70,15 @@ ensure_python() {
         "onnxruntime==$ORT_VERSION" "pillow==13.0.0" "numpy==2.4.6" "pyarrow==26.0.1" \
         "scikit-learn==1.9.1"
     export POMONA_PYTHON="$POMONA_TOOLS/venv/bin/python"
+}
+
+ensure_spark() {
+    ensure_python
+    if ! command -v java >/dev/null 2>&1; then
+        echo "warning: Spark needs Java 17 or 21 on the PATH (Debian: apt-get install openjdk-17-jre-headless)" >&2
+    fi
+    _venv_install "$POMONA_TOOLS/venv" spark-1 \
+        "pyspark==4.3.0" "pandas==3.1.1" "duckdb==2.0.0" "pyarrow==26.0.1" "numpy==2.4.6"
 }
 
 ensure_s3s_fs() {

@@ -315,9 +315,10 @@ pub struct PcaSpec {
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("varianceToKeep must be in (0, 1]"))]
     pub variance_to_keep: Option<f64>,
 
-    /// Reuse the PCA saved by an earlier run instead of fitting one: the `pca/` prefix of that
-    /// run's output, e.g. `s3://fruits-eu/runs/2026-11/pca/`. It must have been fitted on the
-    /// same model.
+    /// Reuse a saved PCA instead of fitting one: the `pca/` prefix of an earlier run's output,
+    /// e.g. `s3://fruits-eu/runs/2026-11/pca/`, which must have been fitted on the same model;
+    /// or the prefix of a Spark ML `PCAModel` saved with `model.save(path)`, which projects as
+    /// Spark does, without centring (see docs/from-spark.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(s3_uri_rule!()).message("pca.from must be an S3 URI: s3://bucket/prefix/"))]
     #[schemars(length(max = 2048))]

@@ -353,6 +353,8 @@ pub struct ReduceSummary {
     /// The variance to keep that chose k, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variance_to_keep: Option<f64>,
+    /// How the vectors were projected ([`projection`]).
+    pub projection: &'static str,
     /// Components kept.
     pub components: usize,
     /// Values per feature vector.
@@ -379,6 +381,13 @@ pub struct ReduceSummary {
     pub labels: BTreeMap<String, u64>,
     /// Seconds per phase.
     pub seconds: Timings,
+}
+
+/// The summary's `projection`: `centred` (`(x − mean) · componentsᵀ`, pomona's and
+/// scikit-learn's), or `uncentred` (`x · componentsᵀ`, Spark ML's `PCAModel.transform`, for a PCA
+/// imported from Spark).
+pub fn projection(centred: bool) -> &'static str {
+    if centred { "centred" } else { "uncentred" }
 }
 
 #[cfg(test)]

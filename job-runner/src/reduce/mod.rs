@@ -17,6 +17,7 @@
 
 pub mod pca;
 pub mod project;
+pub mod spark;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -54,7 +55,9 @@ pub struct PcaArgs {
     /// fraction, in (0, 1].
     #[arg(long, conflicts_with = "pca_from")]
     pub variance_to_keep: Option<f64>,
-    /// Reuse a saved PCA (a run's pca/ folder or its pca.safetensors) instead of fitting one.
+    /// Reuse a saved PCA instead of fitting one: a run's pca/ folder or its pca.safetensors,
+    /// or the folder of a Spark ML PCAModel saved with model.save(path), which projects as
+    /// Spark does (without centring).
     #[arg(long)]
     pub pca_from: Option<String>,
     /// Also write the reduced vectors as one CSV, <output>/reduced.csv (path, label, pc1..pck).
@@ -328,8 +331,15 @@ async fn merged_moments(
     total.ok_or_else(|| Permanent("no shard to merge".into()).into())
 }
 
-/// Reads the PCA at `uri` (its folder or its file).
+/// Reads the PCA at `uri`: a pomona PCA (its folder or its file), or a Spark ML PCAModel's
+/// folder ([`spark`]), converted to pomona's format.
 async fn read_pca(uri: &str, s3: &S3Config) -> anyhow::Result<(Pca, Vec<u8>)> {
+    if !uri.ends_with(".safetensors")
+        && let Some(pca) = spark::read(uri, s3).await?
+    {
+        let bytes = pca.to_bytes();
+        return Ok((pca, bytes));
+    }
     let file = if uri.ends_with(".safetensors") {
         uri.to_string()
     } else {
@@ -440,14 +450,19 @@ pub async fn reduce(
     };
     let k = pca.k();
     eprintln!(
-        "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s",
+        "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s{}",
         if matches!(mode, Mode::Reuse(_)) {
             "reused a"
         } else {
             "fitted a"
         },
         pca.explained_variance_ratio.sum() * 100.0,
-        timings.fit
+        timings.fit,
+        if pca.centred {
+            ""
+        } else {
+            "; it projects without centring, as Spark ML does"
+        }
     );
     let pca_sha256 = sha256_hex(&pca_bytes);
     put(
@@ -547,6 +562,7 @@ pub async fn reduce(
             Mode::Fit { .. } => None,
         },
         variance_to_keep: target,
+        projection: report::projection(pca.centred),
         components: k,
         dim,
         fitted_on: pca.n_samples,
