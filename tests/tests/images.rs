@@ -52,7 +52,11 @@ fn onnx_runtime_is_checksummed_alike_in_the_tools_and_the_image() {
     let dockerfile = read("job-runner/Dockerfile");
     for name in ["ORT_WHEEL_SHA256_X86_64", "ORT_WHEEL_SHA256_AARCH64"] {
         let pinned = assignments(&tools, name);
-        assert_eq!(pinned.len(), 1, "one {name} in scripts/tools.sh: {pinned:?}");
+        assert_eq!(
+            pinned.len(),
+            1,
+            "one {name} in scripts/tools.sh: {pinned:?}"
+        );
         assert!(
             pinned[0].len() == 64 && pinned[0].bytes().all(|b| b.is_ascii_hexdigit()),
             "{name} is a sha256: {}",
@@ -65,8 +69,14 @@ fn onnx_runtime_is_checksummed_alike_in_the_tools_and_the_image() {
         );
     }
     // pip refuses a wheel of another sha256 only when asked to.
-    assert!(tools.contains("--require-hashes"), "scripts/tools.sh checks the wheel");
-    assert!(dockerfile.contains("--require-hashes"), "job-runner/Dockerfile checks the wheel");
+    assert!(
+        tools.contains("--require-hashes"),
+        "scripts/tools.sh checks the wheel"
+    );
+    assert!(
+        dockerfile.contains("--require-hashes"),
+        "job-runner/Dockerfile checks the wheel"
+    );
 }
 
 #[test]
@@ -85,7 +95,10 @@ fn images_run_on_a_maintained_distroless_base() {
             ["rust:1.95-trixie"],
             "{file}: RUST_IMAGE"
         );
-        assert!(!text.contains("debian12") && !text.contains("bookworm"), "{file}");
+        assert!(
+            !text.contains("debian12") && !text.contains("bookworm"),
+            "{file}"
+        );
     }
 }
 
