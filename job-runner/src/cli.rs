@@ -1,7 +1,7 @@
 //! Pieces of the `pomona` command line shared by its subcommands: S3 and model options, the
 //! one-line summary, progress reporting, and the local executor of `pomona run`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +66,43 @@ impl S3Args {
     }
 }
 
+/// The exit codes, as `pomona --help` lists them (the contract of
+/// [`pomona_crds::contract::exit`], and SIGTERM's).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    a failure that may pass on a retry (network, throttling, a 5xx from S3)
+  2    a usage error: the command line is wrong; nothing was done
+  3    a failure no retry can fix (access denied, missing bucket, manifest or model, wrong
+       model checksum, a PCA of another model, accounting that does not close)
+  143  stopped by SIGTERM: the work in progress was dropped and its scratch files removed
+
+stdout carries only the one-line JSON summary of each step; everything else goes to stderr.";
+
+/// Resolves when the process receives SIGTERM (never, if the signal cannot be watched).
+pub async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(e) => {
+            eprintln!("pomona: cannot watch SIGTERM: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A count given on the command line: 1 or more (0 is a usage error, exit 2).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A tensor side given on the command line: 1 to [`crate::preprocess::MAX_TENSOR_SIDE`].
+pub fn side() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::<u32>::new()
+        .range(1..=u64::from(crate::preprocess::MAX_TENSOR_SIDE))
+}
+
 /// A duration from a number of seconds given on the command line (negative or NaN: zero).
 fn seconds(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
@@ -118,14 +155,14 @@ pub struct ModelArgs {
     /// Name of the model output holding the features.
     #[arg(long, default_value = "features")]
     pub output_name: String,
-    /// Width and height the images are resized to (a square input).
-    #[arg(long, default_value_t = 224)]
+    /// Width and height the images are resized to (a square input), 1 to 4096.
+    #[arg(long, default_value_t = 224, value_parser = side())]
     pub size: u32,
     /// Width the images are resized to, for a model with a non-square input (default: --size).
-    #[arg(long)]
+    #[arg(long, value_parser = side())]
     pub width: Option<u32>,
     /// Height the images are resized to (default: --size).
-    #[arg(long)]
+    #[arg(long, value_parser = side())]
     pub height: Option<u32>,
     /// Tensor layout of the model input.
     #[arg(long, value_enum, default_value_t = LayoutArg::Nhwc)]
@@ -142,17 +179,17 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
     pub offset: f32,
     /// Images per inference batch.
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = at_least_one())]
     pub batch_size: usize,
     /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
-    #[arg(long, env = "POMONA_THREADS")]
+    #[arg(long, env = "POMONA_THREADS", value_parser = at_least_one())]
     pub threads: Option<usize>,
     /// Images decoded at once. Default: the CPUs available.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub decode_threads: Option<usize>,
     /// Images fetched at once. Default: adaptive, from 4 to 256, following the measured
     /// latency and the rate the model takes images at.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub fetch_concurrency: Option<usize>,
     /// MiB of images (by listed size) being fetched at once, at most.
     #[arg(long, default_value_t = DEFAULT_BYTES_IN_FLIGHT >> 20)]
@@ -258,9 +295,9 @@ pub fn run_root_of_manifests(manifests: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Prints the plan, the dry run users ask for.
+/// Shows the plan, the dry run users ask for, on stderr (stdout is for the JSON summary).
 pub fn print_plan(plan: &Plan) {
-    println!(
+    eprintln!(
         "plan: {} images ({:.1} MiB) under {} in {} shard{} of up to {}",
         plan.images,
         plan.bytes as f64 / (1024.0 * 1024.0),
@@ -300,7 +337,12 @@ pub fn describe_retries(c: &StorageCounts) -> String {
 /// message when the termination log exists (`POMONA_TERMINATION_LOG` overrides its path).
 pub fn report_summary(summary: &PodSummary, storage: Option<&StorageCounts>) {
     let line = summary.to_line_with(storage);
-    println!("{line}");
+    // A reader that went away (`pomona … | head -0`) must not turn a finished step into a
+    // panic: the line is lost for it, and the termination log below still gets it.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        eprintln!("pomona: cannot print the summary on stdout: {e}");
+    }
     let path = std::env::var_os("POMONA_TERMINATION_LOG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(TERMINATION_LOG));

@@ -47,6 +47,15 @@ pub struct Permanent(pub String);
 #[error("{0}")]
 pub struct Usage(pub String);
 
+/// The process was asked to stop (SIGTERM, as Kubernetes sends before a pod's deletion): the
+/// step's work in progress is dropped and the process exits with [`EXIT_TERMINATED`].
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by SIGTERM before the step was done")]
+pub struct Terminated;
+
+/// The exit code after SIGTERM: 128 + 15, what a shell reports for a process SIGTERM killed.
+pub const EXIT_TERMINATED: i32 = 143;
+
 /// How the work of one process is spread over the CPUs it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Threads {
@@ -73,6 +82,9 @@ impl Threads {
 /// arguments that do not fit the run with [`exit::USAGE`].
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
+        if cause.downcast_ref::<Terminated>().is_some() {
+            return EXIT_TERMINATED;
+        }
         if cause.downcast_ref::<Usage>().is_some() {
             return exit::USAGE;
         }

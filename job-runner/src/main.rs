@@ -18,7 +18,7 @@ use pomona_storage::plan::{PlanOptions, load_or_create_plan, read_plan};
 
 /// Turns images into MobileNetV2 features, a PCA and reduced vectors.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = cli::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long)]
         output: String,
         /// Shards extracted at once (the CPUs are shared between them).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = cli::at_least_one())]
         workers: usize,
         #[command(flatten)]
         plan: PlanOptionsArgs,
@@ -109,7 +109,7 @@ struct PlanArgs {
 #[derive(Args)]
 struct PlanOptionsArgs {
     /// Images per shard (one extractor pod each).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     images_per_shard: u32,
     /// File-name patterns of the images (case-insensitive); repeat for several.
     #[arg(long = "include", default_values = ["*.jpg", "*.jpeg", "*.png", "*.webp"])]
@@ -164,7 +164,18 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let mut outcome = Outcome::default();
-    let result = runtime.block_on(execute(cli.command, &mut outcome));
+    // SIGTERM drops the step's future: its scratch files are removed as their owners drop.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = execute(cli.command, &mut outcome) => result,
+            () = cli::sigterm() => {
+                eprintln!("pomona: SIGTERM: stopping; the step's work in progress is dropped");
+                Err(anyhow::Error::new(pomona_runner::Terminated))
+            }
+        }
+    });
+    // Threads still finishing a batch are not waited for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     let code = match &result {
         Ok(()) => 0,
         Err(e) => {
@@ -229,7 +240,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
                     let out = Storage::open(&output, &config).await?;
                     let (plan, created) = load_or_create_plan(&source, &out, &options).await?;
                     cli::print_plan(&plan);
-                    println!(
+                    eprintln!(
                         "{} {}",
                         if created {
                             "written to"

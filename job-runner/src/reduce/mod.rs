@@ -49,11 +49,11 @@ pub const DEFAULT_COMPONENTS: usize = 50;
 #[derive(Args, Clone, Debug, Default)]
 pub struct PcaArgs {
     /// Keep this many principal components.
-    #[arg(long, conflicts_with_all = ["variance_to_keep", "pca_from"])]
+    #[arg(long, conflicts_with_all = ["variance_to_keep", "pca_from"], value_parser = crate::cli::at_least_one())]
     pub components: Option<usize>,
     /// Keep the fewest components whose cumulative explained variance ratio reaches this
     /// fraction, in (0, 1].
-    #[arg(long, conflicts_with = "pca_from")]
+    #[arg(long, conflicts_with = "pca_from", value_parser = fraction)]
     pub variance_to_keep: Option<f64>,
     /// Reuse a saved PCA instead of fitting one: a run's pca/ folder or its pca.safetensors,
     /// or the folder of a Spark ML PCAModel saved with model.save(path), which projects as
@@ -63,6 +63,15 @@ pub struct PcaArgs {
     /// Also write the reduced vectors as one CSV, <output>/reduced.csv (path, label, pc1..pck).
     #[arg(long)]
     pub csv: bool,
+}
+
+/// `--variance-to-keep`: a fraction in (0, 1], else a usage error.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        Ok(f) => Err(format!("{f} is not in (0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What to do with the PCA.
