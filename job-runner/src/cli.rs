@@ -79,6 +79,26 @@ Exit codes:
 
 stdout carries only the one-line JSON summary of each step; everything else goes to stderr.";
 
+/// The CPUs each of `workers` shards extracted at once gets.
+pub fn worker_threads(workers: usize) -> Threads {
+    let all = Threads::detect(None, None);
+    Threads {
+        inference: (all.inference / workers.max(1)).max(1),
+        decode: (all.decode / workers.max(1)).max(1),
+    }
+}
+
+/// An error found by the checks made before any work (the model, ONNX Runtime, a PCA to
+/// reuse): what no retry can fix is a usage error (exit 2), since nothing was done yet;
+/// what may pass on a retry (the network) stays as it is.
+pub fn before_any_work(e: anyhow::Error) -> anyhow::Error {
+    if crate::exit_code(&e) == pomona_crds::contract::exit::PERMANENT_ERROR {
+        crate::Usage(format!("{e:#} (nothing was done)")).into()
+    } else {
+        e
+    }
+}
+
 /// Resolves when the process receives SIGTERM (never, if the signal cannot be watched).
 pub async fn sigterm() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -438,17 +458,10 @@ pub async fn run_shards(
     plan: &Plan,
     source: &Storage,
     output: &Storage,
-    model: &ModelArgs,
-    s3: &S3Config,
+    extractor: Arc<Extractor>,
     workers: usize,
     totals: &mut ShardTotals,
 ) -> anyhow::Result<()> {
-    let all = Threads::detect(None, None);
-    let share = Threads {
-        inference: (all.inference / workers).max(1),
-        decode: (all.decode / workers).max(1),
-    };
-    let extractor = Arc::new(model.load(s3, share).await?);
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(plan.images, done.clone(), source.clone());
     let scratch = scratch_dir();

@@ -308,6 +308,18 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
         } => {
             outcome.step = Some(Step::Plan);
             let config = s3.config();
+            // Checks before any work: ONNX Runtime, the model (found, loads, its checksum, the
+            // size it takes) and a PCA to reuse.
+            let extractor = model
+                .load(&config, cli::worker_threads(workers))
+                .await
+                .map_err(cli::before_any_work)?;
+            let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
+            if let reduce::Mode::Reuse(uri) = &mode {
+                reduce::check_pca_source(uri, &config, extractor.dim())
+                    .await
+                    .map_err(cli::before_any_work)?;
+            }
             let source = Storage::open(&input, &config).await?;
             let out = Storage::open(&output, &config).await?;
             outcome.storages = vec![source.clone(), out.clone()];
@@ -323,8 +335,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
                 &plan,
                 &source,
                 &out,
-                &model,
-                &config,
+                Arc::new(extractor),
                 workers.max(1),
                 &mut totals,
             )
@@ -334,7 +345,6 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             outcome.shard = totals.failed_shard;
             extracted?;
             outcome.step = Some(Step::Reduce);
-            let mode = pca.mode(Some(DEFAULT_COMPONENTS)).expect("a default mode");
             let reduced =
                 reduce::reduce(&out, &config, &mode, pca.csv, &ShardList::default()).await?;
             outcome.reduced(&reduced.summary);

@@ -161,7 +161,8 @@ fn a_failed_run_names_the_step_that_failed() {
     let run = dir.path().join("run");
     let (input_s, run_s) = (input.to_str().unwrap(), run.to_str().unwrap());
 
-    // Extraction cannot start: the model file is not a model.
+    // The model file is not a model: found by the checks before any work, a usage error
+    // named as the plan step's, and nothing is written.
     let not_a_model = dir.path().join("model.onnx");
     std::fs::write(&not_a_model, b"not a model").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pomona"))
@@ -170,11 +171,22 @@ fn a_failed_run_names_the_step_that_failed() {
         .env("POMONA_TERMINATION_LOG", "/nonexistent/termination-log")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(2));
+    let s = summary(&out);
+    assert_eq!(s.step, Step::Plan, "{s:?}");
+    assert_eq!((s.images, s.processed, s.failed), (0, 0, 0));
+    assert!(s.error.unwrap().contains("model"));
+    assert!(!run.exists(), "nothing written");
+
+    // Extraction fails: its features cannot be written (a file stands where the folder goes).
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("features"), b"in the way").unwrap();
+    let out = pomona(&["run", "--input", input_s, "--output", run_s], &[]);
+    assert_ne!(out.status.code(), Some(0));
     let s = summary(&out);
     assert_eq!(s.step, Step::Extract, "{s:?}");
-    assert_eq!((s.images, s.processed, s.failed), (n, 0, 0));
-    assert!(s.error.unwrap().contains("model"));
+    assert_eq!((s.images, s.processed), (n, 0), "{s:?}");
+    std::fs::remove_dir_all(&run).unwrap();
 
     // Planning cannot start: there is no such folder.
     let missing = dir.path().join("missing");

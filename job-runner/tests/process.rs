@@ -65,6 +65,59 @@ fn out_of_range_arguments_are_usage_errors_before_any_work() {
 }
 
 #[test]
+fn a_missing_model_runtime_or_pca_is_a_usage_error_before_any_work() {
+    let scratch = scratch_dir("preflight");
+    let images = scratch.join("images");
+    copy_varieties(&images, &["Banana 1"]);
+    let missing = scratch.join("missing");
+    let missing = missing.to_str().unwrap();
+    let model = common::model_path();
+    for (i, bad) in [
+        &["--model", "/nonexistent/model.onnx"][..],
+        &["--onnxruntime", "/nonexistent/libonnxruntime.so"],
+        &["--pca-from", missing],
+        &["--model-sha256", "00"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let output = scratch.join(format!("out-{i}"));
+        let mut args = vec![
+            "run",
+            "--input",
+            images.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend(bad);
+        if bad[0] != "--model" {
+            args.extend(["--model", model.to_str().unwrap()]);
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pomona"))
+            .args(&args)
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("POMONA_MODEL")
+            .output()
+            .unwrap();
+        let stderr = out_str(&out.stderr);
+        eprintln!("{bad:?}: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?} is a usage error: {stderr}"
+        );
+        assert!(
+            stderr.contains("nothing was done"),
+            "{bad:?}: found by the checks: {stderr}"
+        );
+        assert!(
+            !output.exists(),
+            "{bad:?}: nothing was written (no manifests/)"
+        );
+    }
+}
+
+#[test]
 fn stdout_holds_only_json_lines() {
     let scratch = scratch_dir("stdout-json");
     let images = scratch.join("images");

@@ -364,6 +364,20 @@ async fn read_pca(uri: &str, s3: &S3Config) -> anyhow::Result<(Pca, Vec<u8>)> {
     Ok((pca, data.to_vec()))
 }
 
+/// Checks, before any work, that the PCA at `uri` can be read and applies to `dim`-value
+/// features.
+pub async fn check_pca_source(uri: &str, s3: &S3Config, dim: usize) -> anyhow::Result<()> {
+    let (pca, _) = read_pca(uri, s3).await?;
+    if pca.dim() != dim {
+        return Err(Permanent(format!(
+            "the PCA {uri} applies to {}-value features, the model gives {dim}",
+            pca.dim()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn permanent(e: PcaError) -> anyhow::Error {
     Permanent(e.to_string()).into()
 }
