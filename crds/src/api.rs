@@ -199,7 +199,8 @@ pub struct ModelSpec {
 }
 
 /// A model input and its preprocessing: each image is decoded to RGB, resized to
-/// `width`×`height` (bilinear), and every channel value `x` in 0..=255 becomes
+/// `width`×`height` (with `resizeFilter`, bilinear by default), and every channel value `x` in
+/// 0..=255 becomes
 /// `x * scale + offset`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -231,6 +232,40 @@ pub struct ModelInput {
     /// Added after scaling. MobileNetV2: -1 (so pixels span [-1, 1]).
     #[serde(default = "default_offset")]
     pub offset: f64,
+
+    /// How images are resized to `width` × `height`, exactly as PIL's `Image.resize` does with
+    /// that filter: `Bilinear` (the default model was validated with it), `Nearest` (Keras'
+    /// `load_img` default) or `Bicubic` (PIL's own default), for parity with an existing
+    /// pipeline.
+    #[serde(default, skip_serializing_if = "ResizeFilter::is_default")]
+    pub resize_filter: ResizeFilter,
+}
+
+/// The resize filter of [`ModelInput`], as PIL defines each.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResizeFilter {
+    /// PIL's `Image.BILINEAR`.
+    #[default]
+    Bilinear,
+    /// PIL's `Image.NEAREST`.
+    Nearest,
+    /// PIL's `Image.BICUBIC`.
+    Bicubic,
+}
+
+impl ResizeFilter {
+    /// The runner's `--resize-filter` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Bilinear => "bilinear",
+            Self::Nearest => "nearest",
+            Self::Bicubic => "bicubic",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ModelInput {
@@ -242,6 +277,7 @@ impl Default for ModelInput {
             layout: TensorLayout::default(),
             scale: default_scale(),
             offset: default_offset(),
+            resize_filter: ResizeFilter::default(),
         }
     }
 }

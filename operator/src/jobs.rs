@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pomona_crds::contract::{DEFAULT_MAX_IMAGE_BYTES, TERMINATION_LOG, exit};
-use pomona_crds::{FeatureExtraction, TensorLayout};
+use pomona_crds::{FeatureExtraction, ResizeFilter, TensorLayout};
 
 use crate::names::{Component, job_name, labels, owner_reference};
 use crate::settings::Settings;
@@ -56,6 +56,13 @@ pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> 
         format!("--scale={}", model.input.scale),
         format!("--offset={}", model.input.offset),
     ]);
+    // The runner resizes bilinearly unless told otherwise.
+    if model.input.resize_filter != ResizeFilter::default() {
+        args.push(format!(
+            "--resize-filter={}",
+            model.input.resize_filter.flag()
+        ));
+    }
     if let Some(batch) = spec.runner.batch_size {
         args.push(format!("--batch-size={batch}"));
     }

@@ -233,3 +233,39 @@ fn minimal_resources_fall_back_to_the_operator_defaults() {
     );
     assert_eq!(c.resources, None);
 }
+
+#[test]
+fn the_resize_filter_reaches_the_extractor_only_when_not_bilinear() {
+    use pomona_crds::ResizeFilter;
+    let args = |filter| {
+        let job = extract_job(
+            &fx(|fx| fx.spec.model.input.resize_filter = filter),
+            1,
+            &Settings::default(),
+        );
+        container(&job).args.clone().unwrap()
+    };
+    assert!(
+        !args(ResizeFilter::Bilinear)
+            .iter()
+            .any(|a| a.starts_with("--resize-filter")),
+        "the runner's default"
+    );
+    for (filter, flag) in [
+        (ResizeFilter::Nearest, "--resize-filter=nearest"),
+        (ResizeFilter::Bicubic, "--resize-filter=bicubic"),
+    ] {
+        assert!(args(filter).iter().any(|a| a == flag), "{filter:?}");
+    }
+    // The resource names it `resizeFilter`, in Kubernetes' enum style.
+    let fx: FeatureExtraction = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/examples/fruits-360.yaml"
+        ))
+        .unwrap()
+        .replace("resizeFilter: Bilinear", "resizeFilter: Nearest"),
+    )
+    .unwrap();
+    assert_eq!(fx.spec.model.input.resize_filter, ResizeFilter::Nearest);
+}
