@@ -99,6 +99,49 @@ pub fn before_any_work(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// Writes one human line to stderr: as it is on a terminal; elsewhere (a pod's log, a file)
+/// after its UTC time, `2026-11-30T13:50:00.123Z`. Use it through [`crate::say!`].
+pub fn say(line: std::fmt::Arguments<'_>) {
+    let stderr = std::io::stderr();
+    let terminal = stderr.is_terminal();
+    let mut stderr = stderr.lock();
+    // A stderr that went away must not end the step.
+    let _ = if terminal {
+        writeln!(stderr, "{line}")
+    } else {
+        writeln!(
+            stderr,
+            "{} {line}",
+            utc_timestamp(std::time::SystemTime::now())
+        )
+    };
+}
+
+/// `t` as an RFC 3339 UTC timestamp with milliseconds (`1970-01-01T00:00:00.000Z` for times
+/// before the epoch).
+pub fn utc_timestamp(t: std::time::SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
 /// Resolves when the process receives SIGTERM (never, if the signal cannot be watched).
 pub async fn sigterm() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -106,7 +149,7 @@ pub async fn sigterm() {
             signal.recv().await;
         }
         Err(e) => {
-            eprintln!("pomona: cannot watch SIGTERM: {e}");
+            crate::say!("pomona: cannot watch SIGTERM: {e}");
             std::future::pending::<()>().await;
         }
     }
@@ -317,7 +360,7 @@ pub fn run_root_of_manifests(manifests: &str) -> anyhow::Result<String> {
 
 /// Shows the plan, the dry run users ask for, on stderr (stdout is for the JSON summary).
 pub fn print_plan(plan: &Plan) {
-    eprintln!(
+    crate::say!(
         "plan: {} images ({:.1} MiB) under {} in {} shard{} of up to {}",
         plan.images,
         plan.bytes as f64 / (1024.0 * 1024.0),
@@ -361,7 +404,7 @@ pub fn report_summary(summary: &PodSummary, storage: Option<&StorageCounts>) {
     // panic: the line is lost for it, and the termination log below still gets it.
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
-        eprintln!("pomona: cannot print the summary on stdout: {e}");
+        crate::say!("pomona: cannot print the summary on stdout: {e}");
     }
     let path = std::env::var_os("POMONA_TERMINATION_LOG")
         .map(PathBuf::from)
@@ -369,7 +412,7 @@ pub fn report_summary(summary: &PodSummary, storage: Option<&StorageCounts>) {
     if path.exists()
         && let Err(e) = std::fs::write(&path, &line)
     {
-        eprintln!("pomona: cannot write {}: {e}", path.display());
+        crate::say!("pomona: cannot write {}: {e}", path.display());
     }
 }
 
@@ -425,7 +468,7 @@ impl Progress {
                 let n = done.load(Ordering::Relaxed);
                 let rate = n as f64 / start.elapsed().as_secs_f64();
                 let retries = describe_retries(&source.counts());
-                eprintln!("pomona: {n}/{total} images, {rate:.1} images/s{retries}");
+                crate::say!("pomona: {n}/{total} images, {rate:.1} images/s{retries}");
             }
         });
         Self { task, bar: None }
@@ -500,7 +543,7 @@ pub async fn run_shards(
         }
     }
     if skipped > 0 {
-        eprintln!("pomona: {skipped} shard(s) were already complete and were kept");
+        crate::say!("pomona: {skipped} shard(s) were already complete and were kept");
     }
     first_error.map_or(Ok(()), Err)
 }
@@ -508,6 +551,24 @@ pub async fn run_shards(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs: u64, millis: u64| {
+            utc_timestamp(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (a leap day of a century leap year), 12:34:56.789.
+        assert_eq!(at(951_827_696, 789), "2000-02-29T12:34:56.789Z");
+        // 2026-11-30T13:50:00Z and the last second of 2026.
+        assert_eq!(at(1_796_046_600, 5), "2026-11-30T13:50:00.005Z");
+        assert_eq!(at(1_798_761_599, 999), "2026-12-31T23:59:59.999Z");
+        assert_eq!(
+            utc_timestamp(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
 
     #[test]
     fn object_uris_split_into_folder_and_name() {

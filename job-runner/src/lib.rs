@@ -15,6 +15,15 @@
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
 //! operator shares.
 
+/// `eprintln!` for the human lines of `pomona`: timestamped when stderr is not a terminal
+/// ([`cli::say`]).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::say(format_args!($($arg)*))
+    };
+}
+
 pub mod cli;
 pub mod extract;
 pub mod fetch;

@@ -158,7 +158,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("pomona: cannot start the async runtime: {e}");
+            pomona_runner::say!("pomona: cannot start the async runtime: {e}");
             return ExitCode::from(pomona_crds::contract::exit::RETRYABLE as u8);
         }
     };
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
         tokio::select! {
             result = execute(cli.command, &mut outcome) => result,
             () = cli::sigterm() => {
-                eprintln!("pomona: SIGTERM: stopping; the step's work in progress is dropped");
+                pomona_runner::say!("pomona: SIGTERM: stopping; the step's work in progress is dropped");
                 Err(anyhow::Error::new(pomona_runner::Terminated))
             }
         }
@@ -179,7 +179,7 @@ fn main() -> ExitCode {
     let code = match &result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("pomona: error: {e:#}");
+            pomona_runner::say!("pomona: error: {e:#}");
             exit_code(e)
         }
     };
@@ -240,7 +240,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
                     let out = Storage::open(&output, &config).await?;
                     let (plan, created) = load_or_create_plan(&source, &out, &options).await?;
                     cli::print_plan(&plan);
-                    eprintln!(
+                    pomona_runner::say!(
                         "{} {}",
                         if created {
                             "written to"
@@ -326,7 +326,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             let (plan, created) = load_or_create_plan(&source, &out, &plan.options()).await?;
             cli::print_plan(&plan);
             if !created {
-                eprintln!("pomona: resuming the run planned in {}", out.uri());
+                pomona_runner::say!("pomona: resuming the run planned in {}", out.uri());
             }
             outcome.step = Some(Step::Extract);
             outcome.images = plan.images;

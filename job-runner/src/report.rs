@@ -35,7 +35,7 @@ fn register_fonts() {
             (FontStyle::Bold, dejavu::sans::bold()),
         ] {
             if plotters::style::register_font("sans-serif", style, bytes).is_err() {
-                eprintln!("pomona: cannot load the embedded font; the pictures have no text");
+                crate::say!("pomona: cannot load the embedded font; the pictures have no text");
             }
         }
     });

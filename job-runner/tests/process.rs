@@ -142,6 +142,17 @@ fn stdout_holds_only_json_lines() {
     for args in runs {
         let out = pomona(&args, &[]);
         assert!(out.status.success(), "{args:?}");
+        // Not a terminal: pomona's human lines on stderr start with their UTC time.
+        for line in out_str(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("pomona: ") || l.contains("plan: "))
+        {
+            let (stamp, _) = line.split_once(' ').unwrap_or((line, ""));
+            assert!(
+                stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+                "{args:?}: an unstamped stderr line: {line}"
+            );
+        }
         for line in out_str(&out.stdout).lines() {
             let json: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{args:?} printed a non-JSON line ({e}): {line}"));
@@ -233,7 +244,7 @@ fn sigterm_stops_cleanly_with_exit_143() {
             panic!("pomona ended before extracting:\n{seen}");
         }
         seen.push_str(&line);
-        if line.starts_with("plan: ") {
+        if line.contains("plan: ") {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "{seen}");

@@ -246,7 +246,7 @@ async fn census(
             census.dead_letters += reader.metadata().file_metadata().num_rows() as u64;
             census.complete.push(shard);
             if named.contains(&shard) {
-                eprintln!(
+                crate::say!(
                     "pomona: reduce: shard {shard} is named in --failed-shards but its outputs \
                      are complete: it is used"
                 );
@@ -313,7 +313,7 @@ async fn dead_letter_failed(
         let n = dead_letter_shard(out, plan, shard, &failed_shard_reason(shard), provenance)
             .await
             .with_context(|| format!("cannot dead-letter the failed shard {shard}"))?;
-        eprintln!("pomona: reduce: shard {shard} failed: dead-lettered its {n} images");
+        crate::say!("pomona: reduce: shard {shard} failed: dead-lettered its {n} images");
         images += n;
     }
     Ok(images)
@@ -434,7 +434,7 @@ pub async fn reduce(
         Mode::Fit { keep, default } => {
             let moments = merged_moments(out, &layout, &census.complete).await?;
             timings.statistics = secs(t);
-            eprintln!(
+            crate::say!(
                 "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
                 census.complete.len(),
                 moments.count(),
@@ -472,7 +472,7 @@ pub async fn reduce(
         }
     };
     let k = pca.k();
-    eprintln!(
+    crate::say!(
         "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s{}",
         if matches!(mode, Mode::Reuse(_)) {
             "reused a"
@@ -548,7 +548,7 @@ pub async fn reduce(
             .with_context(|| format!("cannot write {}", layout.csv()))?;
     }
     timings.project = secs(t);
-    eprintln!(
+    crate::say!(
         "pomona: reduce: projected {processed} images in {:.3} s",
         timings.project
     );
