@@ -227,7 +227,8 @@ pub struct ModelSpec {
 }
 
 /// A model input and its preprocessing: each image is decoded to RGB, resized to
-/// `width`×`height` (bilinear), and every channel value `x` in 0..=255 becomes
+/// `width`×`height` (with `resizeFilter`, bilinear by default), and every channel value `x` in
+/// 0..=255 becomes
 /// `x * scale + offset`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -259,6 +260,51 @@ pub struct ModelInput {
     /// Added after scaling. MobileNetV2: -1 (so pixels span [-1, 1]).
     #[serde(default = "default_offset")]
     pub offset: f64,
+
+    /// How images are resized to `width` × `height`, exactly as PIL's `Image.resize` does with
+    /// that filter: `Bilinear` (the default model was validated with it), `Nearest` (Keras'
+    /// `load_img` default) or `Bicubic` (PIL's own default), for parity with an existing
+    /// pipeline.
+    #[serde(default, skip_serializing_if = "ResizeFilter::is_default")]
+    pub resize_filter: ResizeFilter,
+}
+
+/// The resize filter of [`ModelInput`], as PIL defines each.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ResizeFilter {
+    /// PIL's `Image.BILINEAR`.
+    #[default]
+    Bilinear,
+    /// PIL's `Image.NEAREST`.
+    Nearest,
+    /// PIL's `Image.BICUBIC`.
+    Bicubic,
+}
+
+impl ResizeFilter {
+    /// Every filter.
+    pub const ALL: [ResizeFilter; 3] = [Self::Bilinear, Self::Nearest, Self::Bicubic];
+
+    /// The filter's name on the runner's command line and in the preprocessing metadata.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::Bilinear => "bilinear",
+            Self::Nearest => "nearest",
+            Self::Bicubic => "bicubic",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::str::FromStr for ResizeFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        from_arg(&Self::ALL, Self::as_arg, s)
+    }
 }
 
 impl Default for ModelInput {
@@ -270,6 +316,7 @@ impl Default for ModelInput {
             layout: TensorLayout::default(),
             scale: default_scale(),
             offset: default_offset(),
+            resize_filter: ResizeFilter::default(),
         }
     }
 }
@@ -375,9 +422,10 @@ pub struct PcaSpec {
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("varianceToKeep must be in (0, 1]"))]
     pub variance_to_keep: Option<f64>,
 
-    /// Reuse the PCA saved by an earlier run instead of fitting one: the `pca/` prefix of that
-    /// run's output, e.g. `s3://fruits-eu/runs/2026-11/pca/`. It must have been fitted on the
-    /// same model.
+    /// Reuse a saved PCA instead of fitting one: the `pca/` prefix of an earlier run's output,
+    /// e.g. `s3://fruits-eu/runs/2026-11/pca/`, which must have been fitted on the same model;
+    /// or the prefix of a Spark ML `PCAModel` saved with `model.save(path)`, which projects as
+    /// Spark does, without centring (see docs/from-spark.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(s3_uri_rule!()).message("pca.from must be an S3 URI: s3://bucket/prefix/"))]
     #[schemars(length(max = 2048))]

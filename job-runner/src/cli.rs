@@ -1,7 +1,7 @@
 //! Pieces of the `pomona` command line shared by its subcommands: S3 and model options, the
 //! one-line summary, progress reporting, and the local executor of `pomona run`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use pomona_storage::{REQUEST_TIMEOUT, RetryPolicy, S3Config, Storage};
 use crate::extract::{DEFAULT_MAX_IMAGE_BYTES, Extractor, ModelFile, Tuning};
 use crate::infer::{ModelOptions, init_runtime, sha256_hex};
 use crate::preprocess::{Layout, Preprocess};
+use crate::resize::Filter;
 use crate::window::{Bounds, DEFAULT_BYTES_IN_FLIGHT};
 use crate::{Permanent, Threads};
 
@@ -67,6 +68,106 @@ impl S3Args {
     }
 }
 
+/// The exit codes, as `pomona --help` lists them (the contract of
+/// [`pomona_crds::contract::exit`], and SIGTERM's).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    a failure that may pass on a retry (network, throttling, a 5xx from S3)
+  2    a usage error: the command line is wrong; nothing was done
+  3    a failure no retry can fix (access denied, missing bucket, manifest or model, wrong
+       model checksum, a PCA of another model, accounting that does not close)
+  143  stopped by SIGTERM: the work in progress was dropped and its scratch files removed
+
+stdout carries only the one-line JSON summary of each step; everything else goes to stderr.";
+
+/// The CPUs each of `workers` shards extracted at once gets.
+pub fn worker_threads(workers: usize) -> Threads {
+    let all = Threads::detect(None, None);
+    Threads {
+        inference: (all.inference / workers.max(1)).max(1),
+        decode: (all.decode / workers.max(1)).max(1),
+    }
+}
+
+/// An error found by the checks made before any work (the model, ONNX Runtime, a PCA to
+/// reuse): what no retry can fix is a usage error (exit 2), since nothing was done yet;
+/// what may pass on a retry (the network) stays as it is.
+pub fn before_any_work(e: anyhow::Error) -> anyhow::Error {
+    if crate::exit_code(&e) == pomona_crds::contract::exit::PERMANENT_ERROR {
+        crate::Usage(format!("{e:#} (nothing was done)")).into()
+    } else {
+        e
+    }
+}
+
+/// Writes one human line to stderr: as it is on a terminal; elsewhere (a pod's log, a file)
+/// after its UTC time, `2026-11-30T13:50:00.123Z`. Use it through [`crate::say!`].
+pub fn say(line: std::fmt::Arguments<'_>) {
+    let stderr = std::io::stderr();
+    let terminal = stderr.is_terminal();
+    let mut stderr = stderr.lock();
+    // A stderr that went away must not end the step.
+    let _ = if terminal {
+        writeln!(stderr, "{line}")
+    } else {
+        writeln!(
+            stderr,
+            "{} {line}",
+            utc_timestamp(std::time::SystemTime::now())
+        )
+    };
+}
+
+/// `t` as an RFC 3339 UTC timestamp with milliseconds (`1970-01-01T00:00:00.000Z` for times
+/// before the epoch).
+pub fn utc_timestamp(t: std::time::SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Resolves when the process receives SIGTERM (never, if the signal cannot be watched).
+pub async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(e) => {
+            crate::say!("pomona: cannot watch SIGTERM: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A count given on the command line: 1 or more (0 is a usage error, exit 2).
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A tensor side given on the command line: 1 to [`crate::preprocess::MAX_TENSOR_SIDE`].
+pub fn side() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::<u32>::new()
+        .range(1..=u64::from(crate::preprocess::MAX_TENSOR_SIDE))
+}
+
 /// A duration from a number of seconds given on the command line (negative or NaN: zero).
 fn seconds(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
@@ -89,18 +190,24 @@ pub struct ModelArgs {
     /// Name of the model output holding the features.
     #[arg(long, default_value = "features")]
     pub output_name: String,
-    /// Width and height the images are resized to (a square input).
-    #[arg(long, default_value_t = 224)]
+    /// Width and height the images are resized to (a square input), 1 to 4096.
+    #[arg(long, default_value_t = 224, value_parser = side())]
     pub size: u32,
     /// Width the images are resized to, for a model with a non-square input (default: --size).
-    #[arg(long)]
+    #[arg(long, value_parser = side())]
     pub width: Option<u32>,
     /// Height the images are resized to (default: --size).
-    #[arg(long)]
+    #[arg(long, value_parser = side())]
     pub height: Option<u32>,
     /// Tensor layout of the model input: nhwc (channels last) or nchw.
     #[arg(long, default_value = "nhwc")]
     pub layout: Layout,
+    /// How images are resized to the model's input, exactly as PIL's Image.resize does with
+    /// that filter: bilinear, nearest (Keras' load_img default) or bicubic (PIL's resize
+    /// default), for parity with a pipeline that resized otherwise. Features of different
+    /// filters must not be mixed.
+    #[arg(long, default_value = "bilinear")]
+    pub resize_filter: Filter,
     /// Each 0..=255 channel value x becomes x * scale + offset.
     #[arg(long, default_value_t = 1.0 / 127.5)]
     pub scale: f64,
@@ -113,17 +220,17 @@ pub struct ModelArgs {
 #[derive(Args, Clone, Debug)]
 pub struct TuningArgs {
     /// Images per inference batch (default 16).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub batch_size: Option<usize>,
     /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
-    #[arg(long, env = "POMONA_THREADS")]
+    #[arg(long, env = "POMONA_THREADS", value_parser = at_least_one())]
     pub threads: Option<usize>,
     /// Images decoded at once. Default: the CPUs available.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub decode_threads: Option<usize>,
     /// Images fetched at once. Default: adaptive, from 4 to 256, following the measured
     /// latency and the rate the model takes images at.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub fetch_concurrency: Option<usize>,
     /// MiB of images (by listed size) being fetched at once, at most.
     #[arg(long, default_value_t = DEFAULT_BYTES_IN_FLIGHT >> 20)]
@@ -173,6 +280,7 @@ impl ModelArgs {
             layout: self.layout,
             scale: self.scale,
             offset: self.offset,
+            resize_filter: self.resize_filter,
         }
     }
 
@@ -221,7 +329,8 @@ impl ModelArgs {
         let preprocess = Preprocess::new(width, height)
             .map_err(|e| Permanent(e.to_string()))?
             .with_layout(self.layout)
-            .with_normalization(self.scale as f32, self.offset as f32);
+            .with_normalization(self.scale as f32, self.offset as f32)
+            .with_filter(self.resize_filter);
         let options = ModelOptions {
             intra_threads: threads.inference,
             input_name: self.input_name.clone(),
@@ -268,7 +377,7 @@ impl From<&S3Args> for steps::StorageArgs {
 pub async fn clear_output(source: &Storage, output: &Storage) -> anyhow::Result<()> {
     pomona_storage::plan::check_locations(source, output)?;
     let removed = output.delete_prefix("").await?;
-    eprintln!(
+    crate::say!(
         "pomona: --overwrite removed {removed} object(s) under {}",
         output.uri()
     );
@@ -300,9 +409,9 @@ pub fn run_root_of_manifests(manifests: &str) -> anyhow::Result<String> {
     }
 }
 
-/// Tells the plan on stderr (stdout carries only the summary line).
+/// Shows the plan, the dry run users ask for, on stderr (stdout is for the JSON summary).
 pub fn print_plan(plan: &Plan) {
-    eprintln!(
+    crate::say!(
         "plan: {} images ({:.1} MiB) under {} in {} shard{} of up to {}",
         plan.images,
         plan.bytes as f64 / (1024.0 * 1024.0),
@@ -342,14 +451,19 @@ pub fn describe_retries(c: &StorageCounts) -> String {
 /// message when the termination log exists (`POMONA_TERMINATION_LOG` overrides its path).
 pub fn report_summary(summary: &PodSummary, storage: Option<&StorageCounts>) {
     let line = summary.to_line_with(storage);
-    println!("{line}");
+    // A reader that went away (`pomona … | head -0`) must not turn a finished step into a
+    // panic: the line is lost for it, and the termination log below still gets it.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        crate::say!("pomona: cannot print the summary on stdout: {e}");
+    }
     let path = std::env::var_os(env::TERMINATION_LOG)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(TERMINATION_LOG));
     if path.exists()
         && let Err(e) = std::fs::write(&path, &line)
     {
-        eprintln!("pomona: cannot write {}: {e}", path.display());
+        crate::say!("pomona: cannot write {}: {e}", path.display());
     }
 }
 
@@ -405,7 +519,7 @@ impl Progress {
                 let n = done.load(Ordering::Relaxed);
                 let rate = n as f64 / start.elapsed().as_secs_f64();
                 let retries = describe_retries(&source.counts());
-                eprintln!("pomona: {n}/{total} images, {rate:.1} images/s{retries}");
+                crate::say!("pomona: {n}/{total} images, {rate:.1} images/s{retries}");
             }
         });
         Self { task, bar: None }
@@ -429,16 +543,6 @@ pub struct ShardTotals {
     pub failed: u64,
     /// The first shard (by number) that failed, if one did.
     pub failed_shard: Option<u32>,
-}
-
-/// The threads of each of `workers` shards extracted at once: the CPUs divided between them.
-pub fn worker_threads(workers: usize) -> Threads {
-    let all = Threads::detect(None, None);
-    let workers = workers.max(1);
-    Threads {
-        inference: (all.inference / workers).max(1),
-        decode: (all.decode / workers).max(1),
-    }
 }
 
 /// `pomona run`: extracts every shard of `plan` not yet complete with `extractor` (loaded with
@@ -490,7 +594,7 @@ pub async fn run_shards(
         }
     }
     if skipped > 0 {
-        eprintln!("pomona: {skipped} shard(s) were already complete and were kept");
+        crate::say!("pomona: {skipped} shard(s) were already complete and were kept");
     }
     first_error.map_or(Ok(()), Err)
 }
@@ -498,6 +602,24 @@ pub async fn run_shards(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs: u64, millis: u64| {
+            utc_timestamp(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (a leap day of a century leap year), 12:34:56.789.
+        assert_eq!(at(951_827_696, 789), "2000-02-29T12:34:56.789Z");
+        // 2026-11-30T13:50:00Z and the last second of 2026.
+        assert_eq!(at(1_796_046_600, 5), "2026-11-30T13:50:00.005Z");
+        assert_eq!(at(1_798_761_599, 999), "2026-12-31T23:59:59.999Z");
+        assert_eq!(
+            utc_timestamp(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
 
     #[test]
     fn object_uris_split_into_folder_and_name() {

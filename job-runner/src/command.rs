@@ -16,7 +16,7 @@ use crate::reduce::{PcaArgs, ShardList};
 
 /// Turns images into MobileNetV2 features, a PCA and reduced vectors.
 #[derive(Parser, Debug)]
-#[command(name = steps::PROGRAM, version, about)]
+#[command(name = steps::PROGRAM, version, about, after_help = crate::cli::EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -131,7 +131,7 @@ pub struct RunCommand {
     #[arg(long)]
     pub output: String,
     /// Shards extracted at once (the CPUs are shared between them).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::cli::at_least_one())]
     pub workers: usize,
     /// Remove everything under --output first. Without it, an output is resumed by the same
     /// run (same inputs, model and preprocessing) and refused to any other.
@@ -161,7 +161,7 @@ pub struct RunCommand {
 #[derive(Args, Debug)]
 pub struct PlanOptionsArgs {
     /// Images per shard (one extractor pod each).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub images_per_shard: u32,
     /// File-name patterns of the images (case-insensitive); repeat for several.
     #[arg(long = "include", default_values = ["*.jpg", "*.jpeg", "*.png", "*.webp"])]
@@ -258,6 +258,7 @@ mod tests {
                 layout: pomona_crds::TensorLayout::NCHW,
                 scale: 1.0 / 255.0,
                 offset: -0.5,
+                resize_filter: Default::default(),
             },
         }
     }

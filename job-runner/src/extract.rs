@@ -198,6 +198,7 @@ impl Extractor {
             layout: p.layout(),
             scale: f64::from(p.scale()),
             offset: f64::from(p.offset()),
+            resize_filter: p.filter(),
         };
         // The extractor holds its scale and offset as f32: compare them at that precision.
         let same = Preprocessing {
@@ -443,7 +444,7 @@ pub fn describe(p: &Preprocess) -> String {
         "layout": format!("{:?}", p.layout()).to_uppercase(),
         "scale": p.scale(),
         "offset": p.offset(),
-        "resize": "bilinear",
+        "resize": p.filter().as_arg(),
         "color": "RGB",
         "alpha": "composited over white",
         "exifOrientation": true,

@@ -19,6 +19,15 @@
 //! Storage (S3 and local folders) and planning live in the `pomona-storage` crate, which the
 //! operator shares.
 
+/// `eprintln!` for the human lines of `pomona`: timestamped when stderr is not a terminal
+/// ([`cli::say`]).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::say(format_args!($($arg)*))
+    };
+}
+
 pub mod cli;
 pub mod command;
 pub mod extract;
@@ -52,6 +61,15 @@ pub struct Permanent(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Usage(pub String);
+
+/// The process was asked to stop (SIGTERM, as Kubernetes sends before a pod's deletion): the
+/// step's work in progress is dropped and the process exits with [`EXIT_TERMINATED`].
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by SIGTERM before the step was done")]
+pub struct Terminated;
+
+/// The exit code after SIGTERM: 128 + 15, what a shell reports for a process SIGTERM killed.
+pub const EXIT_TERMINATED: i32 = 143;
 
 /// How the work of one process is spread over the CPUs it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +118,9 @@ pub fn failure_reason(error: &anyhow::Error) -> &'static str {
 /// arguments that do not fit the run with [`exit::USAGE`].
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
+        if cause.downcast_ref::<Terminated>().is_some() {
+            return EXIT_TERMINATED;
+        }
         if cause.downcast_ref::<Usage>().is_some() {
             return exit::USAGE;
         }

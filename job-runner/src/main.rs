@@ -37,17 +37,28 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("pomona: cannot start the async runtime: {e}");
+            pomona_runner::say!("pomona: cannot start the async runtime: {e}");
             return ExitCode::from(pomona_crds::contract::exit::RETRYABLE as u8);
         }
     };
     let started = Instant::now();
     let mut outcome = Outcome::default();
-    let result = runtime.block_on(execute(cli.command, &mut outcome));
+    // SIGTERM drops the step's future: its scratch files are removed as their owners drop.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = execute(cli.command, &mut outcome) => result,
+            () = cli::sigterm() => {
+                pomona_runner::say!("pomona: SIGTERM: stopping; the step's work in progress is dropped");
+                Err(anyhow::Error::new(pomona_runner::Terminated))
+            }
+        }
+    });
+    // Threads still finishing a batch are not waited for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     let code = match &result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("pomona: error: {e:#}");
+            pomona_runner::say!("pomona: error: {e:#}");
             exit_code(e)
         }
     };
@@ -156,7 +167,7 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
             } else {
                 "already planned in"
             };
-            eprintln!("pomona: {how} {}", out.uri());
+            pomona_runner::say!("pomona: {how} {}", out.uri());
             plan
         }
         None => {
@@ -217,19 +228,28 @@ async fn extract(c: ExtractCommand, outcome: &mut Outcome) -> anyhow::Result<()>
 
 /// `pomona run`: plan (or resume the same run's plan), extract every shard not yet done, reduce.
 async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
-    outcome.step = Some(Step::Extract);
+    outcome.step = Some(Step::Plan);
     let config = c.s3.config();
     let options = c.plan.options();
-    // The model loads before anything is listed: a missing or unusable model, or no ONNX
-    // Runtime, stops the run before it writes anything.
+    // Checks before any work: ONNX Runtime, the model (found, loads, its checksum, the size it
+    // takes) and a PCA to reuse. A failure writes nothing.
     let workers = c.workers.max(1);
     let extractor = c
         .model
         .load(&c.tuning, &config, cli::worker_threads(workers))
-        .await?;
+        .await
+        .map_err(cli::before_any_work)?;
+    let mode = c
+        .pca
+        .mode(Some(DEFAULT_COMPONENTS))
+        .expect("a default mode");
+    if let reduce::Mode::Reuse(uri) = &mode {
+        reduce::check_pca_source(uri, &config, extractor.dim())
+            .await
+            .map_err(cli::before_any_work)?;
+    }
     let sha = extractor.provenance().model_sha256.clone();
     let identity = options.identity(None, sha, c.model.preprocessing());
-    outcome.step = Some(Step::Plan);
     let source = Storage::open(&c.input, &config).await?;
     let out = Storage::open(&c.output, &config).await?;
     outcome.storages = vec![source.clone(), out.clone()];
@@ -239,7 +259,7 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
     cli::print_plan(&plan);
     if !created {
-        eprintln!("pomona: resuming the run planned in {}", out.uri());
+        pomona_runner::say!("pomona: resuming the run planned in {}", out.uri());
     }
     outcome.plan = Some(plan.totals());
     outcome.step = Some(Step::Extract);
@@ -259,10 +279,6 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     outcome.shard = totals.failed_shard;
     extracted?;
     outcome.step = Some(Step::Reduce);
-    let mode = c
-        .pca
-        .mode(Some(DEFAULT_COMPONENTS))
-        .expect("a default mode");
     let reduced = reduce::reduce(
         &out,
         &config,

@@ -4,8 +4,9 @@
 //! content, refuses absurd dimensions before allocating pixel memory, applies
 //! the EXIF orientation and converts every colour type to RGB8.
 //! [`Preprocess::to_tensor`] resizes with [`crate::resize`], which reproduces
-//! PIL's `Image.resize(size, Image.BILINEAR)` bit for bit (checked against
-//! PIL by the `oracle` tests), and writes `x * scale + offset`.
+//! PIL's `Image.resize(size, filter)` bit for bit for the bilinear (default),
+//! nearest and bicubic filters (checked against PIL by the `oracle` tests),
+//! and writes `x * scale + offset`.
 
 use std::cell::RefCell;
 use std::io::Cursor;
@@ -13,7 +14,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::imgconv::{into_rgb8_over_white, jpeg_is_truncated, map_image_error};
-use crate::resize::Resampler;
+use crate::resize::{Filter, Resampler};
 
 /// Largest tensor side accepted by [`Preprocess::new`].
 pub const MAX_TENSOR_SIDE: u32 = 4096;
@@ -74,7 +75,8 @@ pub struct ConfigError {
 
 /// Preprocessing parameters: output size, layout and normalisation.
 ///
-/// `Default` is MobileNetV2: 224×224, NHWC, `x / 127.5 - 1`, 100 megapixel limit.
+/// `Default` is MobileNetV2: 224×224, NHWC, `x / 127.5 - 1`, bilinear resizing, 100 megapixel
+/// limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
     width: u32,
@@ -82,6 +84,7 @@ pub struct Preprocess {
     layout: Layout,
     scale: f32,
     offset: f32,
+    filter: Filter,
     max_pixels: u64,
 }
 
@@ -93,6 +96,7 @@ impl Default for Preprocess {
             layout: Layout::NHWC,
             scale: 1.0 / 127.5,
             offset: -1.0,
+            filter: Filter::Bilinear,
             max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
@@ -138,6 +142,13 @@ impl Preprocess {
         self
     }
 
+    /// Sets the resize filter (PIL's nearest, bilinear or bicubic).
+    #[must_use]
+    pub fn with_filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
     /// Sets the largest accepted `width * height` of a decoded image.
     #[must_use]
     pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
@@ -158,6 +169,11 @@ impl Preprocess {
     /// Tensor layout.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Resize filter.
+    pub fn filter(&self) -> Filter {
+        self.filter
     }
 
     /// Normalisation scale.
@@ -236,7 +252,7 @@ impl Preprocess {
         Ok(into_rgb8_over_white(img))
     }
 
-    /// Resizes `img` to `width × height` (bilinear, PIL-compatible) and writes
+    /// Resizes `img` to `width × height` (with the filter, PIL-compatible) and writes
     /// `x * scale + offset` into `out` in the configured layout.
     ///
     /// Allocation-free in steady state: the resizer and the resized pixels
@@ -279,11 +295,14 @@ impl Preprocess {
             return img.as_raw().clone();
         }
         let mut pixels = Vec::new();
-        self.resize_into(&mut Resampler::new(), img, &mut pixels);
+        self.resize_into(&mut Resampler::with_filter(self.filter), img, &mut pixels);
         pixels
     }
 
     fn resize_into(&self, resampler: &mut Resampler, img: &RgbImage, pixels: &mut Vec<u8>) {
+        if resampler.filter() != self.filter {
+            *resampler = Resampler::with_filter(self.filter);
+        }
         pixels.resize(self.tensor_len(), 0);
         let (w, h) = img.dimensions();
         resampler.resize(img.as_raw(), w, h, pixels, self.width, self.height);
@@ -406,5 +425,38 @@ mod tests {
             e.to_string(),
             "image too large: 100000x100000 exceeds 100000000 pixels"
         );
+    }
+
+    #[test]
+    fn each_filter_resizes_with_its_own_kernel_on_one_thread() {
+        // A gradient upscaled 3 → 8: the three filters give three different images, and
+        // switching back and forth on one thread (one scratch resampler) gives each its own.
+        let img = RgbImage::from_fn(3, 3, |x, y| {
+            image::Rgb([(x * 100) as u8, (y * 100) as u8, 7])
+        });
+        let tensor = |filter| {
+            let p = Preprocess::new(8, 8)
+                .unwrap()
+                .with_normalization(1.0, 0.0)
+                .with_filter(filter);
+            let mut out = vec![0.0; p.tensor_len()];
+            p.to_tensor(&img, &mut out);
+            assert_eq!(
+                out.iter().map(|&v| v as u8).collect::<Vec<_>>(),
+                p.resize_rgb8(&img),
+                "{filter:?}: to_tensor and resize_rgb8 agree"
+            );
+            out
+        };
+        let (n, l, c) = (
+            tensor(Filter::Nearest),
+            tensor(Filter::Bilinear),
+            tensor(Filter::Bicubic),
+        );
+        assert!(n != l && l != c && n != c);
+        assert_eq!(tensor(Filter::Nearest), n);
+        assert_eq!(tensor(Filter::Bilinear), l);
+        // Nearest only copies source values.
+        assert!(n.iter().all(|&v| [0.0, 100.0, 200.0, 7.0].contains(&v)));
     }
 }

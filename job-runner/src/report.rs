@@ -38,7 +38,7 @@ fn register_fonts() {
             (FontStyle::Bold, dejavu::sans::bold()),
         ] {
             if plotters::style::register_font("sans-serif", style, bytes).is_err() {
-                eprintln!("pomona: cannot load the embedded font; the pictures have no text");
+                crate::say!("pomona: cannot load the embedded font; the pictures have no text");
             }
         }
     });
@@ -535,6 +535,8 @@ pub struct ReduceSummary {
     /// The variance to keep that chose k, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variance_to_keep: Option<f64>,
+    /// How the vectors were projected ([`projection`]).
+    pub projection: &'static str,
     /// Components kept.
     pub components: usize,
     /// Values per feature vector.
@@ -571,6 +573,13 @@ pub struct ReduceSummary {
     pub clustering: Option<crate::reduce::grouping::ClusteringSummary>,
     /// Seconds per phase.
     pub seconds: Timings,
+}
+
+/// The summary's `projection`: `centred` (`(x − mean) · componentsᵀ`, pomona's and
+/// scikit-learn's), or `uncentred` (`x · componentsᵀ`, Spark ML's `PCAModel.transform`, for a PCA
+/// imported from Spark).
+pub fn projection(centred: bool) -> &'static str {
+    if centred { "centred" } else { "uncentred" }
 }
 
 #[cfg(test)]

@@ -174,8 +174,8 @@ fn a_failed_run_names_the_step_that_failed() {
     let run = dir.path().join("run");
     let (input_s, run_s) = (input.to_str().unwrap(), run.to_str().unwrap());
 
-    // Extraction cannot start: the model file is not a model. It is loaded before anything is
-    // listed, so the run fails before it writes anything (no plan to tie later runs to it).
+    // The model file is not a model: found by the checks before any work, a usage error
+    // named as the plan step's, and nothing is written.
     let not_a_model = dir.path().join("model.onnx");
     std::fs::write(&not_a_model, b"not a model").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pomona"))
@@ -184,13 +184,24 @@ fn a_failed_run_names_the_step_that_failed() {
         .env("POMONA_TERMINATION_LOG", "/nonexistent/termination-log")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(2));
     let s = summary(&out);
-    assert_eq!(s.step, Step::Extract, "{s:?}");
+    assert_eq!(s.step, Step::Plan, "{s:?}");
     assert_eq!((s.images, s.processed, s.failed), (0, 0, 0));
     assert!(s.error.unwrap().contains("model"));
     assert!(!run.exists(), "nothing written");
-    assert!(n > 0);
+
+    // Extraction fails: its features cannot be written (once planned, a file stands where the
+    // folder goes).
+    let planned = pomona(&["plan", "--input", input_s, "--output", run_s], &[]);
+    assert!(planned.status.success());
+    std::fs::write(run.join("features"), b"in the way").unwrap();
+    let out = pomona(&["run", "--input", input_s, "--output", run_s], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let s = summary(&out);
+    assert_eq!(s.step, Step::Extract, "{s:?}");
+    assert_eq!((s.images, s.processed), (n, 0), "{s:?}");
+    std::fs::remove_dir_all(&run).unwrap();
 
     // Planning cannot start: there is no such folder.
     let missing = dir.path().join("missing");

@@ -384,15 +384,19 @@ fn a_resize_the_model_does_not_take_is_refused_before_any_image() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(3), "a permanent error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error, found before any work"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("fixed at 224x224") && stderr.contains("224x200"),
         "{stderr}"
     );
     assert!(
-        !tmp.path().join("out/features").exists(),
-        "nothing extracted"
+        !tmp.path().join("out").exists(),
+        "nothing planned or extracted"
     );
 }
 

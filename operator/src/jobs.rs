@@ -48,6 +48,7 @@ fn model_args(fx: &FeatureExtraction) -> steps::ModelArgs {
             layout: model.input.layout,
             scale: model.input.scale,
             offset: model.input.offset,
+            resize_filter: model.input.resize_filter,
         },
     }
 }

@@ -80,6 +80,7 @@ fn extract_job_is_an_indexed_job_with_the_failure_policy() {
             "--layout=nhwc",
             "--scale=0.00784313725490196",
             "--offset=-1",
+            "--resize-filter=bilinear",
             "--batch-size=32",
             "--max-image-bytes=52428800",
             "--path-style=true",
@@ -279,4 +280,35 @@ fn the_spec_overrides_every_pod_deadline() {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.active_deadline_seconds, Some(600));
     }
+}
+
+#[test]
+fn the_resize_filter_reaches_the_plan_and_the_extractor() {
+    use pomona_crds::ResizeFilter;
+    let args = |filter| {
+        let job = extract_job(
+            &fx(|fx| fx.spec.model.input.resize_filter = filter),
+            1,
+            &Settings::default(),
+        );
+        container(&job).args.clone().unwrap()
+    };
+    for (filter, flag) in [
+        (ResizeFilter::Bilinear, "--resize-filter=bilinear"),
+        (ResizeFilter::Nearest, "--resize-filter=nearest"),
+        (ResizeFilter::Bicubic, "--resize-filter=bicubic"),
+    ] {
+        assert!(args(filter).iter().any(|a| a == flag), "{filter:?}");
+    }
+    // The resource names it `resizeFilter`, in Kubernetes' enum style.
+    let fx: FeatureExtraction = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/examples/fruits-360.yaml"
+        ))
+        .unwrap()
+        .replace("resizeFilter: Bilinear", "resizeFilter: Nearest"),
+    )
+    .unwrap();
+    assert_eq!(fx.spec.model.input.resize_filter, ResizeFilter::Nearest);
 }

@@ -47,6 +47,62 @@ fn runner_image_carries_the_pinned_onnx_runtime() {
 }
 
 #[test]
+fn onnx_runtime_is_checksummed_alike_in_the_tools_and_the_image() {
+    let tools = read("scripts/tools.sh");
+    let dockerfile = read("job-runner/Dockerfile");
+    for name in ["ORT_WHEEL_SHA256_X86_64", "ORT_WHEEL_SHA256_AARCH64"] {
+        let pinned = assignments(&tools, name);
+        assert_eq!(
+            pinned.len(),
+            1,
+            "one {name} in scripts/tools.sh: {pinned:?}"
+        );
+        assert!(
+            pinned[0].len() == 64 && pinned[0].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name} is a sha256: {}",
+            pinned[0]
+        );
+        assert_eq!(
+            assignments(&dockerfile, name),
+            pinned,
+            "job-runner/Dockerfile's {name} must equal scripts/tools.sh's"
+        );
+    }
+    // pip refuses a wheel of another sha256 only when asked to.
+    assert!(
+        tools.contains("--require-hashes"),
+        "scripts/tools.sh checks the wheel"
+    );
+    assert!(
+        dockerfile.contains("--require-hashes"),
+        "job-runner/Dockerfile checks the wheel"
+    );
+}
+
+#[test]
+fn images_run_on_a_maintained_distroless_base() {
+    // distroless' Debian 12 images are deprecated: both images run on Debian 13's, and are
+    // compiled on the same Debian release (one glibc).
+    for file in ["operator/Dockerfile", "job-runner/Dockerfile"] {
+        let text = read(file);
+        assert_eq!(
+            assignments(&text, "RUNTIME_IMAGE"),
+            ["gcr.io/distroless/cc-debian13:nonroot"],
+            "{file}: RUNTIME_IMAGE"
+        );
+        assert_eq!(
+            assignments(&text, "RUST_IMAGE"),
+            ["rust:1.95-trixie"],
+            "{file}: RUST_IMAGE"
+        );
+        assert!(
+            !text.contains("debian12") && !text.contains("bookworm"),
+            "{file}"
+        );
+    }
+}
+
+#[test]
 fn images_run_as_the_runner_user_and_build_the_right_package() {
     for (file, package, binary) in [
         ("operator/Dockerfile", "pomona-operator", "pomona-operator"),

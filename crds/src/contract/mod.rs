@@ -192,6 +192,9 @@ pub struct Preprocessing {
     pub scale: f64,
     /// Offset added after scaling.
     pub offset: f64,
+    /// How images are resized (absent from plans written before it could be chosen: bilinear).
+    #[serde(default)]
+    pub resize_filter: crate::api::ResizeFilter,
 }
 
 impl RunIdentity {

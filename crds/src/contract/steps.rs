@@ -63,6 +63,7 @@ impl ModelArgs {
             format!("--layout={}", p.layout.as_arg()),
             format!("--scale={}", p.scale),
             format!("--offset={}", p.offset),
+            format!("--resize-filter={}", p.resize_filter.as_arg()),
         ]);
     }
 }
@@ -312,6 +313,7 @@ mod tests {
                 layout: crate::api::TensorLayout::NCHW,
                 scale: 1.0 / 127.5,
                 offset: -1.0,
+                resize_filter: Default::default(),
             },
         }
     }

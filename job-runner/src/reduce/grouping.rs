@@ -245,7 +245,7 @@ pub async fn cluster(run: &Run<'_>, count: ClusterCount) -> anyhow::Result<Clust
         }
         mb.centroids()
     };
-    eprintln!(
+    crate::say!(
         "pomona: reduce: k-means with k = {k} ({}) in {:.3} s",
         if in_memory { "Lloyd" } else { "mini-batch" },
         started.elapsed().as_secs_f64()

@@ -26,6 +26,7 @@ pub mod pca;
 pub mod project;
 pub mod sample;
 pub mod scores;
+pub mod spark;
 
 use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
@@ -58,18 +59,29 @@ pub const DEFAULT_COMPONENTS: usize = pomona_crds::contract::steps::DEFAULT_COMP
 #[derive(Args, Clone, Debug, Default)]
 pub struct PcaArgs {
     /// Keep this many principal components.
-    #[arg(long, conflicts_with_all = ["variance_to_keep", "pca_from"])]
+    #[arg(long, conflicts_with_all = ["variance_to_keep", "pca_from"], value_parser = crate::cli::at_least_one())]
     pub components: Option<usize>,
     /// Keep the fewest components whose cumulative explained variance ratio reaches this
     /// fraction, in (0, 1].
-    #[arg(long, conflicts_with = "pca_from")]
+    #[arg(long, conflicts_with = "pca_from", value_parser = fraction)]
     pub variance_to_keep: Option<f64>,
-    /// Reuse a saved PCA (a run's pca/ folder or its pca.safetensors) instead of fitting one.
+    /// Reuse a saved PCA instead of fitting one: a run's pca/ folder or its pca.safetensors,
+    /// or the folder of a Spark ML PCAModel saved with model.save(path), which projects as
+    /// Spark does (without centring).
     #[arg(long)]
     pub pca_from: Option<String>,
     /// Also write the reduced vectors as one CSV, <output>/reduced.csv (path, label, pc1..pck).
     #[arg(long)]
     pub csv: bool,
+}
+
+/// `--variance-to-keep`: a fraction in (0, 1], else a usage error.
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        Ok(f) => Err(format!("{f} is not in (0, 1]")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What to do with the PCA.
@@ -180,7 +192,7 @@ async fn census(
             census.dead_letters += reader.metadata().file_metadata().num_rows() as u64;
             census.complete.push(shard);
             if named.contains(&shard) {
-                eprintln!(
+                crate::say!(
                     "pomona: reduce: shard {shard} is named in --failed-shards but its outputs \
                      are complete: it is used"
                 );
@@ -247,7 +259,7 @@ async fn dead_letter_failed(
         let n = dead_letter_shard(out, plan, shard, &failed_shard_reason(shard), provenance)
             .await
             .with_context(|| format!("cannot dead-letter the failed shard {shard}"))?;
-        eprintln!("pomona: reduce: shard {shard} failed: dead-lettered its {n} images");
+        crate::say!("pomona: reduce: shard {shard} failed: dead-lettered its {n} images");
         images += n;
     }
     Ok(images)
@@ -274,8 +286,15 @@ async fn merged_moments(
     total.ok_or_else(|| Permanent("no shard to merge".into()).into())
 }
 
-/// Reads the PCA at `uri` (its folder or its file).
+/// Reads the PCA at `uri`: a pomona PCA (its folder or its file), or a Spark ML PCAModel's
+/// folder ([`spark`]), converted to pomona's format.
 async fn read_pca(uri: &str, s3: &S3Config) -> anyhow::Result<(Pca, Vec<u8>)> {
+    if !uri.ends_with(".safetensors")
+        && let Some(pca) = spark::read(uri, s3).await?
+    {
+        let bytes = pca.to_bytes();
+        return Ok((pca, bytes));
+    }
     let file = if uri.ends_with(".safetensors") {
         uri.to_string()
     } else {
@@ -307,6 +326,20 @@ fn labelled_agreement(sample: &[(String, Vec<f32>)], k: usize) -> Option<f64> {
     }
     let rows: Vec<f32> = sample.iter().flat_map(|(_, r)| r.iter().copied()).collect();
     agreement::loo_1nn_accuracy(&rows, k, &labels).map(|a| (a * 1e6).round() / 1e6)
+}
+
+/// Checks, before any work, that the PCA at `uri` can be read and applies to `dim`-value
+/// features.
+pub async fn check_pca_source(uri: &str, s3: &S3Config, dim: usize) -> anyhow::Result<()> {
+    let (pca, _) = read_pca(uri, s3).await?;
+    if pca.dim() != dim {
+        return Err(Permanent(format!(
+            "the PCA {uri} applies to {}-value features, the model gives {dim}",
+            pca.dim()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn permanent(e: PcaError) -> anyhow::Error {
@@ -366,7 +399,7 @@ pub async fn reduce(
         Mode::Fit { keep, default } => {
             let moments = merged_moments(out, &layout, &census.complete).await?;
             timings.statistics = secs(t);
-            eprintln!(
+            crate::say!(
                 "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
                 census.complete.len(),
                 moments.count(),
@@ -404,15 +437,20 @@ pub async fn reduce(
         }
     };
     let k = pca.k();
-    eprintln!(
-        "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s",
+    crate::say!(
+        "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s{}",
         if matches!(mode, Mode::Reuse(_)) {
             "reused a"
         } else {
             "fitted a"
         },
         pca.explained_variance_ratio.sum() * 100.0,
-        timings.fit
+        timings.fit,
+        if pca.centred {
+            ""
+        } else {
+            "; it projects without centring, as Spark ML does"
+        }
     );
     let pca_sha256 = sha256_hex(&pca_bytes);
     put(
@@ -476,7 +514,7 @@ pub async fn reduce(
             .with_context(|| format!("cannot write {}", layout.csv()))?;
     }
     timings.project = secs(t);
-    eprintln!(
+    crate::say!(
         "pomona: reduce: projected {processed} images in {:.3} s",
         timings.project
     );
@@ -487,7 +525,7 @@ pub async fn reduce(
     let label_agreement = labelled_agreement(&sample, k);
     timings.agreement = secs(t);
     if let Some(a) = label_agreement {
-        eprintln!(
+        crate::say!(
             "pomona: reduce: label agreement (leave-one-out 1-NN, cosine) {a:.4} on {} images \
              in {:.3} s",
             sample.len(),
@@ -544,6 +582,7 @@ pub async fn reduce(
             Mode::Fit { .. } => None,
         },
         variance_to_keep: target,
+        projection: report::projection(pca.centred),
         components: k,
         dim,
         fitted_on: pca.n_samples,

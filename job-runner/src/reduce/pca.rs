@@ -9,7 +9,8 @@
 //! - sign convention: in each component, the entry of largest absolute value is positive (the
 //!   first such entry on a tie), as scikit-learn's `svd_flip(u_based_decision=False)` does, so
 //!   reruns and scikit-learn agree on signs;
-//! - projection `y = (x − mean) · componentsᵀ`, no whitening.
+//! - projection `y = (x − mean) · componentsᵀ`, no whitening; a PCA imported from Spark ML
+//!   ([`super::spark`]) is not centred (`y = x · componentsᵀ`), as Spark projects.
 //!
 //! The eigen-decomposition runs on one thread and the shards merge in shard order, so a rerun
 //! gives the same bits.
@@ -30,7 +31,9 @@
 //! | `total_variance` | F64 | `[1]` | trace of the covariance |
 //!
 //! and metadata (all strings): `format`, `model_sha256`, `model_uri`, `preprocessing`,
-//! `versions` (copied from the features' Parquet metadata), `dim`, `components`.
+//! `versions` (copied from the features' Parquet metadata), `dim`, `components`, and
+//! `centred` (`"false"` for a PCA that projects without subtracting its mean, as one imported
+//! from Spark ML; a file without it is centred).
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, linalg::general_mat_mul};
 use safetensors::{Dtype, SafeTensors};
@@ -80,6 +83,9 @@ pub struct Pca {
     pub total_variance: f64,
     /// Rows fitted on.
     pub n_samples: u64,
+    /// The projection subtracts the mean (pomona, scikit-learn); false for one imported from
+    /// Spark ML, whose `PCAModel.transform` does not.
+    pub centred: bool,
     /// Provenance of the fitted features.
     pub origin: Origin,
 }
@@ -180,6 +186,7 @@ impl Pca {
             explained_variance_ratio: Array1::from(ratios[..k].to_vec()),
             total_variance,
             n_samples: n,
+            centred: true,
             origin,
         })
     }
@@ -194,13 +201,17 @@ impl Pca {
         self.mean.len()
     }
 
-    /// Refuses features of another dimension, model or preprocessing.
+    /// Refuses features of another dimension, model or preprocessing. A PCA that names no
+    /// model (one imported from Spark ML) is checked against the dimension only.
     pub fn check_applies_to(&self, dim: usize, origin: &Origin) -> Result<(), PcaError> {
         if dim != self.dim() {
             return Err(PcaError::Mismatch(format!(
                 "the PCA was fitted on {}-value features, these features have {dim} values",
                 self.dim()
             )));
+        }
+        if self.origin.model_sha256.is_empty() {
+            return Ok(());
         }
         if !self
             .origin
@@ -227,16 +238,20 @@ impl Pca {
         Ok(())
     }
 
-    /// Projects `rows.len() / d` rows stored one after the other: `(x − mean) · componentsᵀ`,
-    /// computed in f64, returned as f32, `k` values per row.
+    /// Projects `rows.len() / d` rows stored one after the other: `(x − mean) · componentsᵀ`
+    /// (`x · componentsᵀ` when not [`centred`](Self::centred)), computed in f64, returned as
+    /// f32, `k` values per row.
     pub fn project(&self, rows: &[f32]) -> Vec<f32> {
         let d = self.dim();
         assert_eq!(rows.len() % d, 0, "rows are whole");
         let n = rows.len() / d;
         let x = ArrayView2::from_shape((n, d), rows).expect("shape checked above");
-        let centred = &x.mapv(f64::from) - &self.mean.view().insert_axis(Axis(0));
+        let mut x = x.mapv(f64::from);
+        if self.centred {
+            x -= &self.mean.view().insert_axis(Axis(0));
+        }
         let mut out = Array2::<f64>::zeros((n, self.k()));
-        general_mat_mul(1.0, &centred, &self.components.t(), 0.0, &mut out);
+        general_mat_mul(1.0, &x, &self.components.t(), 0.0, &mut out);
         out.iter().map(|&v| v as f32).collect()
     }
 
@@ -294,6 +309,7 @@ impl Pca {
                 "versions": o.versions,
                 "dim": d.to_string(),
                 "components": k.to_string(),
+                "centred": self.centred.to_string(),
             }),
         );
         let mut offset = 0;
@@ -377,6 +393,7 @@ impl Pca {
             explained_variance_ratio,
             total_variance,
             n_samples,
+            centred: meta.get("centred").map(String::as_str) != Some("false"),
             origin: Origin {
                 model_sha256: get("model_sha256"),
                 model_uri: get("model_uri"),

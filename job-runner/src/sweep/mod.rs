@@ -266,10 +266,13 @@ async fn run_setting(
         agreement_pca: reduced.summary.label_agreement,
         cosine_to_reference: None,
     };
-    eprintln!(
+    crate::say!(
         "pomona: sweep: {} at {size}: {:.1} images/s, agreement {:?} on the features, {:?} on \
          the PCA",
-        result.model, result.images_per_second, result.agreement_features, result.agreement_pca
+        result.model,
+        result.images_per_second,
+        result.agreement_features,
+        result.agreement_pca
     );
     Ok((result, sample))
 }

@@ -154,15 +154,7 @@ impl S3Store {
             if let Some(t) = &token {
                 req = req.continuation_token(t);
             }
-            let page = retry(&self.retry, &self.counters, "s3:ListObjectsV2", || {
-                let req = req.clone();
-                async move {
-                    req.send()
-                        .await
-                        .map_err(|e| from_sdk(self.ctx("s3:ListObjectsV2", None), e))
-                }
-            })
-            .await?;
+            let page = self.list_page(&req).await?;
             requests += 1;
             for o in page.contents() {
                 let Some(key) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
@@ -211,6 +203,22 @@ impl S3Store {
         }
     }
 
+    /// One ListObjectsV2 request, retried.
+    async fn list_page(
+        &self,
+        req: &aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder,
+    ) -> Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output, StorageError> {
+        retry(&self.retry, &self.counters, "s3:ListObjectsV2", || {
+            let req = req.clone();
+            async move {
+                req.send()
+                    .await
+                    .map_err(|e| from_sdk(self.ctx("s3:ListObjectsV2", None), e))
+            }
+        })
+        .await
+    }
+
     pub(crate) async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let full_prefix = self.full(prefix);
         let req = self
@@ -220,15 +228,7 @@ impl S3Store {
             .prefix(&full_prefix)
             .delimiter("/")
             .max_keys(i32::try_from(crate::storage::CHILDREN_PAGE).unwrap_or(1000));
-        let page = retry(&self.retry, &self.counters, "s3:ListObjectsV2", || {
-            let req = req.clone();
-            async move {
-                req.send()
-                    .await
-                    .map_err(|e| from_sdk(self.ctx("s3:ListObjectsV2", None), e))
-            }
-        })
-        .await?;
+        let page = self.list_page(&req).await?;
         let objects = page.contents().iter().filter_map(|o| o.key());
         let prefixes = page.common_prefixes().iter().filter_map(|p| p.prefix());
         let mut names: Vec<String> = objects

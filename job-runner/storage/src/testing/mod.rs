@@ -60,6 +60,7 @@ pub fn identity(options: &crate::plan::PlanOptions) -> pomona_crds::contract::Ru
         layout: pomona_crds::TensorLayout::NHWC,
         scale: 1.0 / 127.5,
         offset: -1.0,
+        resize_filter: Default::default(),
     };
     options.identity(None, "0".repeat(64), preprocessing)
 }
