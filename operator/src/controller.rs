@@ -280,16 +280,19 @@ impl<'a> Run<'a> {
         }
         let stored = self.fx.status.as_ref();
         let now = Time(Timestamp::now());
-        // A run that failed before it was planned (a spec the operator refused, an empty
-        // source) ran nothing: it is looked at again on every change of the resource, and when
-        // the operator restarts with other settings. Its status is recomputed as if unfinished.
-        let reopened =
-            stored
-                .filter(|s| failed_before_planning(s))
-                .map(|s| FeatureExtractionStatus {
-                    phase: None,
-                    ..s.clone()
-                });
+        // A run that failed before it was planned ran nothing. One the operator refused (its
+        // settings or the admin's policy) is looked at again on every reconcile, so a restart
+        // with other settings lets it start; one whose plan failed (an empty source, access
+        // denied) only after the resource changed: the plan Job runs again then, and never
+        // because its old Job went away. Its status is recomputed as if unfinished.
+        let edited = self.edited();
+        let reopened = stored
+            .filter(|s| failed_before_planning(s))
+            .filter(|s| edited || refused_by_settings(s))
+            .map(|s| FeatureExtractionStatus {
+                phase: None,
+                ..s.clone()
+            });
         let old = reopened.as_ref().or(stored);
         if old.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
             // A finished run is never restarted; only observedGeneration follows the spec, and
@@ -347,7 +350,7 @@ impl<'a> Run<'a> {
                     plan_action = PlanAction::Rerun;
                 }
                 // A plan that failed is tried again when the spec changed since.
-                Planning::Failed(_) if reopened.is_some() && self.edited() => {
+                Planning::Failed(_) if reopened.is_some() && edited => {
                     plan = PlanState::Running;
                     plan_action = PlanAction::Rerun;
                 }
@@ -780,6 +783,16 @@ pub fn recorded_plan(
 /// Whether the run failed before a plan was recorded: nothing of it ran.
 fn failed_before_planning(status: &FeatureExtractionStatus) -> bool {
     status.phase == Some(Phase::Failed) && status.shards.is_none()
+}
+
+/// Whether the run was refused by the operator's checks (`validate`), which depend on its
+/// settings, rather than by its plan step.
+fn refused_by_settings(status: &FeatureExtractionStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .is_some_and(|c| crate::validate::SETTINGS_REASONS.contains(&c.reason.as_str()))
 }
 
 /// The termination summary of the reduce pod that succeeded last (its PCA and label

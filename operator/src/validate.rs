@@ -63,6 +63,16 @@ impl Invalid {
     }
 }
 
+/// The reasons of the refusals [`validate`] makes: they depend on the operator's settings, so a
+/// run refused with one is checked again when the operator restarts.
+pub const SETTINGS_REASONS: [&str; 5] = [
+    "RegionNotAllowed",
+    "NoRunnerImage",
+    "ImageNotAllowed",
+    "ServiceAccountNotAllowed",
+    "EndpointNotAllowed",
+];
+
 /// Checks a spec against the operator's settings and the admin's policy, before any Job of the
 /// run exists.
 pub fn validate(spec: &FeatureExtractionSpec, settings: &Settings) -> Result<(), Invalid> {
@@ -91,5 +101,40 @@ pub fn plan_shards(images: u64, images_per_shard: u32) -> Result<u32, Invalid> {
             images_per_shard,
             shards,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Refused;
+
+    #[test]
+    fn every_settings_refusal_is_checked_again_on_restart() {
+        let refusals = [
+            Invalid::NoRunnerImage,
+            Invalid::Region(RegionRefused {
+                what: String::new(),
+                region: String::new(),
+                allowed: String::new(),
+            }),
+            Invalid::Policy(Refused::Image {
+                image: String::new(),
+                allowed: String::new(),
+            }),
+            Invalid::Policy(Refused::ServiceAccount {
+                name: String::new(),
+                allowed: String::new(),
+            }),
+            Invalid::Policy(Refused::Endpoint {
+                endpoint: String::new(),
+                listed: String::new(),
+            }),
+        ];
+        let reasons: Vec<&str> = refusals.iter().map(Invalid::reason).collect();
+        assert_eq!(reasons.len(), SETTINGS_REASONS.len());
+        for reason in reasons {
+            assert!(SETTINGS_REASONS.contains(&reason), "{reason}");
+        }
     }
 }

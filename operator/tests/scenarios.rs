@@ -345,10 +345,16 @@ async fn a_failed_plan_attempt_is_retried_by_the_job_and_a_failed_plan_fails_the
     assert!(h.api.object(EXTRACT).is_none());
     assert_eq!(h.event_reasons(), ["Failed"]);
 
-    // Nothing changes until the resource does.
+    // Nothing changes until the resource does, not even when the failed plan Job goes away
+    // (removed by hand, or with its namespace).
     h.api.clear_calls();
     assert_eq!(h.step().await, Action::await_change());
     assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+    h.api.remove(PLAN);
+    h.api.clear_calls();
+    h.step().await;
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+    assert!(h.api.object(PLAN).is_none(), "not planned again");
 }
 
 #[tokio::test]
