@@ -57,14 +57,14 @@ pub fn planning(job: Option<&Job>, pods: &[PodObservation], now: Timestamp) -> P
         .filter(|p| p.phase == PodPhase::Failed)
         .max_by(|a, b| a.finished_at.cmp(&b.finished_at));
     if let Some(condition) = job_condition(job, "Failed") {
-        // The runner's own reason, else the kubelet's (`DeadlineExceeded`), else a generic one.
+        // The runner's own reason unless it is the generic one (a runner stopped by SIGTERM
+        // says only that), else the kubelet's (`DeadlineExceeded`, `Evicted`), else a generic
+        // one.
+        let specific = |r: &String| r != "Error";
         let reason = last_failure
             .and_then(|p| p.summary.as_ref().and_then(|s| s.reason.clone()))
-            .or_else(|| {
-                last_failure
-                    .and_then(|p| p.reason.clone())
-                    .filter(|r| r != "Error")
-            })
+            .filter(specific)
+            .or_else(|| last_failure.and_then(|p| p.reason.clone()).filter(specific))
             .unwrap_or_else(|| "PlanFailed".to_string());
         let why = last_failure.map_or_else(
             || format!("the plan Job failed ({condition})"),
@@ -199,5 +199,24 @@ mod tests {
         };
         assert_eq!(invalid.reason(), "PlanFailed");
         assert!(invalid.to_string().contains("FailedReason"), "{invalid}");
+        // Stopped at its deadline: the runner says only that it was stopped; the kubelet says
+        // why.
+        let stopped = PodObservation {
+            reason: Some("DeadlineExceeded".into()),
+            ..pod(
+                PodPhase::Failed,
+                Some(PodSummary {
+                    error: Some("stopped by SIGTERM before the step was done".into()),
+                    reason: Some("Error".into()),
+                    ..PodSummary::new(Step::Plan)
+                }),
+                20,
+            )
+        };
+        let Planning::Failed(invalid) = planning(Some(&job(Some("Failed"))), &[stopped], now())
+        else {
+            panic!("not failed")
+        };
+        assert_eq!(invalid.reason(), "DeadlineExceeded");
     }
 }
