@@ -233,22 +233,9 @@ impl Scatter {
         let mut legend: Vec<(&String, usize, u64)> =
             self.labels.iter().map(|(l, &(id, c))| (l, id, c)).collect();
         legend.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
-        let bounds = |f: fn(&(f32, f32, usize)) -> f32| {
-            let (lo, hi) = self
-                .points
-                .iter()
-                .map(f)
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                    (lo.min(v), hi.max(v))
-                });
-            if lo > hi {
-                return (-1.0, 1.0);
-            }
-            let pad = ((hi - lo) * 0.05).max(1e-3);
-            (f64::from(lo - pad), f64::from(hi + pad))
-        };
-        let (x0, x1) = bounds(|p| p.0);
-        let (y0, y1) = bounds(|p| p.1);
+
+        let (x0, x1) = axis_range(self.points.iter().map(|p| p.0));
+        let (y0, y1) = axis_range(self.points.iter().map(|p| p.1));
         let sampled = self.seen > self.points.len() as u64;
         render(SCATTER_SIZE, |root| {
             root.fill(&WHITE).map_err(plot_err)?;
@@ -331,6 +318,18 @@ pub struct ClusterPoint {
 /// How a panel of `clusters.png` colours a point.
 type Paint<'a> = &'a dyn Fn(&ClusterPoint) -> HSLColor;
 
+/// An axis's range over `values`, padded by 5 % (at least 1e-3); (-1, 1) when there are none.
+fn axis_range(values: impl Iterator<Item = f32>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo > hi {
+        return (-1.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    (f64::from(lo - pad), f64::from(hi + pad))
+}
+
 /// `clusters.png`: `points` on the first two components, coloured by cluster (left) and by
 /// label (right), on the same axes. `labels` names the label indexes.
 pub fn clusters_png(
@@ -339,21 +338,8 @@ pub fn clusters_png(
     k: usize,
     axis_ratios: (f64, Option<f64>),
 ) -> anyhow::Result<Vec<u8>> {
-    let bounds = |f: fn(&ClusterPoint) -> f32| {
-        let (lo, hi) = points
-            .iter()
-            .map(f)
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            });
-        if lo > hi {
-            return (-1.0, 1.0);
-        }
-        let pad = ((hi - lo) * 0.05).max(1e-3);
-        (f64::from(lo - pad), f64::from(hi + pad))
-    };
-    let (x0, x1) = bounds(|p| p.x);
-    let (y0, y1) = bounds(|p| p.y);
+    let (x0, x1) = axis_range(points.iter().map(|p| p.x));
+    let (y0, y1) = axis_range(points.iter().map(|p| p.y));
     // Labels get colours in name order, as in scatter.png.
     let mut by_name: Vec<usize> = (0..labels.len()).collect();
     by_name.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
