@@ -8,10 +8,14 @@
 //! | `pomona_runs` | gauge | `phase` (every phase, 0 included), computed at scrape time |
 //! | `pomona_images_processed_total` | counter | |
 //! | `pomona_images_failed_total` | counter | |
+//! | `pomona_cpu_seconds_total` | counter | |
+//! | `pomona_requested_core_seconds_total` | counter | |
+//! | `pomona_requested_memory_gib_seconds_total` | counter | |
 //! | `pomona_leader` | gauge | 1 on the replica that holds the lease |
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use pomona_crds::{FeatureExtractionStatus, Phase};
@@ -52,11 +56,48 @@ pub struct Metrics {
     runs: Family<PhaseLabels, Gauge>,
     images_processed: Counter,
     images_failed: Counter,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    core_seconds: Counter<f64, AtomicU64>,
+    gib_seconds: Counter<f64, AtomicU64>,
     leader: Gauge,
-    /// The image counts already added, per resource (its uid): a reconcile may start from a
-    /// status older than the one last written (the watch cache lags the writes), and what was
-    /// counted must not be counted again.
-    counted: Mutex<HashMap<String, (u64, u64)>>,
+    /// The figures already added, per resource (its uid): a reconcile may start from a status
+    /// older than the one last written (the watch cache lags the writes), and what was counted
+    /// must not be counted again.
+    counted: Mutex<HashMap<String, Counted>>,
+}
+
+/// What a run's status reports that the counters add up.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Counted {
+    processed: u64,
+    failed: u64,
+    cpu_seconds: f64,
+    core_seconds: f64,
+    gib_seconds: f64,
+}
+
+impl Counted {
+    fn of(status: Option<&FeatureExtractionStatus>) -> Self {
+        let images = status.and_then(|s| s.images).unwrap_or_default();
+        let cost = status.and_then(|s| s.cost.clone()).unwrap_or_default();
+        Self {
+            processed: images.processed,
+            failed: images.failed,
+            cpu_seconds: cost.cpu_seconds,
+            core_seconds: cost.requested_core_seconds.unwrap_or(0.0),
+            gib_seconds: cost.requested_memory_gib_seconds.unwrap_or(0.0),
+        }
+    }
+
+    fn max(self, other: Self) -> Self {
+        Self {
+            processed: self.processed.max(other.processed),
+            failed: self.failed.max(other.failed),
+            cpu_seconds: self.cpu_seconds.max(other.cpu_seconds),
+            core_seconds: self.core_seconds.max(other.core_seconds),
+            gib_seconds: self.gib_seconds.max(other.gib_seconds),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -68,6 +109,9 @@ impl Default for Metrics {
         let runs = Family::<PhaseLabels, Gauge>::default();
         let images_processed = Counter::default();
         let images_failed = Counter::default();
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        let core_seconds = Counter::<f64, AtomicU64>::default();
+        let gib_seconds = Counter::<f64, AtomicU64>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
@@ -92,6 +136,21 @@ impl Default for Metrics {
             images_failed.clone(),
         );
         registry.register(
+            "cpu_seconds",
+            "CPU seconds the runs' ended pods used, as reported in the runs' status.cost",
+            cpu_seconds.clone(),
+        );
+        registry.register(
+            "requested_core_seconds",
+            "Cores requested times the seconds the runs' ended pods ran (status.cost)",
+            core_seconds.clone(),
+        );
+        registry.register(
+            "requested_memory_gib_seconds",
+            "GiB of memory requested times the seconds the runs' ended pods ran (status.cost)",
+            gib_seconds.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease and runs the controller",
             leader.clone(),
@@ -107,6 +166,9 @@ impl Default for Metrics {
             runs,
             images_processed,
             images_failed,
+            cpu_seconds,
+            core_seconds,
+            gib_seconds,
             leader,
             counted: Mutex::default(),
         }
@@ -127,27 +189,32 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds the images a status write of the resource `uid` newly reports as processed or
-    /// failed: beyond both the status it started from (`old`, what an earlier process counted)
-    /// and what this process already counted for it.
+    /// Adds the images and the cost a status write of the resource `uid` newly reports:
+    /// beyond both the status it started from (`old`, what an earlier process counted) and what
+    /// this process already counted for it.
     pub fn status_written(
         &self,
         uid: &str,
         old: Option<&FeatureExtractionStatus>,
         new: &FeatureExtractionStatus,
     ) {
-        let counts = |s: Option<&FeatureExtractionStatus>| {
-            s.and_then(|s| s.images.as_ref())
-                .map_or((0, 0), |i| (i.processed, i.failed))
-        };
-        let (p0, f0) = counts(old);
-        let (p1, f1) = counts(Some(new));
+        let old = Counted::of(old);
+        let new = Counted::of(Some(new));
         let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = counted.entry(uid.to_string()).or_insert((p0, f0));
-        let (p0, f0) = (seen.0.max(p0), seen.1.max(f0));
-        self.images_processed.inc_by(p1.saturating_sub(p0));
-        self.images_failed.inc_by(f1.saturating_sub(f0));
-        *seen = (p0.max(p1), f0.max(f1));
+        let seen = counted.entry(uid.to_string()).or_insert(old);
+        let before = seen.max(old);
+        self.images_processed
+            .inc_by(new.processed.saturating_sub(before.processed));
+        self.images_failed
+            .inc_by(new.failed.saturating_sub(before.failed));
+        let more = |now: f64, then: f64| (now - then).max(0.0);
+        self.cpu_seconds
+            .inc_by(more(new.cpu_seconds, before.cpu_seconds));
+        self.core_seconds
+            .inc_by(more(new.core_seconds, before.core_seconds));
+        self.gib_seconds
+            .inc_by(more(new.gib_seconds, before.gib_seconds));
+        *seen = before.max(new);
     }
 
     /// Sets whether this replica leads.
@@ -181,7 +248,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pomona_crds::ImageCounts;
+    use pomona_crds::{Cost, ImageCounts};
 
     fn status(processed: u64, failed: u64) -> FeatureExtractionStatus {
         FeatureExtractionStatus {
@@ -191,6 +258,19 @@ mod tests {
                 failed,
             }),
             ..FeatureExtractionStatus::default()
+        }
+    }
+
+    fn costing(processed: u64, cpu: f64, cores: f64) -> FeatureExtractionStatus {
+        FeatureExtractionStatus {
+            cost: Some(Cost {
+                cpu_seconds: cpu,
+                requested_core_seconds: Some(cores),
+                requested_memory_gib_seconds: Some(cores / 2.0),
+                pods: 1,
+                ..Cost::default()
+            }),
+            ..status(processed, 0)
         }
     }
 
@@ -204,6 +284,18 @@ mod tests {
         // A reconcile that started from a stale status writes the same counts again: nothing
         // is counted twice.
         m.status_written("uid-1", Some(&status(10, 1)), &status(40, 1));
+        m.status_written("uid-2", None, &costing(5, 12.5, 20.0));
+        m.status_written(
+            "uid-2",
+            Some(&costing(5, 12.5, 20.0)),
+            &costing(9, 30.25, 50.0),
+        );
+        // An older status, as a lagging cache gives it: counted once.
+        m.status_written(
+            "uid-2",
+            Some(&costing(5, 12.5, 20.0)),
+            &costing(9, 30.25, 50.0),
+        );
         m.set_leader(true);
         let text = m.render([Some(Phase::Extracting), Some(Phase::Extracting), None]);
         for line in [
@@ -214,7 +306,10 @@ mod tests {
             "pomona_runs{phase=\"Extracting\"} 2",
             "pomona_runs{phase=\"Pending\"} 1",
             "pomona_runs{phase=\"Succeeded\"} 0",
-            "pomona_images_processed_total 40",
+            "pomona_images_processed_total 49",
+            "pomona_cpu_seconds_total 30.25",
+            "pomona_requested_core_seconds_total 50.0",
+            "pomona_requested_memory_gib_seconds_total 25.0",
             "pomona_images_failed_total 1",
             "pomona_leader 1",
         ] {

@@ -5,6 +5,8 @@ use k8s_openapi::api::batch::v1::JobStatus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use pomona_crds::contract::PodSummary;
+use pomona_crds::contract::cost::PodUsage;
+use pomona_crds::quantity;
 
 /// The annotation an Indexed Job sets on each pod with its index.
 pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
@@ -43,6 +45,42 @@ pub struct PodObservation {
     pub message: Option<String>,
     /// When the container terminated.
     pub finished_at: Option<Time>,
+    /// When the kubelet started the pod (`status.startTime`): from then on it holds its
+    /// requests.
+    pub started_at: Option<Time>,
+    /// The cores and bytes of memory the pod's containers request, summed.
+    pub requests: Requests,
+}
+
+/// What a pod asks the scheduler to reserve.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Requests {
+    /// Cores.
+    pub cpu_cores: f64,
+    /// Bytes of memory.
+    pub memory_bytes: f64,
+}
+
+impl Requests {
+    /// The requests of every container of `pod`, summed (a malformed quantity counts 0).
+    pub fn of(pod: &Pod) -> Self {
+        let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+        let mut total = Self::default();
+        for requests in containers.filter_map(|c| c.resources.as_ref()?.requests.as_ref()) {
+            if let Some(q) = requests.get("cpu") {
+                total.cpu_cores += quantity::millicores(&q.0).unwrap_or(0) as f64 / 1000.0;
+            }
+            if let Some(q) = requests.get("memory") {
+                total.memory_bytes += quantity::units(&q.0).unwrap_or(0) as f64;
+            }
+        }
+        total
+    }
+}
+
+/// Seconds on the clock of a Kubernetes time, to the millisecond.
+pub fn seconds(t: &Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
 }
 
 impl PodObservation {
@@ -84,7 +122,24 @@ impl PodObservation {
                 .and_then(|s| s.reason.clone())
                 .or_else(|| terminated.and_then(|t| t.reason.clone())),
             finished_at: terminated.and_then(|t| t.finished_at.clone()),
+            started_at: status.and_then(|s| s.start_time.clone()),
+            requests: Requests::of(pod),
         }
+    }
+
+    /// What the pod used, once its runner ended: the CPU seconds it reported and the seconds
+    /// it held its requests; `None` while it runs.
+    pub fn usage(&self) -> Option<PodUsage> {
+        let finished = self.finished_at.as_ref()?;
+        Some(PodUsage {
+            cpu_seconds: self.summary.as_ref().and_then(|s| s.cpu_seconds),
+            run_seconds: self
+                .started_at
+                .as_ref()
+                .map(|start| (seconds(finished) - seconds(start)).max(0.0)),
+            cpu_request_cores: self.requests.cpu_cores,
+            memory_request_bytes: self.requests.memory_bytes,
+        })
     }
 
     /// A short account of why the pod failed, for the status message.
