@@ -11,6 +11,7 @@
 //! | `pomona_cpu_seconds_total` | counter | |
 //! | `pomona_requested_core_seconds_total` | counter | |
 //! | `pomona_requested_memory_gib_seconds_total` | counter | |
+//! | `pomona_cost_estimated_total` | counter | `currency` (the operator's one, when it has rates) |
 //! | `pomona_leader` | gauge | 1 on the replica that holds the lease |
 
 use std::collections::HashMap;
@@ -43,6 +44,11 @@ struct CategoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CurrencyLabels {
+    currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -59,6 +65,7 @@ pub struct Metrics {
     cpu_seconds: Counter<f64, AtomicU64>,
     core_seconds: Counter<f64, AtomicU64>,
     gib_seconds: Counter<f64, AtomicU64>,
+    estimated: Family<CurrencyLabels, Counter<f64, AtomicU64>>,
     leader: Gauge,
     /// The figures already added, per resource (its uid): a reconcile may start from a status
     /// older than the one last written (the watch cache lags the writes), and what was counted
@@ -74,6 +81,8 @@ struct Counted {
     cpu_seconds: f64,
     core_seconds: f64,
     gib_seconds: f64,
+    /// The estimated amount, in the status's currency (none: 0).
+    amount: f64,
 }
 
 impl Counted {
@@ -86,6 +95,7 @@ impl Counted {
             cpu_seconds: cost.cpu_seconds,
             core_seconds: cost.requested_core_seconds.unwrap_or(0.0),
             gib_seconds: cost.requested_memory_gib_seconds.unwrap_or(0.0),
+            amount: cost.estimated.map_or(0.0, |e| e.amount),
         }
     }
 
@@ -96,6 +106,7 @@ impl Counted {
             cpu_seconds: self.cpu_seconds.max(other.cpu_seconds),
             core_seconds: self.core_seconds.max(other.core_seconds),
             gib_seconds: self.gib_seconds.max(other.gib_seconds),
+            amount: self.amount.max(other.amount),
         }
     }
 }
@@ -112,6 +123,7 @@ impl Default for Metrics {
         let cpu_seconds = Counter::<f64, AtomicU64>::default();
         let core_seconds = Counter::<f64, AtomicU64>::default();
         let gib_seconds = Counter::<f64, AtomicU64>::default();
+        let estimated = Family::<CurrencyLabels, Counter<f64, AtomicU64>>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
@@ -151,6 +163,11 @@ impl Default for Metrics {
             gib_seconds.clone(),
         );
         registry.register(
+            "cost_estimated",
+            "Estimated amount of the runs' ended pods at the operator's rates (status.cost)",
+            estimated.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease and runs the controller",
             leader.clone(),
@@ -169,6 +186,7 @@ impl Default for Metrics {
             cpu_seconds,
             core_seconds,
             gib_seconds,
+            estimated,
             leader,
             counted: Mutex::default(),
         }
@@ -198,6 +216,11 @@ impl Metrics {
         old: Option<&FeatureExtractionStatus>,
         new: &FeatureExtractionStatus,
     ) {
+        let currency = new
+            .cost
+            .as_ref()
+            .and_then(|c| c.estimated.as_ref())
+            .map(|e| e.currency.clone());
         let old = Counted::of(old);
         let new = Counted::of(Some(new));
         let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
@@ -214,6 +237,11 @@ impl Metrics {
             .inc_by(more(new.core_seconds, before.core_seconds));
         self.gib_seconds
             .inc_by(more(new.gib_seconds, before.gib_seconds));
+        if let Some(currency) = currency {
+            self.estimated
+                .get_or_create(&CurrencyLabels { currency })
+                .inc_by(more(new.amount, before.amount));
+        }
         *seen = before.max(new);
     }
 
@@ -248,7 +276,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pomona_crds::{Cost, ImageCounts};
+    use pomona_crds::{Cost, CostEstimate, ImageCounts};
 
     fn status(processed: u64, failed: u64) -> FeatureExtractionStatus {
         FeatureExtractionStatus {
@@ -268,6 +296,12 @@ mod tests {
                 requested_core_seconds: Some(cores),
                 requested_memory_gib_seconds: Some(cores / 2.0),
                 pods: 1,
+                estimated: Some(CostEstimate {
+                    amount: cores / 100.0,
+                    currency: "EUR".into(),
+                    per_core_hour: 0.036,
+                    per_gib_hour: 0.0045,
+                }),
                 ..Cost::default()
             }),
             ..status(processed, 0)
@@ -310,6 +344,7 @@ mod tests {
             "pomona_cpu_seconds_total 30.25",
             "pomona_requested_core_seconds_total 50.0",
             "pomona_requested_memory_gib_seconds_total 25.0",
+            "pomona_cost_estimated_total{currency=\"EUR\"} 0.5",
             "pomona_images_failed_total 1",
             "pomona_leader 1",
         ] {
