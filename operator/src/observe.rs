@@ -2,7 +2,7 @@
 //! Job (index, phase, termination summary) and the Job's index lists.
 
 use k8s_openapi::api::batch::v1::JobStatus;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use pomona_crds::contract::PodSummary;
 use pomona_crds::contract::cost::PodUsage;
@@ -76,6 +76,28 @@ impl Requests {
         }
         total
     }
+}
+
+/// Strips `pod` down to what the status reads, for the operator's pod watch cache: its
+/// metadata without managed fields, its status, and of its spec only the containers' names and
+/// requests (for the run's cost).
+pub fn keep_what_the_status_reads(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        containers: spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                resources: c.resources.map(|r| ResourceRequirements {
+                    requests: r.requests,
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            })
+            .collect(),
+        ..PodSpec::default()
+    });
 }
 
 /// Seconds on the clock of a Kubernetes time, to the millisecond.
@@ -214,6 +236,55 @@ mod tests {
         assert_eq!(parse_indexes(Some("")), Vec::<u32>::new());
         assert_eq!(parse_indexes(None), Vec::<u32>::new());
         assert_eq!(parse_indexes(Some("x,2")), [2]);
+    }
+
+    #[test]
+    fn the_cached_pod_keeps_its_requests_and_status_only() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "r-extract-0-abc",
+                "annotations": { "batch.kubernetes.io/job-completion-index": "0" },
+                "managedFields": [{ "manager": "kube-controller-manager" }]
+            },
+            "spec": {
+                "containers": [
+                    { "name": "pomona", "image": "x", "args": ["extract"],
+                      "resources": { "requests": { "cpu": "1500m", "memory": "512Mi" },
+                                     "limits": { "cpu": "2" } } },
+                    { "name": "side", "image": "y" }
+                ],
+                "nodeSelector": { "pool": "spot" }
+            },
+            "status": {
+                "phase": "Running",
+                "startTime": "2027-01-15T08:00:00Z"
+            }
+        }))
+        .unwrap();
+        let mut cached = pod.clone();
+        keep_what_the_status_reads(&mut cached);
+        assert_eq!(cached.metadata.managed_fields, None);
+        assert_eq!(cached.status, pod.status);
+        assert_eq!(
+            serde_json::to_value(&cached.spec).unwrap(),
+            serde_json::json!({
+                "containers": [
+                    { "name": "pomona",
+                      "resources": { "requests": { "cpu": "1500m", "memory": "512Mi" } } },
+                    { "name": "side" }
+                ]
+            })
+        );
+        let observed = PodObservation::from_pod(&cached);
+        assert_eq!(observed, PodObservation::from_pod(&pod));
+        assert_eq!(
+            observed.requests,
+            Requests {
+                cpu_cores: 1.5,
+                memory_bytes: 536_870_912.0
+            }
+        );
+        assert_eq!(observed.index, Some(0));
     }
 
     #[test]
