@@ -299,14 +299,15 @@ async fn dead_letter_failed(
 
 /// Statistics files read at once while merging: each is `8·d²` bytes (13 MB at 1280 values),
 /// so this bounds the merge's memory to about this many files beyond the tree's accumulators.
-const STATS_IN_FLIGHT: usize = 8;
+pub const STATS_IN_FLIGHT: usize = 8;
 
 /// Merges the statistics of `shards` in the fixed order of [`MergeTree`], reading up to
-/// [`STATS_IN_FLIGHT`] files at once.
-async fn merged_moments(
+/// `in_flight` files at once (the reduce step reads [`STATS_IN_FLIGHT`]).
+pub async fn merged_moments(
     out: &Storage,
     layout: &OutputLayout,
     shards: &[u32],
+    in_flight: usize,
 ) -> anyhow::Result<Moments> {
     let mut parts = futures::stream::iter(shards)
         .map(|&shard| async move {
@@ -315,7 +316,7 @@ async fn merged_moments(
             let part = Moments::from_bytes(&bytes).map_err(|e| Permanent(format!("{uri}: {e}")))?;
             anyhow::Ok((uri, part))
         })
-        .buffered(STATS_IN_FLIGHT);
+        .buffered(in_flight.max(1));
     let mut tree = MergeTree::new();
     while let Some((uri, part)) = parts.try_next().await? {
         tree.push(part)
@@ -444,7 +445,7 @@ pub async fn reduce(
     let t = Instant::now();
     let (pca, pca_bytes, target) = match mode {
         Mode::Fit { keep, default } => {
-            let moments = merged_moments(out, &layout, &census.complete).await?;
+            let moments = merged_moments(out, &layout, &census.complete, STATS_IN_FLIGHT).await?;
             timings.statistics = secs(t);
             crate::say!(
                 "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
