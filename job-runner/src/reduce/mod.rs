@@ -1,13 +1,15 @@
 //! `pomona reduce`: the PCA over every shard of a run, the reduced vectors and the report.
 //!
 //! 1. Accounting first: every shard of the plan must have its features, dead letters and
-//!    statistics; dead letters are counted from their files' footers. A shard without them that
+//!    statistics (looked at 32 shards at a time; the sorting itself is the pure [`census`]);
+//!    dead letters are counted from their files' footers. A shard without them that
 //!    `--failed-shards` names (its extract pods failed for good) is dead-lettered whole instead:
 //!    every image of its manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason,
 //!    and the rest of the step skips it.
-//! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in shard
-//!    order and the covariance is eigen-decomposed ([`pca`]); memory and time do not depend on
-//!    the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
+//! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in the
+//!    fixed tree of [`MergeTree`] (its order gives the bytes; any aligned block of shards can be
+//!    merged apart and handed in), [`STATS_IN_FLIGHT`] files read at a time, and the covariance
+//!    is eigen-decomposed ([`pca`]); memory and time do not depend on the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
 //!    was fitted on features of another model, preprocessing or dimension.
 //! 3. `pca/pca.safetensors` is written (a reused PCA is copied there unchanged).
 //! 4. Projection, shard by shard: `reduced/part-NNNNN.parquet`, and with `--csv` one
