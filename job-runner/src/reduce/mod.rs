@@ -1,7 +1,7 @@
 //! `pomona reduce`: the PCA over every shard of a run, the reduced vectors and the report.
 //!
 //! 1. Accounting first: every shard of the plan must have its features, dead letters and
-//!    statistics (looked at 32 shards at a time; the sorting itself is the pure [`census`]);
+//!    statistics (looked at 32 shards at a time; the sorting itself is the pure `census`);
 //!    dead letters are counted from their files' footers. A shard without them that
 //!    `--failed-shards` names (its extract pods failed for good) is dead-lettered whole instead:
 //!    every image of its manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason,
