@@ -6,6 +6,8 @@
 #   ./scripts/bench.sh s3 [-- --copies N]         the same images from a folder, from s3s-fs, and
 #                                                 from s3s-fs behind 30 ms of latency: images/s,
 #                                                 ratio to the folder, client CPU/image, peak RSS
+#   ./scripts/bench.sh merge [-- --files N]       the reduce step's statistics merge from s3s-fs,
+#                                                 direct and behind 30 ms, 1 and 8 files at once
 #   ./scripts/bench.sh NAME                       any bench of job-runner/benches/
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,6 +26,15 @@
 //! | `comoment` | F64 | `[d, d]` | `Σ (x − mean)(x − mean)ᵀ` over the rows (symmetric) |
 //!
 //! and the metadata entry `format = pomona-stats/1`.
+//!
+//! # Merge order
+//!
+//! Floating-point merges depend on their order, so the order is fixed: [`MergeTree`] merges the
+//! shards' statistics in groups of [`MERGE_FAN_IN`] consecutive shards, left to right, then the
+//! groups' results in groups of [`MERGE_FAN_IN`], and so on. Up to [`MERGE_FAN_IN`] shards this is
+//! one left-to-right merge. Any aligned block of `MERGE_FAN_IN^k` consecutive shards is a subtree:
+//! merged on its own (by another process, in any place) and handed in at level `k`, it gives the
+//! same bytes as merging its shards in one stream. Memory stays at one accumulator per level.
 
 use std::collections::HashMap;
 
@@ -223,6 +232,86 @@ impl Moments {
     }
 }
 
+/// Parts merged into one group of [`MergeTree`]: 64 shards' statistics, then 64 groups, …
+pub const MERGE_FAN_IN: usize = 64;
+
+/// Merges statistics, pushed in shard order, in the fixed order of the module docs, holding one
+/// accumulator per level of the tree.
+#[derive(Debug)]
+pub struct MergeTree {
+    fan_in: usize,
+    /// Per level (0: the parts pushed): the open group's merged parts and how many.
+    open: Vec<Option<(Moments, usize)>>,
+}
+
+impl MergeTree {
+    /// A merge in groups of [`MERGE_FAN_IN`]. Its parts are shards' statistics, or the results
+    /// of aligned blocks of `MERGE_FAN_IN^k` shards (the last block may be shorter), each block
+    /// merged by a tree of its own: both give the same bytes.
+    pub fn new() -> Self {
+        Self::with_fan_in(MERGE_FAN_IN)
+    }
+
+    /// The same in groups of `fan_in`.
+    pub fn with_fan_in(fan_in: usize) -> Self {
+        assert!(fan_in >= 2, "a tree merges at least two parts a group");
+        Self {
+            fan_in,
+            open: Vec::new(),
+        }
+    }
+
+    /// Adds the next part, in order.
+    pub fn push(&mut self, part: Moments) -> Result<(), StatsError> {
+        self.push_at(0, part)
+    }
+
+    fn push_at(&mut self, level: usize, part: Moments) -> Result<(), StatsError> {
+        if self.open.len() <= level {
+            self.open.resize_with(level + 1, || None);
+        }
+        let full = match &mut self.open[level] {
+            slot @ None => {
+                *slot = Some((part, 1));
+                1 == self.fan_in
+            }
+            Some((group, parts)) => {
+                group.merge(&part)?;
+                *parts += 1;
+                *parts == self.fan_in
+            }
+        };
+        if full {
+            let (group, _) = self.open[level].take().expect("the group just filled");
+            self.push_at(level + 1, group)?;
+        }
+        Ok(())
+    }
+
+    /// The merge of every part pushed (`None` for none): the open groups close from the lowest
+    /// level up, each handed to the level above; a group of one part is that part, unchanged.
+    pub fn finish(mut self) -> Result<Option<Moments>, StatsError> {
+        let mut level = 0;
+        while level < self.open.len() {
+            let highest = level + 1 == self.open.len();
+            if let Some((group, _)) = self.open[level].take() {
+                if highest {
+                    return Ok(Some(group));
+                }
+                self.push_at(level + 1, group)?;
+            }
+            level += 1;
+        }
+        Ok(None)
+    }
+}
+
+impl Default for MergeTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +411,80 @@ mod tests {
         with_empty.merge(&empty).unwrap();
         assert_eq!(with_empty, left);
         assert!(left.merge(&Moments::new(dim + 1)).is_err());
+    }
+
+    /// The statistics of `n` shards of uneven sizes.
+    fn shard_moments(n: usize, dim: usize) -> Vec<Moments> {
+        (0..n)
+            .map(|i| {
+                let mut m = Moments::new(dim);
+                m.add_rows(&rows(1 + i % 5, dim, i as u64));
+                m
+            })
+            .collect()
+    }
+
+    fn tree_merge(parts: &[Moments], fan_in: usize) -> Option<Moments> {
+        let mut tree = MergeTree::with_fan_in(fan_in);
+        for p in parts {
+            tree.push(p.clone()).unwrap();
+        }
+        tree.finish().unwrap()
+    }
+
+    #[test]
+    fn a_tree_of_one_group_is_the_left_to_right_merge() {
+        let shards = shard_moments(MERGE_FAN_IN, 3);
+        let mut flat = shards[0].clone();
+        for s in &shards[1..] {
+            flat.merge(s).unwrap();
+        }
+        let tree = tree_merge(&shards, MERGE_FAN_IN).unwrap();
+        assert_eq!(tree.to_bytes(), flat.to_bytes());
+        assert_eq!(
+            tree_merge(&shards[..1], MERGE_FAN_IN),
+            Some(shards[0].clone())
+        );
+        assert_eq!(tree_merge(&[], MERGE_FAN_IN), None);
+    }
+
+    #[test]
+    fn blocks_merged_apart_give_the_bytes_of_one_stream() {
+        let dim = 3;
+        let fan_in = 3;
+        let all = shard_moments(40, dim);
+        for n in [2, 3, 4, 8, 9, 10, 26, 27, 28, 40] {
+            let shards = &all[..n];
+            let whole = tree_merge(shards, fan_in).unwrap();
+            assert_eq!(
+                whole.count(),
+                shards.iter().map(Moments::count).sum::<u64>()
+            );
+            // Aligned blocks of fan_in^k shards, each merged by a tree of its own (as merge
+            // pods would), then the blocks' results by one more tree.
+            for block in [fan_in, fan_in * fan_in, fan_in.pow(3)] {
+                let results: Vec<Moments> = shards
+                    .chunks(block)
+                    .map(|b| tree_merge(b, fan_in).unwrap())
+                    .collect();
+                let merged = tree_merge(&results, fan_in).unwrap();
+                assert_eq!(
+                    merged.to_bytes(),
+                    whole.to_bytes(),
+                    "{n} shards, blocks of {block}"
+                );
+            }
+        }
+        // Not a tautology: another grouping gives other bytes.
+        let shards = &all[..10];
+        let mut flat = shards[0].clone();
+        for s in &shards[1..] {
+            flat.merge(s).unwrap();
+        }
+        assert_ne!(
+            flat.to_bytes(),
+            tree_merge(shards, fan_in).unwrap().to_bytes()
+        );
     }
 
     #[test]

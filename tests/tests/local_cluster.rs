@@ -40,6 +40,96 @@ fn restarts(pod: &Pod) -> i32 {
         .map_or(0, |c| c.restart_count)
 }
 
+/// A process paused (SIGSTOP) for as long as this lives; resumed (SIGCONT) when dropped, also
+/// when the test fails, so that a failed test leaves no part of the cluster stopped.
+struct Paused {
+    process: Pid,
+    what: &'static str,
+}
+
+impl Paused {
+    fn pause(process: Pid, what: &'static str) -> Self {
+        kill_process(process, Signal::STOP).unwrap_or_else(|e| panic!("pause {what}: {e}"));
+        Self { process, what }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Err(e) = kill_process(self.process, Signal::CONT) {
+            eprintln!("resume {}: {e}", self.what);
+        }
+    }
+}
+
+/// The pid written in `file`.
+fn read_pid(file: &std::path::Path) -> Pid {
+    let pid: i32 = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: not a pid: {e}", file.display()));
+    Pid::from_raw(pid).expect("a pid above zero")
+}
+
+/// A label on the local node that one run's pods select (`spec.runner.nodeSelector`): while it
+/// is off, the run's new pods stay unscheduled and its placed pods go on, and no other test's
+/// pods are affected.
+struct NodeGate {
+    nodes: Api<k8s_openapi::api::core::v1::Node>,
+    node: String,
+    key: String,
+}
+
+impl NodeGate {
+    /// Labels the (one) node with a gate named after `namespace`.
+    async fn open(client: &kube::Client, namespace: &str) -> Self {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let node = nodes
+            .list(&Default::default())
+            .await
+            .expect("list the nodes")
+            .items
+            .into_iter()
+            .next()
+            .and_then(|n| n.metadata.name)
+            .expect("the local cluster's node");
+        let gate = Self {
+            nodes,
+            node,
+            key: format!("gate.e2e.pomona.dev/{namespace}"),
+        };
+        gate.set(Some("open")).await;
+        gate
+    }
+
+    /// The node selector of the run's pods.
+    fn selector(&self) -> std::collections::BTreeMap<String, String> {
+        [(self.key.clone(), "open".to_string())].into()
+    }
+
+    async fn close(&self) {
+        self.set(Some("closed")).await;
+    }
+
+    async fn reopen(&self) {
+        self.set(Some("open")).await;
+    }
+
+    async fn remove(&self) {
+        self.set(None).await;
+    }
+
+    async fn set(&self, value: Option<&str>) {
+        use kube::api::{Patch, PatchParams};
+        let patch = json!({ "metadata": { "labels": { &self.key: value } } });
+        self.nodes
+            .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("label the node {} with {}: {e}", self.node, self.key));
+    }
+}
+
 /// Waits up to `limit` for `check`.
 async fn eventually<F: std::future::Future<Output = bool>>(
     limit: Duration,
@@ -84,14 +174,8 @@ async fn local_a_paused_leader_is_replaced_and_stops_acting_when_resumed() {
     let before = restarts(&pod);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let containers = pod_logs.join(uid).join("containers");
-    let pid: i32 = std::fs::read_to_string(containers.join(format!("operator-{before}.pid")))
-        .expect("the leader's pid file")
-        .trim()
-        .parse()
-        .expect("a pid");
-    let process = Pid::from_raw(pid).expect("a pid");
-    kill_process(process, Signal::STOP).expect("pause the leader");
-    eprintln!("paused the leader {leader} (pid {pid})");
+    let paused = Paused::pause(operator_pid(&pod_logs, &pod), "the leader");
+    eprintln!("paused the leader {leader}");
 
     eventually(
         Duration::from_secs(60),
@@ -103,7 +187,7 @@ async fn local_a_paused_leader_is_replaced_and_stops_acting_when_resumed() {
     )
     .await;
     let standby = holder(&leases).await;
-    kill_process(process, Signal::CONT).expect("resume the old leader");
+    drop(paused);
     eprintln!("{standby} took the Lease; resumed {leader}");
 
     eventually(
@@ -150,17 +234,16 @@ fn operator_pid(pod_logs: &std::path::Path, pod: &Pod) -> Pid {
         .join(uid)
         .join("containers")
         .join(format!("operator-{}.pid", restarts(pod)));
-    let pid: i32 = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-        .trim()
-        .parse()
-        .expect("a pid");
-    Pid::from_raw(pid).expect("a pid")
+    read_pid(&file)
 }
 
 /// The reduce pod removed before any operator read its summary (both replicas paused while the
 /// reduce step ran): the run is not reported Succeeded without its final counts and PCA; the
 /// operator runs the reduce Job again and reports them.
+///
+/// The order is forced, not raced: the run's pods may go only on a node labelled with this
+/// run's gate; the label is taken off once the shards' pods are placed, so the reduce pod waits
+/// unscheduled until every operator replica is paused, and the label is put back.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "local cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
 async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
@@ -176,15 +259,55 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
     let images = pick_images(&cluster.settings.images, 2, 10);
     let run = Run::new(cluster, "lost", images).await;
     let n = run.images.len();
-    let fx = run.resource("lost", json!({ "imagesPerShard": 10, "parallelism": 2 }));
+    let gate = NodeGate::open(&run.client, &run.ns.name).await;
+    let mut fx = run.resource("lost", json!({ "imagesPerShard": 10, "parallelism": 2 }));
+    fx.spec.runner.node_selector = gate.selector();
     let api = run.apply(&fx).await;
 
-    // The moment the reduce Job exists, every operator replica is paused.
+    // Every shard's pod placed: the gate closes, so the reduce pod the operator asks for next
+    // stays unscheduled.
     let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
-    eventually(Duration::from_secs(240), "the reduce Job", || async {
-        jobs.get_opt("lost-reduce").await.ok().flatten().is_some()
-    })
+    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &run.ns.name);
+    let shard_count = shards(n, 10) as usize;
+    let placed = |selector: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels(selector))
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+                        .count()
+                })
+                .unwrap_or(0)
+        }
+    };
+    eventually(
+        Duration::from_secs(240),
+        "every shard's pod placed",
+        || async { placed("batch.kubernetes.io/job-name=lost-extract").await == shard_count },
+    )
     .await;
+    gate.close().await;
+    let selector = "batch.kubernetes.io/job-name=lost-reduce";
+    eventually(
+        Duration::from_secs(240),
+        "the reduce pod, unscheduled",
+        || async {
+            pods.list(&ListParams::default().labels(selector))
+                .await
+                .is_ok_and(|l| !l.items.is_empty())
+        },
+    )
+    .await;
+    assert_eq!(
+        placed(selector).await,
+        0,
+        "the closed gate holds the reduce pod"
+    );
+
+    // Every operator replica paused, then the gate opened: the reduce step runs unobserved.
     let ns = run.settings.operator_namespace.clone();
     let operator_pods: Api<Pod> = Api::namespaced(run.client.clone(), &ns);
     let replicas = operator_pods
@@ -192,13 +315,11 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
         .await
         .expect("list the operator pods")
         .items;
-    let paused: Vec<Pid> = replicas
+    let operators: Vec<Paused> = replicas
         .iter()
-        .map(|p| operator_pid(&pod_logs, p))
+        .map(|p| Paused::pause(operator_pid(&pod_logs, p), "an operator replica"))
         .collect();
-    for pid in &paused {
-        kill_process(*pid, Signal::STOP).expect("pause an operator replica");
-    }
+    gate.reopen().await;
 
     // The reduce step ends; its pod is removed before anyone read it.
     eventually(
@@ -214,8 +335,6 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
         },
     )
     .await;
-    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &run.ns.name);
-    let selector = "batch.kubernetes.io/job-name=lost-reduce";
     for pod in pods
         .list(&ListParams::default().labels(selector))
         .await
@@ -236,11 +355,10 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
         },
     )
     .await;
-    for pid in &paused {
-        kill_process(*pid, Signal::CONT).expect("resume an operator replica");
-    }
+    drop(operators);
 
     let done = run.wait_finished(&api, "lost").await;
+    gate.remove().await;
     // Succeeded, with the counts and the PCA the second reduce pod reported.
     assert_succeeded(&done, n, 0, shards(n, 10));
     let logs = pomona_tests::cluster::operator_logs(&run.client, &run.settings).await;

@@ -8,8 +8,9 @@
 //! 2. k-means ([`kmeans`]): Lloyd's on every vector, or mini-batch passes over the files.
 //! 3. A second pass assigns each image its nearest centroid and writes
 //!    `clusters/part-NNNNN.parquet` (path, label, cluster), summing the inertia and counting
-//!    the (label, cluster) table for the scores against the labels ([`scores`]), and keeps
-//!    fixed-seed samples for the silhouette and for `report/clusters.png`.
+//!    the (label, cluster) table for the scores against the labels
+//!    ([`scores`](super::scores)), and keeps fixed-seed samples for the silhouette and for
+//!    `report/clusters.png`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

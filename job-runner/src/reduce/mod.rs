@@ -1,13 +1,15 @@
 //! `pomona reduce`: the PCA over every shard of a run, the reduced vectors and the report.
 //!
 //! 1. Accounting first: every shard of the plan must have its features, dead letters and
-//!    statistics; dead letters are counted from their files' footers. A shard without them that
+//!    statistics (looked at 32 shards at a time; the sorting itself is the pure `census`);
+//!    dead letters are counted from their files' footers. A shard without them that
 //!    `--failed-shards` names (its extract pods failed for good) is dead-lettered whole instead:
 //!    every image of its manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason,
 //!    and the rest of the step skips it.
-//! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in shard
-//!    order and the covariance is eigen-decomposed ([`pca`]); memory and time do not depend on
-//!    the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
+//! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in the
+//!    fixed tree of [`MergeTree`] (its order gives the bytes; any aligned block of shards can be
+//!    merged apart and handed in), [`STATS_IN_FLIGHT`] files read at a time, and the covariance
+//!    is eigen-decomposed ([`pca`]); memory and time do not depend on the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
 //!    was fitted on features of another model, preprocessing or dimension.
 //! 3. `pca/pca.safetensors` is written (a reused PCA is copied there unchanged).
 //! 4. Projection, shard by shard: `reduced/part-NNNNN.parquet`, and with `--csv` one
@@ -35,6 +37,7 @@ use std::time::Instant;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
+use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 pub use pomona_crds::contract::steps::ShardList;
 use pomona_crds::contract::{OutputLayout, Plan};
@@ -45,7 +48,7 @@ use crate::extract::dead_letter_shard;
 use crate::infer::sha256_hex;
 use crate::parquet_out::Provenance;
 use crate::report::{self, ReduceSummary, Scatter, Timings};
-use crate::stats::Moments;
+use crate::stats::{MergeTree, Moments};
 use crate::{Permanent, Usage};
 use grouping::ClusterCount;
 use pca::{Keep, Pca, PcaError};
@@ -155,6 +158,7 @@ async fn get(out: &Storage, uri: &str) -> anyhow::Result<Bytes> {
 }
 
 /// The shards of a run, sorted by what their outputs allow.
+#[derive(Debug)]
 struct Census {
     /// Shards with every output: used to fit and project.
     complete: Vec<u32>,
@@ -162,45 +166,79 @@ struct Census {
     failed: Vec<u32>,
     /// Dead letters of the complete shards.
     dead_letters: u64,
+    /// Shards `--failed-shards` names whose outputs are complete after all: they are used.
+    named_but_complete: Vec<u32>,
+}
+
+/// What the output holds of one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShardOutputs {
+    shard: u32,
+    /// Dead letters in the shard's dead-letter file, when the shard wrote its statistics,
+    /// features and dead letters (the dead letters last); `None` when any is missing.
+    complete_with_dead_letters: Option<u64>,
+}
+
+/// Shards whose outputs are looked at once.
+const SHARD_CHECKS_IN_FLIGHT: usize = 32;
+
+/// Looks at every shard's outputs, [`SHARD_CHECKS_IN_FLIGHT`] at a time, in shard order.
+async fn shard_outputs(
+    out: &Storage,
+    layout: &OutputLayout,
+    shards: u32,
+) -> anyhow::Result<Vec<ShardOutputs>> {
+    futures::stream::iter(0..shards)
+        .map(|shard| async move {
+            let mut complete = true;
+            for uri in [layout.stats(shard), layout.features(shard)] {
+                complete &= out.exists(&out.relative(&uri)?).await?;
+            }
+            let dead = layout.deadletter(shard);
+            let mut dead_letters = None;
+            if complete && out.exists(&out.relative(&dead)?).await? {
+                let data = get(out, &dead).await?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+                    .with_context(|| format!("{dead} is not a Parquet file"))?;
+                dead_letters = Some(reader.metadata().file_metadata().num_rows() as u64);
+            }
+            anyhow::Ok(ShardOutputs {
+                shard,
+                complete_with_dead_letters: dead_letters,
+            })
+        })
+        .buffered(SHARD_CHECKS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// Sorts the shards into complete ones and failed ones (`named` and incomplete), counting the
 /// complete shards' dead letters; fails with the numbers when a shard has no complete output and
-/// is not named.
-async fn census(
-    out: &Storage,
-    layout: &OutputLayout,
-    plan: &Plan,
+/// is not named, or when there is nothing to reduce.
+fn census(
+    outputs: &[ShardOutputs],
     named: &BTreeSet<u32>,
-) -> anyhow::Result<Census> {
+    plan: &Plan,
+    root: &str,
+) -> Result<Census, Permanent> {
     let mut census = Census {
         complete: Vec::new(),
         failed: Vec::new(),
         dead_letters: 0,
+        named_but_complete: Vec::new(),
     };
     let mut missing = Vec::new();
-    for shard in 0..plan.shards {
-        let mut complete = true;
-        for uri in [layout.stats(shard), layout.features(shard)] {
-            complete &= out.exists(&out.relative(&uri)?).await?;
-        }
-        let dead = layout.deadletter(shard);
-        if complete && out.exists(&out.relative(&dead)?).await? {
-            let data = get(out, &dead).await?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-                .with_context(|| format!("{dead} is not a Parquet file"))?;
-            census.dead_letters += reader.metadata().file_metadata().num_rows() as u64;
-            census.complete.push(shard);
-            if named.contains(&shard) {
-                crate::say!(
-                    "pomona: reduce: shard {shard} is named in --failed-shards but its outputs \
-                     are complete: it is used"
-                );
+    for o in outputs {
+        match o.complete_with_dead_letters {
+            Some(dead_letters) => {
+                census.dead_letters += dead_letters;
+                census.complete.push(o.shard);
+                if named.contains(&o.shard) {
+                    census.named_but_complete.push(o.shard);
+                }
             }
-        } else if named.contains(&shard) {
-            census.failed.push(shard);
-        } else {
-            missing.push(shard);
+            None if named.contains(&o.shard) => census.failed.push(o.shard),
+            None => missing.push(o.shard),
         }
     }
     if !missing.is_empty() {
@@ -214,15 +252,12 @@ async fn census(
             missing.len(),
             shown.join(", "),
             if missing.len() > 20 { ", …" } else { "" }
-        ))
-        .into());
+        )));
     }
     if plan.shards == 0 {
         return Err(Permanent(format!(
-            "the plan of {} lists no images: there is nothing to reduce",
-            layout.root()
-        ))
-        .into());
+            "the plan of {root} lists no images: there is nothing to reduce"
+        )));
     }
     if census.complete.is_empty() {
         return Err(Permanent(format!(
@@ -231,8 +266,7 @@ async fn census(
             census.failed.len(),
             plan.shards,
             plan.images
-        ))
-        .into());
+        )));
     }
     Ok(census)
 }
@@ -265,25 +299,34 @@ async fn dead_letter_failed(
     Ok(images)
 }
 
-/// Merges the statistics of `shards`, in shard order.
-async fn merged_moments(
+/// Statistics files read at once while merging: each is `8·d²` bytes (13 MB at 1280 values),
+/// so this bounds the merge's memory to about this many files beyond the tree's accumulators.
+pub const STATS_IN_FLIGHT: usize = 8;
+
+/// Merges the statistics of `shards` in the fixed order of [`MergeTree`], reading up to
+/// `in_flight` files at once (the reduce step reads [`STATS_IN_FLIGHT`]).
+pub async fn merged_moments(
     out: &Storage,
     layout: &OutputLayout,
     shards: &[u32],
+    in_flight: usize,
 ) -> anyhow::Result<Moments> {
-    let mut total: Option<Moments> = None;
-    for &shard in shards {
-        let uri = layout.stats(shard);
-        let part = Moments::from_bytes(&get(out, &uri).await?)
+    let mut parts = futures::stream::iter(shards)
+        .map(|&shard| async move {
+            let uri = layout.stats(shard);
+            let bytes = get(out, &uri).await?;
+            let part = Moments::from_bytes(&bytes).map_err(|e| Permanent(format!("{uri}: {e}")))?;
+            anyhow::Ok((uri, part))
+        })
+        .buffered(in_flight.max(1));
+    let mut tree = MergeTree::new();
+    while let Some((uri, part)) = parts.try_next().await? {
+        tree.push(part)
             .map_err(|e| Permanent(format!("{uri}: {e}")))?;
-        match &mut total {
-            None => total = Some(part),
-            Some(t) => t
-                .merge(&part)
-                .map_err(|e| Permanent(format!("{uri}: {e}")))?,
-        }
     }
-    total.ok_or_else(|| Permanent("no shard to merge".into()).into())
+    tree.finish()
+        .map_err(|e| Permanent(e.to_string()))?
+        .ok_or_else(|| Permanent("no shard to merge".into()).into())
 }
 
 /// Reads the PCA at `uri`: a pomona PCA (its folder or its file), or a Spark ML PCAModel's
@@ -380,7 +423,14 @@ pub async fn reduce(
     }
     // A rerun starts by withdrawing the previous success marker.
     out.delete_prefix(&out.relative(&layout.success())?).await?;
-    let census = census(out, &layout, &plan, &failed_shards.0).await?;
+    let outputs = shard_outputs(out, &layout, plan.shards).await?;
+    let census = census(&outputs, &failed_shards.0, &plan, layout.root())?;
+    for shard in &census.named_but_complete {
+        crate::say!(
+            "pomona: reduce: shard {shard} is named in --failed-shards but its outputs are \
+             complete: it is used"
+        );
+    }
     let first_shard = census.complete[0];
     let first = FeatureFile::open(get(out, &layout.features(first_shard)).await?)
         .with_context(|| layout.features(first_shard))?;
@@ -399,7 +449,7 @@ pub async fn reduce(
     let t = Instant::now();
     let (pca, pca_bytes, target) = match mode {
         Mode::Fit { keep, default } => {
-            let moments = merged_moments(out, &layout, &census.complete).await?;
+            let moments = merged_moments(out, &layout, &census.complete, STATS_IN_FLIGHT).await?;
             timings.statistics = secs(t);
             crate::say!(
                 "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
@@ -636,6 +686,64 @@ mod tests {
         assert_eq!(
             failed_shard_reason(3),
             "shard 3 failed: its extract pods did not complete (see the FeatureExtraction status)"
+        );
+    }
+
+    fn plan(images: u64, shards: u32) -> Plan {
+        Plan {
+            format: Plan::FORMAT,
+            source: "s3://b/in/".into(),
+            images,
+            bytes: 0,
+            images_per_shard: 10,
+            shards,
+            identity: None,
+        }
+    }
+
+    fn outputs(of: &[Option<u64>]) -> Vec<ShardOutputs> {
+        of.iter()
+            .enumerate()
+            .map(|(shard, &d)| ShardOutputs {
+                shard: shard as u32,
+                complete_with_dead_letters: d,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_census_sorts_shards_and_counts_dead_letters() {
+        let named = BTreeSet::from([1, 2]);
+        let c = census(
+            &outputs(&[Some(2), None, Some(0), Some(1)]),
+            &named,
+            &plan(40, 4),
+            "r",
+        )
+        .expect("every shard accounted for");
+        assert_eq!(c.complete, [0, 2, 3]);
+        assert_eq!(c.failed, [1]);
+        assert_eq!(c.dead_letters, 3);
+        assert_eq!(c.named_but_complete, [2]);
+    }
+
+    #[test]
+    fn the_census_refuses_what_it_cannot_account_for() {
+        let none = BTreeSet::new();
+        let e = census(&outputs(&[Some(0), None, None]), &none, &plan(30, 3), "r").unwrap_err();
+        assert!(
+            e.0.contains("2 shard(s) have no complete output"),
+            "{}",
+            e.0
+        );
+        assert!(e.0.contains(": 1, 2;"), "{}", e.0);
+        let e = census(&[], &none, &plan(0, 0), "s3://b/out/").unwrap_err();
+        assert!(e.0.contains("s3://b/out/ lists no images"), "{}", e.0);
+        let e = census(&outputs(&[None]), &BTreeSet::from([0]), &plan(5, 1), "r").unwrap_err();
+        assert!(
+            e.0.contains("every shard of the run failed (1 of 1, 5 images)"),
+            "{}",
+            e.0
         );
     }
 }
