@@ -613,7 +613,7 @@ pub struct Cost {
     /// Images turned into features per hour of measured CPU (`processed / cpuSeconds × 3600`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images_per_core_hour: Option<f64>,
-    /// Pods counted: those that ended and reported.
+    /// Pods counted: those that ended, every attempt (for `pomona run`, its one process).
     pub pods: u32,
     /// The requested core-seconds and GiB-seconds at the operator's rates; absent when it has no
     /// rates (no rate is ever guessed).
