@@ -44,6 +44,7 @@ macro_rules! s3_uri_rule {
     printcolumn = r#"{"name":"Images","type":"integer","jsonPath":".status.images.total","description":"Images listed in the source"}"#,
     printcolumn = r#"{"name":"Processed","type":"integer","jsonPath":".status.images.processed","description":"Images turned into features"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.images.failed","description":"Images sent to the dead-letter output"}"#,
+    printcolumn = r#"{"name":"ETA","type":"string","jsonPath":".status.progress.estimatedCompletionTime","description":"When extraction is expected to end (UTC), from the recent rate"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
@@ -559,9 +560,81 @@ pub struct FeatureExtractionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_agreement: Option<f64>,
 
+    /// How fast the run goes and when its extraction should end, while it extracts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+
+    /// What the run's finished pods used and, with the cluster admin's rates, what that cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+
     /// A human-readable account of the last transition or of what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The pace of a run's extraction, from the summaries and times of its finished extract pods
+/// (so it survives an operator restart).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Images per second over the last 10 minutes of finished shards (over the whole
+    /// extraction when it is younger); absent until a shard has finished since extraction
+    /// started or resumed, and while suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_second: Option<f64>,
+    /// When the last shard should finish at that rate (UTC, RFC 3339); the reduce step follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion_time: Option<String>,
+    /// Why there is no rate or estimate, when there is none (suspended, no shard finished yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What a run used, summed over its pods (every attempt), and what it cost at the rates the
+/// cluster admin set. The same figures are in `report/summary.json` and the Prometheus metrics.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cost {
+    /// CPU seconds the runner processes used, user plus system, their children included, as
+    /// each measured itself (getrusage).
+    pub cpu_seconds: f64,
+    /// Cores requested times the seconds each pod ran (pod start to container end): what the
+    /// scheduler reserved. Absent outside Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_core_seconds: Option<f64>,
+    /// GiB of memory requested times the seconds each pod ran. Absent outside Kubernetes.
+    #[serde(
+        default,
+        rename = "requestedMemoryGiBSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub requested_memory_gib_seconds: Option<f64>,
+    /// Images turned into features per hour of measured CPU (`processed / cpuSeconds × 3600`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_core_hour: Option<f64>,
+    /// Pods counted: those that ended, every attempt (for `pomona run`, its one process).
+    pub pods: u32,
+    /// The requested core-seconds and GiB-seconds at the operator's rates; absent when it has no
+    /// rates (no rate is ever guessed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated: Option<CostEstimate>,
+}
+
+/// An amount of money for a run: requested core-hours × `perCoreHour` + requested GiB-hours ×
+/// `perGiBHour`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CostEstimate {
+    /// The amount, in `currency`.
+    pub amount: f64,
+    /// The currency of the rates (`EUR`, `USD`, …).
+    pub currency: String,
+    /// The rate per requested core-hour used.
+    pub per_core_hour: f64,
+    /// The rate per requested GiB-hour of memory used.
+    #[serde(rename = "perGiBHour")]
+    pub per_gib_hour: f64,
 }
 
 /// Phase of a run: Pending, Planning, Extracting, Reducing, Succeeded, Failed or Suspended.

@@ -3,12 +3,14 @@
 //! - [`api`]: the `FeatureExtraction` custom resource (spec, status, schema validation).
 //! - [`contract`]: what the operator and the `pomona` runner agree on — the output layout, the
 //!   shard manifest, the plan and the one-line pod summary.
+//! - [`quantity`]: Kubernetes resource quantities (`250m`, `512Mi`) as numbers.
 //!
 //! The CRD manifest `crds/featureextraction.yaml` is generated from these types by the `crdgen`
 //! binary ([`crd_yaml`]) and checked for drift by the crate's tests.
 
 pub mod api;
 pub mod contract;
+pub mod quantity;
 
 pub use api::*;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
+use pomona_crds::contract::progress;
 use pomona_crds::contract::{
     Plan, PodSummary, Preprocessing, StorageCounts, TERMINATION_LOG, env, steps,
 };
@@ -475,6 +476,60 @@ pub fn peak_rss_mib() -> Option<u64> {
     Some(kib.div_ceil(1024))
 }
 
+/// CPU seconds this process and its waited-for children used so far, user plus system
+/// (`getrusage` of `RUSAGE_SELF` and `RUSAGE_CHILDREN`), to the millisecond.
+#[allow(unsafe_code)]
+pub fn cpu_seconds() -> Option<f64> {
+    let used = |who| {
+        // SAFETY: `rusage` is plain integers, so all zeroes is a valid value; `getrusage` only
+        // writes into the one struct it is given, and says with its result whether it did.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::getrusage(who, &mut usage) } == 0;
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        ok.then(|| seconds(usage.ru_utime) + seconds(usage.ru_stime))
+    };
+    let total = used(libc::RUSAGE_SELF)? + used(libc::RUSAGE_CHILDREN).unwrap_or(0.0);
+    Some((total * 1000.0).round() / 1000.0)
+}
+
+/// The cost of this process so far, having turned `processed` images into features: what
+/// `pomona run` reports (no scheduler, so no requested figures and no amount).
+pub fn process_cost(processed: u64) -> pomona_crds::Cost {
+    let usage = pomona_crds::contract::cost::PodUsage {
+        cpu_seconds: cpu_seconds(),
+        ..Default::default()
+    };
+    pomona_crds::contract::cost::cost(&[usage], processed, None)
+}
+
+/// The last line of `pomona run` on stderr: what the run used (the figures of
+/// `report/summary.json`'s `cost`), its wall time and peak memory.
+pub fn print_cost(cost: &pomona_crds::Cost, wall_seconds: f64, peak_rss_mib: Option<u64>) {
+    crate::say!(
+        "pomona: {}",
+        describe_cost(cost, wall_seconds, peak_rss_mib)
+    );
+}
+
+/// [`print_cost`]'s line.
+pub fn describe_cost(
+    cost: &pomona_crds::Cost,
+    wall_seconds: f64,
+    peak_rss_mib: Option<u64>,
+) -> String {
+    let mut line = format!(
+        "cost: {:.1} CPU seconds in {wall_seconds:.1} s",
+        cost.cpu_seconds
+    );
+    if let Some(per_hour) = cost.images_per_core_hour {
+        line.push_str(&format!(", {per_hour:.0} images per core-hour"));
+    }
+    if let Some(mib) = peak_rss_mib {
+        line.push_str(&format!(", peak memory {mib} MiB"));
+    }
+    line
+}
+
 /// Scratch space for a shard's files before upload: `POMONA_SCRATCH`, else the system's.
 pub fn scratch_dir() -> PathBuf {
     std::env::var_os(env::SCRATCH)
@@ -482,7 +537,48 @@ pub fn scratch_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
-/// Progress of images written: a bar on a terminal, a log line every 10 s otherwise.
+/// The window of the rate the progress bar and lines show, in seconds.
+pub const PROGRESS_WINDOW: f64 = 30.0;
+
+/// The recent counts of images done, as much of them as the rate over [`PROGRESS_WINDOW`]
+/// needs.
+#[derive(Debug, Default)]
+pub struct RecentCounts(Vec<progress::Sample>);
+
+impl RecentCounts {
+    /// Adds `done` images at `at` seconds and drops the samples the window no longer needs
+    /// (it keeps the latest one at least a window old).
+    pub fn push(&mut self, at: f64, done: u64) {
+        self.0.push(progress::Sample { at, done });
+        let old = self
+            .0
+            .iter()
+            .skip(1)
+            .take_while(|s| s.at <= at - PROGRESS_WINDOW)
+            .count();
+        self.0.drain(..old);
+    }
+
+    /// Images per second over the window.
+    pub fn rate(&self) -> Option<f64> {
+        progress::rate(&self.0, PROGRESS_WINDOW)
+    }
+}
+
+/// What the progress bar and lines say after the count: the rate and the time left, or that
+/// the rate is being measured.
+pub fn describe_pace(done: u64, total: u64, rate: Option<f64>) -> String {
+    match rate.and_then(|r| Some((r, progress::seconds_left(done, total, r)?))) {
+        Some((rate, left)) => format!(
+            "{rate:.1} images/s (last {PROGRESS_WINDOW:.0} s), ETA {}",
+            progress::human_duration(left)
+        ),
+        None => "measuring the rate".into(),
+    }
+}
+
+/// Progress of images written: a bar on a terminal, a log line every 10 s otherwise; both
+/// show the rate over the last [`PROGRESS_WINDOW`] seconds and the time left at that rate.
 pub struct Progress {
     task: tokio::task::JoinHandle<()>,
     bar: Option<indicatif::ProgressBar>,
@@ -491,20 +587,26 @@ pub struct Progress {
 impl Progress {
     /// Starts reporting `done` out of `total` images, and the retries of `source`'s requests.
     pub fn start(total: u64, done: Arc<AtomicU64>, source: Storage) -> Self {
+        let start = std::time::Instant::now();
+        let mut recent = RecentCounts::default();
+        let mut sample = move || {
+            let n = done.load(Ordering::Relaxed);
+            recent.push(start.elapsed().as_secs_f64(), n);
+            (n, describe_pace(n, total, recent.rate()))
+        };
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}{msg}",
-                )
-                .expect("a valid template"),
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {msg}")
+                    .expect("a valid template"),
             );
             let shown = bar.clone();
             let task = tokio::spawn(async move {
                 loop {
-                    shown.set_position(done.load(Ordering::Relaxed));
-                    shown.set_message(describe_retries(&source.counts()));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let (n, pace) = sample();
+                    shown.set_position(n);
+                    shown.set_message(format!("{pace}{}", describe_retries(&source.counts())));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             });
             return Self {
@@ -513,13 +615,12 @@ impl Progress {
             };
         }
         let task = tokio::spawn(async move {
-            let start = std::time::Instant::now();
+            sample();
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                let n = done.load(Ordering::Relaxed);
-                let rate = n as f64 / start.elapsed().as_secs_f64();
+                let (n, pace) = sample();
                 let retries = describe_retries(&source.counts());
-                crate::say!("pomona: {n}/{total} images, {rate:.1} images/s{retries}");
+                crate::say!("pomona: {n}/{total} images, {pace}{retries}");
             }
         });
         Self { task, bar: None }
@@ -651,6 +752,53 @@ mod tests {
             ", 5 retries (3 throttled, 1 timed out)"
         );
         assert_eq!(storage_counts(&[]), None);
+    }
+
+    #[test]
+    fn progress_shows_the_recent_rate_and_the_time_left() {
+        let mut recent = RecentCounts::default();
+        assert_eq!(describe_pace(0, 1260, recent.rate()), "measuring the rate");
+        recent.push(0.0, 0);
+        recent.push(10.0, 2000);
+        // 200 images/s so far; then 100 images/s over the last 30 s.
+        assert_eq!(recent.rate(), Some(200.0));
+        for (at, done) in [(20.0, 3000), (30.0, 4000), (40.0, 5000)] {
+            recent.push(at, done);
+        }
+        assert_eq!(recent.rate(), Some(100.0));
+        assert_eq!(
+            recent.0.len(),
+            4,
+            "only the samples the window needs are kept"
+        );
+        assert_eq!(
+            describe_pace(5000, 12_500, recent.rate()),
+            "100.0 images/s (last 30 s), ETA 1m15s"
+        );
+        assert_eq!(
+            describe_pace(5000, 5000, Some(100.0)),
+            "100.0 images/s (last 30 s), ETA 0s"
+        );
+    }
+
+    #[test]
+    fn the_cost_line_gives_the_measured_figures() {
+        let cost = pomona_crds::contract::cost::cost(
+            &[pomona_crds::contract::cost::PodUsage {
+                cpu_seconds: Some(90.0),
+                ..Default::default()
+            }],
+            1260,
+            None,
+        );
+        assert_eq!(
+            describe_cost(&cost, 48.04, Some(363)),
+            "cost: 90.0 CPU seconds in 48.0 s, 50400 images per core-hour, peak memory 363 MiB"
+        );
+        assert_eq!(
+            describe_cost(&pomona_crds::Cost::default(), 1.0, None),
+            "cost: 0.0 CPU seconds in 1.0 s"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
             failed: outcome.failed,
             seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             peak_rss_mib: cli::peak_rss_mib(),
+            cpu_seconds: cli::cpu_seconds(),
             pca: outcome.pca,
             plan: outcome.plan,
             label_agreement: outcome.label_agreement,
@@ -136,6 +137,7 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
                 c.pca.csv,
                 &c.failed_shards,
                 c.clusters.clusters,
+                None,
             )
             .await?;
             outcome.reduced(&reduced.summary);
@@ -228,6 +230,7 @@ async fn extract(c: ExtractCommand, outcome: &mut Outcome) -> anyhow::Result<()>
 
 /// `pomona run`: plan (or resume the same run's plan), extract every shard not yet done, reduce.
 async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
+    let started = Instant::now();
     outcome.step = Some(Step::Plan);
     let config = c.s3.config();
     let options = c.plan.options();
@@ -286,8 +289,12 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         c.pca.csv,
         &ShardList::default(),
         c.clusters.clusters,
+        Some(cli::process_cost),
     )
     .await?;
     outcome.reduced(&reduced.summary);
+    if let Some(cost) = &reduced.summary.cost {
+        cli::print_cost(cost, started.elapsed().as_secs_f64(), cli::peak_rss_mib());
+    }
     Ok(())
 }

@@ -559,6 +559,11 @@ pub struct ReduceSummary {
     pub clustering: Option<crate::reduce::grouping::ClusteringSummary>,
     /// Seconds per phase.
     pub seconds: Timings,
+    /// What the run used, measured like `seconds` (so it differs from run to run), for `pomona
+    /// run`, which ran every step in this process; absent from a reduce pod's summary, which
+    /// cannot see the other pods (the run's cost is then in the resource's `status.cost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<pomona_crds::Cost>,
 }
 
 /// The summary's `projection`: `centred` (`(x − mean) · componentsᵀ`, pomona's and

@@ -102,6 +102,26 @@ fn kmeans_scores_match_scikit_learn_and_a_rerun_repeats_its_bytes() {
     assert_eq!(report["labelAgreementSample"], n);
     assert!(agreement > 0.9 && agreement <= 1.0, "{agreement}");
 
+    // What the run used, measured by its process: in the summary line and, as `pomona run`'s
+    // cost, in summary.json (written before the line, so with no more CPU seconds).
+    let cpu = line.cpu_seconds.expect("cpuSeconds in the summary line");
+    let cost = &report["cost"];
+    let measured = num(&cost["cpuSeconds"]);
+    assert!(measured > 0.0 && measured <= cpu, "{cost} vs {cpu}");
+    assert_eq!(cost["pods"], 1, "{cost}");
+    let per_hour = (num(&report["processed"]) / measured * 3600.0 * 10.0).round() / 10.0;
+    assert_eq!(num(&cost["imagesPerCoreHour"]), per_hour, "{cost}");
+    for absent in [
+        "requestedCoreSeconds",
+        "requestedMemoryGiBSeconds",
+        "estimated",
+    ] {
+        assert!(
+            cost.get(absent).is_none(),
+            "no {absent} outside Kubernetes: {cost}"
+        );
+    }
+
     // The grouping, against scikit-learn's KMeans (best of 10 initialisations) on the same
     // reduced vectors.
     let c = &report["clustering"];

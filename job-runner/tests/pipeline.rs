@@ -340,6 +340,7 @@ fn extract_shards_from_a_real_s3_server() {
         let s = summary(&extracted);
         assert_eq!(s.shard, Some(shard.parse().unwrap()));
         assert!(s.peak_rss_mib.is_some_and(|m| m > 0));
+        assert!(s.cpu_seconds.is_some_and(|c| c > 0.0), "{s:?}");
         seen = (seen.0 + s.images, seen.1 + s.processed, seen.2 + s.failed);
     }
     let bad = corpus

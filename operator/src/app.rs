@@ -168,16 +168,13 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<()> {
         ctx = ctx.with_leadership(elector.leadership());
     }
     // The runs' pods come from a watch cache: no LIST per reconcile. Only what the status
-    // reads is kept (metadata without managed fields, and the status). The same watch wakes
-    // the run a pod belongs to when the pod changes.
+    // reads is kept (metadata without managed fields, the status, the containers' requests).
+    // The same watch wakes the run a pod belongs to when the pod changes.
     let (pod_cache, pod_writer) = reflector::store::<Pod>();
     let pod_watch = reflector(
         pod_writer,
         watcher(pods, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
-            .modify(|pod| {
-                pod.managed_fields_mut().clear();
-                pod.spec = None;
-            })
+            .modify(crate::observe::keep_what_the_status_reads)
             .default_backoff(),
     )
     .touched_objects();

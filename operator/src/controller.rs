@@ -358,6 +358,7 @@ impl<'a> Run<'a> {
             }
         }
         let retry_note = retrying;
+        let rates = self.ctx.settings.cost_rates();
         let compute = |jobs: &Jobs| {
             status::compute(
                 &Observed {
@@ -367,6 +368,7 @@ impl<'a> Run<'a> {
                     invalid: invalid.as_ref(),
                     plan,
                     extract: jobs.extract.as_ref().and_then(|j| j.status.as_ref()),
+                    plan_pods: &jobs.plan_pods,
                     extract_pods: &jobs.extract_pods,
                     reduce: jobs.reduce.as_ref().and_then(|j| j.status.as_ref()),
                     reduce_pods: &jobs.reduce_pods,
@@ -374,6 +376,7 @@ impl<'a> Run<'a> {
                     label_agreement: reduce_summary(&jobs.reduce_pods)
                         .and_then(|s| s.label_agreement),
                     retrying: retry_note.as_deref(),
+                    rates: rates.as_ref(),
                 },
                 &now,
             )

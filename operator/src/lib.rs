@@ -6,7 +6,7 @@
 //! The operator is built as *read → validate (pure) → build (pure) → apply*:
 //! - pure: the operator's [`settings`], the checks a run passes before it starts ([`validate`],
 //!   data [`residency`] and the admin's [`policy`] among them), the Job builders ([`jobs`], [`names`]), what is read off
-//!   pods and Jobs ([`observe`]), the [`status`] computation, the [`lifecycle`] decisions (the
+//!   pods and Jobs ([`observe`]), the [`status`] computation with the run's [`pace`], the [`lifecycle`] decisions (the
 //!   run's TTL, steps never redone, the Job fields that may change), the leader-election
 //!   decisions ([`leader`]) and [`render`];
 //! - on the cluster: the [`controller`] (reconcile and error policy), [`metrics`] and the HTTP
@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod names;
 pub mod observe;
+pub mod pace;
 pub mod planning;
 pub mod policy;
 pub mod render;

@@ -8,10 +8,15 @@
 //! | `pomona_runs` | gauge | `phase` (every phase, 0 included), computed at scrape time |
 //! | `pomona_images_processed_total` | counter | |
 //! | `pomona_images_failed_total` | counter | |
+//! | `pomona_cpu_seconds_total` | counter | |
+//! | `pomona_requested_core_seconds_total` | counter | |
+//! | `pomona_requested_memory_gib_seconds_total` | counter | |
+//! | `pomona_cost_estimated_total` | counter | `currency` (the operator's one, when it has rates) |
 //! | `pomona_leader` | gauge | 1 on the replica that holds the lease |
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use pomona_crds::{FeatureExtractionStatus, Phase};
@@ -39,6 +44,11 @@ struct CategoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CurrencyLabels {
+    currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -52,11 +62,53 @@ pub struct Metrics {
     runs: Family<PhaseLabels, Gauge>,
     images_processed: Counter,
     images_failed: Counter,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    core_seconds: Counter<f64, AtomicU64>,
+    gib_seconds: Counter<f64, AtomicU64>,
+    estimated: Family<CurrencyLabels, Counter<f64, AtomicU64>>,
     leader: Gauge,
-    /// The image counts already added, per resource (its uid): a reconcile may start from a
-    /// status older than the one last written (the watch cache lags the writes), and what was
-    /// counted must not be counted again.
-    counted: Mutex<HashMap<String, (u64, u64)>>,
+    /// The figures already added, per resource (its uid): a reconcile may start from a status
+    /// older than the one last written (the watch cache lags the writes), and what was counted
+    /// must not be counted again.
+    counted: Mutex<HashMap<String, Counted>>,
+}
+
+/// What a run's status reports that the counters add up.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Counted {
+    processed: u64,
+    failed: u64,
+    cpu_seconds: f64,
+    core_seconds: f64,
+    gib_seconds: f64,
+    /// The estimated amount, in the status's currency (none: 0).
+    amount: f64,
+}
+
+impl Counted {
+    fn of(status: Option<&FeatureExtractionStatus>) -> Self {
+        let images = status.and_then(|s| s.images).unwrap_or_default();
+        let cost = status.and_then(|s| s.cost.clone()).unwrap_or_default();
+        Self {
+            processed: images.processed,
+            failed: images.failed,
+            cpu_seconds: cost.cpu_seconds,
+            core_seconds: cost.requested_core_seconds.unwrap_or(0.0),
+            gib_seconds: cost.requested_memory_gib_seconds.unwrap_or(0.0),
+            amount: cost.estimated.map_or(0.0, |e| e.amount),
+        }
+    }
+
+    fn max(self, other: Self) -> Self {
+        Self {
+            processed: self.processed.max(other.processed),
+            failed: self.failed.max(other.failed),
+            cpu_seconds: self.cpu_seconds.max(other.cpu_seconds),
+            core_seconds: self.core_seconds.max(other.core_seconds),
+            gib_seconds: self.gib_seconds.max(other.gib_seconds),
+            amount: self.amount.max(other.amount),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -68,6 +120,10 @@ impl Default for Metrics {
         let runs = Family::<PhaseLabels, Gauge>::default();
         let images_processed = Counter::default();
         let images_failed = Counter::default();
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        let core_seconds = Counter::<f64, AtomicU64>::default();
+        let gib_seconds = Counter::<f64, AtomicU64>::default();
+        let estimated = Family::<CurrencyLabels, Counter<f64, AtomicU64>>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
@@ -92,6 +148,26 @@ impl Default for Metrics {
             images_failed.clone(),
         );
         registry.register(
+            "cpu_seconds",
+            "CPU seconds the runs' ended pods used, as reported in the runs' status.cost",
+            cpu_seconds.clone(),
+        );
+        registry.register(
+            "requested_core_seconds",
+            "Cores requested times the seconds the runs' ended pods ran (status.cost)",
+            core_seconds.clone(),
+        );
+        registry.register(
+            "requested_memory_gib_seconds",
+            "GiB of memory requested times the seconds the runs' ended pods ran (status.cost)",
+            gib_seconds.clone(),
+        );
+        registry.register(
+            "cost_estimated",
+            "Estimated amount of the runs' ended pods at the operator's rates (status.cost)",
+            estimated.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease and runs the controller",
             leader.clone(),
@@ -107,6 +183,10 @@ impl Default for Metrics {
             runs,
             images_processed,
             images_failed,
+            cpu_seconds,
+            core_seconds,
+            gib_seconds,
+            estimated,
             leader,
             counted: Mutex::default(),
         }
@@ -127,27 +207,42 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds the images a status write of the resource `uid` newly reports as processed or
-    /// failed: beyond both the status it started from (`old`, what an earlier process counted)
-    /// and what this process already counted for it.
+    /// Adds the images and the cost a status write of the resource `uid` newly reports:
+    /// beyond both the status it started from (`old`, what an earlier process counted) and what
+    /// this process already counted for it.
     pub fn status_written(
         &self,
         uid: &str,
         old: Option<&FeatureExtractionStatus>,
         new: &FeatureExtractionStatus,
     ) {
-        let counts = |s: Option<&FeatureExtractionStatus>| {
-            s.and_then(|s| s.images.as_ref())
-                .map_or((0, 0), |i| (i.processed, i.failed))
-        };
-        let (p0, f0) = counts(old);
-        let (p1, f1) = counts(Some(new));
+        let currency = new
+            .cost
+            .as_ref()
+            .and_then(|c| c.estimated.as_ref())
+            .map(|e| e.currency.clone());
+        let old = Counted::of(old);
+        let new = Counted::of(Some(new));
         let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = counted.entry(uid.to_string()).or_insert((p0, f0));
-        let (p0, f0) = (seen.0.max(p0), seen.1.max(f0));
-        self.images_processed.inc_by(p1.saturating_sub(p0));
-        self.images_failed.inc_by(f1.saturating_sub(f0));
-        *seen = (p0.max(p1), f0.max(f1));
+        let seen = counted.entry(uid.to_string()).or_insert(old);
+        let before = seen.max(old);
+        self.images_processed
+            .inc_by(new.processed.saturating_sub(before.processed));
+        self.images_failed
+            .inc_by(new.failed.saturating_sub(before.failed));
+        let more = |now: f64, then: f64| (now - then).max(0.0);
+        self.cpu_seconds
+            .inc_by(more(new.cpu_seconds, before.cpu_seconds));
+        self.core_seconds
+            .inc_by(more(new.core_seconds, before.core_seconds));
+        self.gib_seconds
+            .inc_by(more(new.gib_seconds, before.gib_seconds));
+        if let Some(currency) = currency {
+            self.estimated
+                .get_or_create(&CurrencyLabels { currency })
+                .inc_by(more(new.amount, before.amount));
+        }
+        *seen = before.max(new);
     }
 
     /// Sets whether this replica leads.
@@ -181,7 +276,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pomona_crds::ImageCounts;
+    use pomona_crds::{Cost, CostEstimate, ImageCounts};
 
     fn status(processed: u64, failed: u64) -> FeatureExtractionStatus {
         FeatureExtractionStatus {
@@ -191,6 +286,25 @@ mod tests {
                 failed,
             }),
             ..FeatureExtractionStatus::default()
+        }
+    }
+
+    fn costing(processed: u64, cpu: f64, cores: f64) -> FeatureExtractionStatus {
+        FeatureExtractionStatus {
+            cost: Some(Cost {
+                cpu_seconds: cpu,
+                requested_core_seconds: Some(cores),
+                requested_memory_gib_seconds: Some(cores / 2.0),
+                pods: 1,
+                estimated: Some(CostEstimate {
+                    amount: cores / 100.0,
+                    currency: "EUR".into(),
+                    per_core_hour: 0.036,
+                    per_gib_hour: 0.0045,
+                }),
+                ..Cost::default()
+            }),
+            ..status(processed, 0)
         }
     }
 
@@ -204,6 +318,18 @@ mod tests {
         // A reconcile that started from a stale status writes the same counts again: nothing
         // is counted twice.
         m.status_written("uid-1", Some(&status(10, 1)), &status(40, 1));
+        m.status_written("uid-2", None, &costing(5, 12.5, 20.0));
+        m.status_written(
+            "uid-2",
+            Some(&costing(5, 12.5, 20.0)),
+            &costing(9, 30.25, 50.0),
+        );
+        // An older status, as a lagging cache gives it: counted once.
+        m.status_written(
+            "uid-2",
+            Some(&costing(5, 12.5, 20.0)),
+            &costing(9, 30.25, 50.0),
+        );
         m.set_leader(true);
         let text = m.render([Some(Phase::Extracting), Some(Phase::Extracting), None]);
         for line in [
@@ -214,7 +340,11 @@ mod tests {
             "pomona_runs{phase=\"Extracting\"} 2",
             "pomona_runs{phase=\"Pending\"} 1",
             "pomona_runs{phase=\"Succeeded\"} 0",
-            "pomona_images_processed_total 40",
+            "pomona_images_processed_total 49",
+            "pomona_cpu_seconds_total 30.25",
+            "pomona_requested_core_seconds_total 50.0",
+            "pomona_requested_memory_gib_seconds_total 25.0",
+            "pomona_cost_estimated_total{currency=\"EUR\"} 0.5",
             "pomona_images_failed_total 1",
             "pomona_leader 1",
         ] {

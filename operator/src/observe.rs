@@ -2,9 +2,11 @@
 //! Job (index, phase, termination summary) and the Job's index lists.
 
 use k8s_openapi::api::batch::v1::JobStatus;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use pomona_crds::contract::PodSummary;
+use pomona_crds::contract::cost::PodUsage;
+use pomona_crds::quantity;
 
 /// The annotation an Indexed Job sets on each pod with its index.
 pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
@@ -43,6 +45,64 @@ pub struct PodObservation {
     pub message: Option<String>,
     /// When the container terminated.
     pub finished_at: Option<Time>,
+    /// When the kubelet started the pod (`status.startTime`): from then on it holds its
+    /// requests.
+    pub started_at: Option<Time>,
+    /// The cores and bytes of memory the pod's containers request, summed.
+    pub requests: Requests,
+}
+
+/// What a pod asks the scheduler to reserve.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Requests {
+    /// Cores.
+    pub cpu_cores: f64,
+    /// Bytes of memory.
+    pub memory_bytes: f64,
+}
+
+impl Requests {
+    /// The requests of every container of `pod`, summed (a malformed quantity counts 0).
+    pub fn of(pod: &Pod) -> Self {
+        let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+        let mut total = Self::default();
+        for requests in containers.filter_map(|c| c.resources.as_ref()?.requests.as_ref()) {
+            if let Some(q) = requests.get("cpu") {
+                total.cpu_cores += quantity::millicores(&q.0).unwrap_or(0) as f64 / 1000.0;
+            }
+            if let Some(q) = requests.get("memory") {
+                total.memory_bytes += quantity::units(&q.0).unwrap_or(0) as f64;
+            }
+        }
+        total
+    }
+}
+
+/// Strips `pod` down to what the status reads, for the operator's pod watch cache: its
+/// metadata without managed fields, its status, and of its spec only the containers' names and
+/// requests (for the run's cost).
+pub fn keep_what_the_status_reads(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        containers: spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                resources: c.resources.map(|r| ResourceRequirements {
+                    requests: r.requests,
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            })
+            .collect(),
+        ..PodSpec::default()
+    });
+}
+
+/// Seconds on the clock of a Kubernetes time, to the millisecond.
+pub fn seconds(t: &Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
 }
 
 impl PodObservation {
@@ -84,7 +144,24 @@ impl PodObservation {
                 .and_then(|s| s.reason.clone())
                 .or_else(|| terminated.and_then(|t| t.reason.clone())),
             finished_at: terminated.and_then(|t| t.finished_at.clone()),
+            started_at: status.and_then(|s| s.start_time.clone()),
+            requests: Requests::of(pod),
         }
+    }
+
+    /// What the pod used, once its runner ended: the CPU seconds it reported and the seconds
+    /// it held its requests; `None` while it runs.
+    pub fn usage(&self) -> Option<PodUsage> {
+        let finished = self.finished_at.as_ref()?;
+        Some(PodUsage {
+            cpu_seconds: self.summary.as_ref().and_then(|s| s.cpu_seconds),
+            run_seconds: self
+                .started_at
+                .as_ref()
+                .map(|start| (seconds(finished) - seconds(start)).max(0.0)),
+            cpu_request_cores: self.requests.cpu_cores,
+            memory_request_bytes: self.requests.memory_bytes,
+        })
     }
 
     /// A short account of why the pod failed, for the status message.
@@ -159,6 +236,55 @@ mod tests {
         assert_eq!(parse_indexes(Some("")), Vec::<u32>::new());
         assert_eq!(parse_indexes(None), Vec::<u32>::new());
         assert_eq!(parse_indexes(Some("x,2")), [2]);
+    }
+
+    #[test]
+    fn the_cached_pod_keeps_its_requests_and_status_only() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "r-extract-0-abc",
+                "annotations": { "batch.kubernetes.io/job-completion-index": "0" },
+                "managedFields": [{ "manager": "kube-controller-manager" }]
+            },
+            "spec": {
+                "containers": [
+                    { "name": "pomona", "image": "x", "args": ["extract"],
+                      "resources": { "requests": { "cpu": "1500m", "memory": "512Mi" },
+                                     "limits": { "cpu": "2" } } },
+                    { "name": "side", "image": "y" }
+                ],
+                "nodeSelector": { "pool": "spot" }
+            },
+            "status": {
+                "phase": "Running",
+                "startTime": "2027-01-15T08:00:00Z"
+            }
+        }))
+        .unwrap();
+        let mut cached = pod.clone();
+        keep_what_the_status_reads(&mut cached);
+        assert_eq!(cached.metadata.managed_fields, None);
+        assert_eq!(cached.status, pod.status);
+        assert_eq!(
+            serde_json::to_value(&cached.spec).unwrap(),
+            serde_json::json!({
+                "containers": [
+                    { "name": "pomona",
+                      "resources": { "requests": { "cpu": "1500m", "memory": "512Mi" } } },
+                    { "name": "side" }
+                ]
+            })
+        );
+        let observed = PodObservation::from_pod(&cached);
+        assert_eq!(observed, PodObservation::from_pod(&pod));
+        assert_eq!(
+            observed.requests,
+            Requests {
+                cpu_cores: 1.5,
+                memory_bytes: 536_870_912.0
+            }
+        );
+        assert_eq!(observed.index, Some(0));
     }
 
     #[test]

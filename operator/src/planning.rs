@@ -126,6 +126,8 @@ mod tests {
             finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
             )),
+            started_at: None,
+            requests: crate::observe::Requests::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! Helm chart can set them on the Deployment.
 
 use clap::Args;
+use pomona_crds::contract::cost::CostRates;
 
 use crate::policy::Policy;
 use crate::residency::AllowedRegions;
@@ -15,7 +16,7 @@ pub const DEFAULT_RUNNER_IMAGE: &str =
 pub const DEFAULT_FIELD_MANAGER: &str = "pomona-operator";
 
 /// How the operator is configured.
-#[derive(Args, Clone, Debug, PartialEq, Eq)]
+#[derive(Args, Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Regions a run's storage may live in, comma-separated (`*` allows every region).
     /// Default: the AWS regions in EU member states.
@@ -56,6 +57,33 @@ pub struct Settings {
     /// Field manager name of the operator's server-side applies.
     #[arg(long, env = "POMONA_FIELD_MANAGER", default_value = DEFAULT_FIELD_MANAGER)]
     pub field_manager: String,
+
+    /// Price of one requested core for one hour, for the runs' `status.cost.estimated`; with
+    /// `--cost-per-gib-hour` and `--cost-currency`. Unset: no amount is estimated.
+    #[arg(
+        long,
+        env = "POMONA_COST_PER_CORE_HOUR",
+        value_parser = parse_rate,
+        requires_all = ["cost_per_gib_hour", "cost_currency"]
+    )]
+    pub cost_per_core_hour: Option<f64>,
+
+    /// Price of one requested GiB of memory for one hour.
+    #[arg(
+        long,
+        env = "POMONA_COST_PER_GIB_HOUR",
+        value_parser = parse_rate,
+        requires_all = ["cost_per_core_hour", "cost_currency"]
+    )]
+    pub cost_per_gib_hour: Option<f64>,
+
+    /// Currency of the prices (`EUR`, `USD`, …).
+    #[arg(
+        long,
+        env = "POMONA_COST_CURRENCY",
+        requires_all = ["cost_per_core_hour", "cost_per_gib_hour"]
+    )]
+    pub cost_currency: Option<String>,
 }
 
 impl Default for Settings {
@@ -68,6 +96,9 @@ impl Default for Settings {
             allowed_service_accounts: List::default(),
             allowed_endpoints: List::default(),
             field_manager: DEFAULT_FIELD_MANAGER.to_string(),
+            cost_per_core_hour: None,
+            cost_per_gib_hour: None,
+            cost_currency: None,
         }
     }
 }
@@ -94,6 +125,24 @@ impl Settings {
             allowed_service_accounts: self.allowed_service_accounts.0.clone(),
             allowed_endpoints: self.allowed_endpoints.0.clone(),
         }
+    }
+}
+
+impl Settings {
+    /// The prices of a run's cost, when the admin set them all.
+    pub fn cost_rates(&self) -> Option<CostRates> {
+        Some(CostRates {
+            per_core_hour: self.cost_per_core_hour?,
+            per_gib_hour: self.cost_per_gib_hour?,
+            currency: self.cost_currency.clone()?,
+        })
+    }
+}
+
+fn parse_rate(rate: &str) -> Result<f64, String> {
+    match rate.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{rate:?} is not a price: a number, 0 or more")),
     }
 }
 
@@ -171,5 +220,42 @@ mod tests {
         );
         assert_eq!(policy.allowed_endpoints, ["http://minio:9000"]);
         assert_eq!(policy.default_image, Some(DEFAULT_RUNNER_IMAGE.into()));
+    }
+
+    #[test]
+    fn cost_rates_come_all_together_or_not_at_all() {
+        assert_eq!(Settings::default().cost_rates(), None);
+        let cli = Cli::try_parse_from([
+            "op",
+            "--cost-per-core-hour",
+            "0.0316",
+            "--cost-per-gib-hour",
+            "0.0035",
+            "--cost-currency",
+            "EUR",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.settings.cost_rates(),
+            Some(CostRates {
+                per_core_hour: 0.0316,
+                per_gib_hour: 0.0035,
+                currency: "EUR".into(),
+            })
+        );
+        // A partial set is refused rather than completed with a guess.
+        assert!(Cli::try_parse_from(["op", "--cost-per-core-hour", "0.03"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "op",
+                "--cost-per-core-hour",
+                "-1",
+                "--cost-per-gib-hour",
+                "0",
+                "--cost-currency",
+                "EUR"
+            ])
+            .is_err()
+        );
     }
 }

@@ -8,12 +8,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use pomona_crds::contract::OutputLayout;
 pub use pomona_crds::contract::PlanTotals;
+use pomona_crds::contract::cost::{self, CostRates, PodUsage};
 use pomona_crds::{
-    FeatureExtractionSpec, FeatureExtractionStatus, ImageCounts, Outputs, PcaResult, Phase,
+    Cost, FeatureExtractionSpec, FeatureExtractionStatus, ImageCounts, Outputs, PcaResult, Phase,
     ShardCounts,
 };
 
 use crate::observe::{PodObservation, PodPhase, job_condition, job_indexes, shorten};
+use crate::pace;
 use crate::validate::Invalid;
 
 /// Longest `status.message` (and condition message), in bytes.
@@ -50,6 +52,8 @@ pub struct Observed<'a> {
     pub plan: PlanState,
     /// Status of the extract Job, if it exists.
     pub extract: Option<&'a JobStatus>,
+    /// Pods of the plan Job (for the run's cost).
+    pub plan_pods: &'a [PodObservation],
     /// Pods of the extract Job (every attempt of every index still present).
     pub extract_pods: &'a [PodObservation],
     /// Status of the reduce Job, if it exists.
@@ -63,6 +67,8 @@ pub struct Observed<'a> {
     /// Why the plan Job's last attempt failed while it retries (storage unreachable, say):
     /// shown in the message of a run not yet planned.
     pub retrying: Option<&'a str>,
+    /// The cluster admin's prices, for `status.cost.estimated`.
+    pub rates: Option<&'a CostRates>,
 }
 
 /// The phase, with the reason and message that explain it.
@@ -96,10 +102,19 @@ pub fn compute(obs: &Observed<'_>, now: &Time) -> FeatureExtractionStatus {
     let started = !matches!(verdict.phase, Phase::Pending);
     let message = shorten(&verdict.message, MAX_MESSAGE);
     let succeeded = verdict.phase == Phase::Succeeded;
+    let conditions = conditions(obs, &verdict, &message, &old.conditions, now);
+    let images = images.or(old.images);
     FeatureExtractionStatus {
         phase: Some(verdict.phase),
         observed_generation: obs.generation,
-        conditions: conditions(obs, &verdict, &message, &old.conditions, now),
+        progress: pace::progress(
+            verdict.phase,
+            images.as_ref(),
+            obs.extract_pods,
+            &conditions,
+        ),
+        cost: cost(obs, images.map_or(0, |i| i.processed), old.cost.as_ref()),
+        conditions,
         start_time: old
             .start_time
             .clone()
@@ -110,7 +125,7 @@ pub fn compute(obs: &Observed<'_>, now: &Time) -> FeatureExtractionStatus {
                 .or_else(|| obs.reduce.and_then(|r| r.completion_time.clone()))
                 .unwrap_or_else(|| now.clone())
         }),
-        images: images.or(old.images),
+        images,
         shards: shards.or(old.shards),
         outputs: succeeded.then(|| outputs(obs.spec)),
         pca: if succeeded {
@@ -388,6 +403,24 @@ fn pod_counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) 
         active: u32::try_from(extract.active.unwrap_or(0).max(0)).unwrap_or(0),
     };
     (Some(images), Some(shards))
+}
+
+/// What the run's ended pods used (plan, extract and reduce, every attempt), priced at the
+/// admin's rates. The cost never goes down: once pods are garbage-collected, what was counted
+/// with them stays.
+fn cost(obs: &Observed<'_>, processed: u64, old: Option<&Cost>) -> Option<Cost> {
+    let pods: Vec<PodUsage> = obs
+        .plan_pods
+        .iter()
+        .chain(obs.extract_pods)
+        .chain(obs.reduce_pods)
+        .filter_map(PodObservation::usage)
+        .collect();
+    let new = cost::cost(&pods, processed, obs.rates);
+    match old {
+        Some(old) if old.pods > new.pods => Some(old.clone()),
+        _ => (new.pods > 0).then_some(new),
+    }
 }
 
 fn outputs(spec: &FeatureExtractionSpec) -> Outputs {

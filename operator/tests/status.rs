@@ -3,9 +3,12 @@
 use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use pomona_crds::contract::cost::CostRates;
 use pomona_crds::contract::{PodSummary, Step};
-use pomona_crds::{FeatureExtractionSpec, FeatureExtractionStatus, PcaResult, Phase};
-use pomona_operator::observe::{PodObservation, PodPhase};
+use pomona_crds::{
+    Cost, CostEstimate, FeatureExtractionSpec, FeatureExtractionStatus, PcaResult, Phase, Progress,
+};
+use pomona_operator::observe::{PodObservation, PodPhase, Requests};
 use pomona_operator::status::{Observed, PlanState, PlanTotals, changed, compute};
 use pomona_operator::validate::Invalid;
 
@@ -65,6 +68,8 @@ fn pod(index: u32, phase: PodPhase, processed: u64, failed: u64, t: i64) -> PodO
         reason: None,
         message: None,
         finished_at: done.then(|| at(t)),
+        started_at: None,
+        requests: Requests::default(),
     }
 }
 
@@ -267,12 +272,14 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         invalid: None,
         plan: c.plan,
         extract: c.extract.as_ref(),
+        plan_pods: &[],
         extract_pods: &c.pods,
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
         pca: c.pca.as_ref(),
         label_agreement: None,
         retrying: c.retrying,
+        rates: None,
     };
     compute(&obs, &at(100))
 }
@@ -354,12 +361,14 @@ fn extracting<'a>(
         invalid: None,
         plan: PlanState::Ready(PLAN),
         extract: Some(extract),
+        plan_pods: &[],
         extract_pods: pods,
         reduce: None,
         reduce_pods: &[],
         pca: None,
         label_agreement: None,
         retrying: None,
+        rates: None,
     }
 }
 
@@ -437,12 +446,14 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
         invalid: Some(&invalid),
         plan: PlanState::NotStarted,
         extract: None,
+        plan_pods: &[],
         extract_pods: &[],
         reduce: None,
         reduce_pods: &[],
         pca: None,
         label_agreement: None,
         retrying: None,
+        rates: None,
     };
     let s = compute(&obs, &at(0));
     assert_eq!(s.phase, Some(Phase::Failed));
@@ -509,5 +520,160 @@ fn counts_survive_pod_garbage_collection_and_reduce_has_the_last_word() {
     assert_eq!(
         (images.total, images.processed, images.failed),
         (1260, 1255, 5)
+    );
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// `pod` that started at `start` with `cores` and `gib` requested, and that reported `cpu` CPU
+/// seconds if it ended.
+fn using(pod: PodObservation, start: i64, cores: f64, gib: f64, cpu: f64) -> PodObservation {
+    PodObservation {
+        started_at: Some(at(start)),
+        requests: Requests {
+            cpu_cores: cores,
+            memory_bytes: gib * GIB,
+        },
+        summary: pod.summary.clone().map(|s| PodSummary {
+            cpu_seconds: Some(cpu),
+            ..s
+        }),
+        ..pod
+    }
+}
+
+#[test]
+fn cost_sums_every_ended_pod_and_prices_it_at_the_rates() {
+    let spec = spec();
+    let plan_pod = PodObservation {
+        index: None,
+        summary: Some(PodSummary {
+            cpu_seconds: Some(2.0),
+            ..PodSummary::new(Step::Plan)
+        }),
+        ..using(pod(0, PodPhase::Succeeded, 0, 0, -10), -20, 0.5, 0.5, 0.0)
+    };
+    let pods = [
+        using(pod(0, PodPhase::Succeeded, 498, 2, 50), 0, 2.0, 1.0, 90.0),
+        using(pod(1, PodPhase::Succeeded, 500, 0, 100), 0, 2.0, 1.0, 180.0),
+        // Still running: not counted yet.
+        using(pod(2, PodPhase::Running, 0, 0, 0), 50, 2.0, 1.0, 0.0),
+    ];
+    let extract = job(None, "0-1", "", 1);
+    let rates = CostRates {
+        per_core_hour: 0.036,
+        per_gib_hour: 0.0045,
+        currency: "EUR".into(),
+    };
+    let mut obs = Observed {
+        plan_pods: std::slice::from_ref(&plan_pod),
+        rates: Some(&rates),
+        ..extracting(&spec, &extract, &pods)
+    };
+    let s = compute(&obs, &at(120));
+    // CPU: 2 + 90 + 180 = 272 s. Cores × seconds: 0.5×10 + 2×50 + 2×100 = 305; GiB × seconds:
+    // 0.5×10 + 1×50 + 1×100 = 155. 998 images / 272 s × 3600 = 13208.8 per core-hour.
+    // 305/3600 × 0.036 + 155/3600 × 0.0045 = 0.00305 + 0.00019375 → 0.0032 EUR.
+    assert_eq!(
+        s.cost,
+        Some(Cost {
+            cpu_seconds: 272.0,
+            requested_core_seconds: Some(305.0),
+            requested_memory_gib_seconds: Some(155.0),
+            images_per_core_hour: Some(13208.8),
+            pods: 3,
+            estimated: Some(CostEstimate {
+                amount: 0.0032,
+                currency: "EUR".into(),
+                per_core_hour: 0.036,
+                per_gib_hour: 0.0045,
+            }),
+        })
+    );
+    // Without rates: the same figures, no amount.
+    let unpriced = compute(&Observed { rates: None, ..obs }, &at(120));
+    assert_eq!(unpriced.cost.as_ref().unwrap().estimated, None);
+    assert_eq!(unpriced.cost.unwrap().cpu_seconds, 272.0);
+
+    // Pods garbage-collected before the run ends: what they used stays counted.
+    obs.old = Some(&s);
+    obs.plan_pods = &[];
+    obs.extract_pods = &pods[1..];
+    assert_eq!(compute(&obs, &at(130)).cost, s.cost);
+}
+
+#[test]
+fn progress_has_a_rate_and_an_end_while_extracting_and_none_while_suspended() {
+    let mut spec = spec();
+    let extract = job(None, "0-1", "", 1);
+    // The run's first status, before any pod: the Suspended condition False from then on.
+    let first = compute(&extracting(&spec, &extract, &[]), &at(-10));
+    let pods = [
+        using(pod(0, PodPhase::Succeeded, 498, 2, 50), 0, 1.0, 1.0, 1.0),
+        using(pod(1, PodPhase::Succeeded, 500, 0, 100), 0, 1.0, 1.0, 1.0),
+        using(pod(2, PodPhase::Running, 0, 0, 0), 50, 1.0, 1.0, 0.0),
+    ];
+    let mut obs = extracting(&spec, &extract, &pods);
+    obs.old = Some(&first);
+    let s = compute(&obs, &at(120));
+    // 1000 images in the 100 s since the first pod started: 10 images/s; the 260 left take
+    // 26 s from the last finished shard, at 100 s.
+    assert_eq!(
+        s.progress,
+        Some(Progress {
+            images_per_second: Some(10.0),
+            estimated_completion_time: Some(at(126).0.to_string()),
+            note: None,
+        })
+    );
+    assert_eq!(
+        s.progress.as_ref().unwrap().estimated_completion_time,
+        Some("2027-01-15T08:02:06Z".into())
+    );
+    // The same pods give the same estimate at any later reconcile, in this operator or another:
+    // nothing in it comes from the operator's memory.
+    assert_eq!(compute(&obs, &at(900)).progress, s.progress);
+
+    // Suspended: no rate, no estimate, and the status says why.
+    spec.suspend = true;
+    let suspended_job = job(Some(("Suspended", "JobSuspended")), "0-1", "", 0);
+    let mut obs = extracting(&spec, &suspended_job, &pods[..2]);
+    obs.old = Some(&s);
+    let suspended = compute(&obs, &at(130));
+    assert_eq!(suspended.phase, Some(Phase::Suspended));
+    assert_eq!(
+        suspended.progress,
+        Some(Progress {
+            note: Some(pomona_operator::pace::SUSPENDED.into()),
+            ..Progress::default()
+        })
+    );
+
+    // Resumed at 200: the shards finished before do not count, until one finishes after.
+    spec.suspend = false;
+    let mut obs = extracting(&spec, &extract, &pods[..2]);
+    obs.old = Some(&suspended);
+    let resumed = compute(&obs, &at(200));
+    let progress = resumed.progress.clone().unwrap();
+    assert_eq!(
+        (
+            progress.images_per_second,
+            progress.estimated_completion_time
+        ),
+        (None, None)
+    );
+    assert!(progress.note.unwrap().starts_with("measuring"));
+    let last = using(pod(2, PodPhase::Succeeded, 260, 0, 236), 210, 1.0, 1.0, 1.0);
+    let after = [pods[0].clone(), pods[1].clone(), last];
+    let mut obs = extracting(&spec, &extract, &after);
+    obs.old = Some(&resumed);
+    // 260 images in the 36 s since the resume: 7.2 images/s; nothing left.
+    assert_eq!(
+        compute(&obs, &at(240)).progress,
+        Some(Progress {
+            images_per_second: Some(7.2),
+            estimated_completion_time: Some(at(236).0.to_string()),
+            note: None,
+        })
     );
 }

@@ -110,6 +110,23 @@ async fn cluster_run_succeeds_and_writes_every_output() {
     let done = run.wait_finished(&api, "fruits").await;
     let expected_shards = shards(n, per_shard);
     assert_succeeded(&done, n, 0, expected_shards);
+    // The cost of every pod (plan, each shard, reduce), measured and as reserved (each pod
+    // requests 250m and 512Mi); no amount, as the chart sets no rates.
+    let status = done.status.as_ref().expect("a status");
+    let cost = status.cost.as_ref().expect("status.cost");
+    assert!(cost.pods >= expected_shards + 2, "{cost:?}");
+    assert!(cost.cpu_seconds > 0.0, "{cost:?}");
+    assert!(
+        cost.requested_core_seconds.is_some_and(|s| s > 0.0)
+            && cost.requested_memory_gib_seconds.is_some_and(|s| s > 0.0),
+        "{cost:?}"
+    );
+    assert!(
+        cost.images_per_core_hour.is_some_and(|r| r > 0.0),
+        "{cost:?}"
+    );
+    assert_eq!(cost.estimated, None, "{cost:?}");
+    assert_eq!(status.progress, None, "no pace once finished");
     let dead = assert_outputs(&run.output().await, expected_shards).await;
     assert!(
         dead.is_empty(),
@@ -569,6 +586,15 @@ async fn cluster_suspend_then_resume() {
         suspended.status
     );
     run.assert_event("paused", "Normal", "Suspended", "").await;
+    let pace = suspended.status.as_ref().and_then(|s| s.progress.as_ref());
+    assert!(
+        pace.is_some_and(|p| p.images_per_second.is_none()
+            && p.estimated_completion_time.is_none()
+            && p.note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("suspended"))),
+        "no rate or estimate while suspended, and a note that says so: {pace:?}"
+    );
 
     set_suspend(&api, "paused", false).await;
     let done = run.wait_finished(&api, "paused").await;

@@ -4,8 +4,11 @@
 //! learns a pod's counts from the one-line summary the pod leaves as its termination message.
 //! Everything they agree on is defined here, once: the output layout, the shard manifest line,
 //! the plan document and the run's identity, the pod summary, the exit codes, the environment
-//! of a runner pod, and each step's command line ([`steps`]).
+//! of a runner pod, each step's command line ([`steps`]), and how a run's cost ([`cost`]) and
+//! pace ([`progress`]) are computed from what its pods report.
 
+pub mod cost;
+pub mod progress;
 pub mod steps;
 
 use serde::{Deserialize, Serialize};
@@ -252,6 +255,14 @@ pub struct PodSummary {
         skip_serializing_if = "Option::is_none"
     )]
     pub peak_rss_mib: Option<u64>,
+    /// CPU seconds the process used, user plus system, its children included (getrusage),
+    /// where the system tells it.
+    #[serde(
+        default,
+        rename = "cpuSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_seconds: Option<f64>,
     /// The PCA a reduce step fitted or reused (what the operator reports in `status.pca`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pca: Option<crate::api::PcaResult>,
@@ -323,6 +334,7 @@ impl PodSummary {
             failed: 0,
             seconds: 0.0,
             peak_rss_mib: None,
+            cpu_seconds: None,
             pca: None,
             plan: None,
             label_agreement: None,
@@ -620,6 +632,7 @@ mod tests {
             failed: 2,
             seconds: 41.5,
             peak_rss_mib: Some(212),
+            cpu_seconds: Some(38.25),
             pca: None,
             plan: None,
             label_agreement: None,
@@ -629,7 +642,7 @@ mod tests {
         let line = summary.to_line();
         assert_eq!(
             line,
-            r#"{"step":"extract","shard":4,"images":2000,"processed":1998,"failed":2,"seconds":41.5,"peakRssMiB":212}"#
+            r#"{"step":"extract","shard":4,"images":2000,"processed":1998,"failed":2,"seconds":41.5,"peakRssMiB":212,"cpuSeconds":38.25}"#
         );
         let message = format!("some log line\n{line}\n");
         assert_eq!(PodSummary::from_message(&message), Some(summary.clone()));
@@ -656,6 +669,7 @@ mod tests {
             failed: 0,
             seconds: 0.5,
             peak_rss_mib: None,
+            cpu_seconds: None,
             pca: None,
             plan: None,
             label_agreement: None,
@@ -693,6 +707,7 @@ mod tests {
             failed: 1,
             seconds: 0.8,
             peak_rss_mib: None,
+            cpu_seconds: None,
             pca: Some(crate::api::PcaResult {
                 components: 50,
                 explained_variance: 0.854,

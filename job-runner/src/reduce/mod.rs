@@ -391,7 +391,8 @@ fn permanent(e: PcaError) -> anyhow::Error {
 
 /// Runs the reduce step on the run at `out` (see the module docs) and returns its summary.
 /// `failed_shards` are the shards whose extract pods failed for good: those without complete
-/// outputs are dead-lettered whole.
+/// outputs are dead-lettered whole. `cost_of`, when the process ran the whole run (`pomona
+/// run`), gives its cost for the images processed, for the summary's `cost`.
 pub async fn reduce(
     out: &Storage,
     s3: &S3Config,
@@ -399,6 +400,7 @@ pub async fn reduce(
     csv: bool,
     failed_shards: &ShardList,
     clusters: Option<ClusterCount>,
+    cost_of: Option<fn(u64) -> pomona_crds::Cost>,
 ) -> anyhow::Result<ReduceOutcome> {
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
@@ -649,6 +651,7 @@ pub async fn reduce(
         label_agreement,
         clustering,
         seconds: timings,
+        cost: cost_of.map(|cost| cost(processed)),
     };
     let mut json = serde_json::to_vec_pretty(&summary)?;
     json.write_all(b"\n")?;

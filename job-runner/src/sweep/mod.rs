@@ -251,9 +251,17 @@ async fn run_setting(
         keep: Keep::Components(args.components),
         default: true,
     };
-    let reduced = reduce::reduce(&out, &config, &mode, false, &ShardList::default(), None)
-        .await
-        .with_context(|| format!("{name}: reduce"))?;
+    let reduced = reduce::reduce(
+        &out,
+        &config,
+        &mode,
+        false,
+        &ShardList::default(),
+        None,
+        None,
+    )
+    .await
+    .with_context(|| format!("{name}: reduce"))?;
     let sample = feature_sample(&out, plan.shards).await?;
     let result = SettingResult {
         name,

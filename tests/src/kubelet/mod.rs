@@ -26,7 +26,7 @@ pub mod env;
 pub mod images;
 pub mod node;
 pub mod probe;
-pub mod quantity;
+pub use pomona_crds::quantity;
 pub mod sandbox;
 pub mod scheduler;
 pub mod status;
