@@ -89,6 +89,12 @@ impl Error {
         }
     }
 
+    /// Whether the API server refused a write because the resource's namespace is being
+    /// deleted: nothing of the run can be written any more, and nothing is lost.
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Error::Api(e) if namespace_terminating(e))
+    }
+
     /// The metric label of the error.
     pub fn category(&self) -> ErrorCategory {
         match self {
@@ -96,6 +102,14 @@ impl Error {
             Error::ForeignJob(_) | Error::FailedShardsUnknown(_) => ErrorCategory::Spec,
         }
     }
+}
+
+/// Whether `e` is the API server's refusal to create anything in a namespace being deleted
+/// (403 with the cause `NamespaceTerminating`): not a permission the operator lacks.
+pub fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.details.as_ref().is_some_and(|d| {
+        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+    }))
 }
 
 /// What every reconcile shares.
@@ -204,6 +218,12 @@ pub async fn reconcile(fx: Arc<FeatureExtraction>, ctx: Arc<Context>) -> Result<
     match &result {
         Ok(_) => {
             ctx.failures().remove(&ObjectRef::from_obj(fx.as_ref()));
+        }
+        Err(e) if e.namespace_terminating() => {
+            // The resource goes with its namespace; its deletion is the next change.
+            tracing::debug!(fx = %fx.name_any(), error = %e, "the namespace is being deleted");
+            ctx.failures().remove(&ObjectRef::from_obj(fx.as_ref()));
+            return Ok(Action::await_change());
         }
         Err(e) => {
             ctx.metrics.failed(e.category());
@@ -758,6 +778,10 @@ impl<'a> Run<'a> {
             .publish(&event, &self.fx.object_ref(&()))
             .await
         {
+            if namespace_terminating(&e) {
+                tracing::debug!(fx = %self.name, "no Event: the namespace is being deleted");
+                return;
+            }
             tracing::warn!(fx = %self.name, error = %e, "publishing an Event failed");
         }
     }
@@ -816,6 +840,33 @@ mod tests {
         let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(u32::MAX), BACKOFF.1);
+    }
+
+    #[test]
+    fn a_namespace_being_deleted_is_told_apart_from_a_missing_permission() {
+        let refused = |cause: &str| {
+            let status = kube::core::Status::failure("forbidden", "Forbidden")
+                .with_code(403)
+                .with_details(kube::core::response::StatusDetails {
+                    causes: vec![kube::core::response::StatusCause {
+                        reason: cause.into(),
+                        message: String::new(),
+                        field: "metadata.namespace".into(),
+                    }],
+                    name: "run.1".into(),
+                    group: "events.k8s.io".into(),
+                    kind: "events".into(),
+                    uid: String::new(),
+                    retry_after_seconds: 0,
+                });
+            kube::Error::Api(status.boxed())
+        };
+        assert!(namespace_terminating(&refused("NamespaceTerminating")));
+        assert!(Error::Api(refused("NamespaceTerminating")).namespace_terminating());
+        assert!(!namespace_terminating(&refused("FieldValueForbidden")));
+        let rbac = kube::core::Status::failure("cannot create events", "Forbidden").with_code(403);
+        assert!(!namespace_terminating(&kube::Error::Api(rbac.boxed())));
+        assert!(!Error::Timeout.namespace_terminating());
     }
 
     #[test]
