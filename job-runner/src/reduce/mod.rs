@@ -162,6 +162,8 @@ struct Census {
     failed: Vec<u32>,
     /// Dead letters of the complete shards.
     dead_letters: u64,
+    /// Feature rows the complete shards copied from previous runs.
+    reused: u64,
 }
 
 /// Sorts the shards into complete ones and failed ones (`named` and incomplete), counting the
@@ -177,6 +179,7 @@ async fn census(
         complete: Vec::new(),
         failed: Vec::new(),
         dead_letters: 0,
+        reused: 0,
     };
     let mut missing = Vec::new();
     for shard in 0..plan.shards {
@@ -190,6 +193,7 @@ async fn census(
             let reader = ParquetRecordBatchReaderBuilder::try_new(data)
                 .with_context(|| format!("{dead} is not a Parquet file"))?;
             census.dead_letters += reader.metadata().file_metadata().num_rows() as u64;
+            census.reused += crate::reuse::recorded(out, shard).await?;
             census.complete.push(shard);
             if named.contains(&shard) {
                 crate::say!(
@@ -571,6 +575,7 @@ pub async fn reduce(
         images: plan.images,
         processed,
         failed,
+        reused: census.reused,
         shards: plan.shards,
         failed_shards: census.failed.clone(),
         pca_mode: match mode {
