@@ -77,7 +77,8 @@ Exit codes:
   1    a failure that may pass on a retry (network, throttling, a 5xx from S3)
   2    a usage error: the command line is wrong; nothing was done
   3    a failure no retry can fix (access denied, missing bucket, manifest or model, wrong
-       model checksum, a PCA of another model, accounting that does not close)
+       model checksum, a PCA or features to reuse of another model, accounting that does
+       not close)
   143  stopped by SIGTERM: the work in progress was dropped and its scratch files removed
 
 stdout carries only the one-line JSON summary of each step; everything else goes to stderr.";
