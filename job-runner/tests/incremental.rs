@@ -192,16 +192,57 @@ fn features_of_another_model_or_preprocessing_are_refused_before_any_work() {
         .unwrap();
     refused(out, "model of sha256");
 
+    // The steps the operator runs: an extract pod copies every unchanged row (here all of
+    // them: nothing is inferred), and refuses the features of other preprocessing for good.
+    let step = |args: &[&str]| {
+        let out = pomona(args, &[]);
+        (
+            out.status.code(),
+            summary(&out),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (input, week1) = (input.to_str().unwrap(), week1.to_str().unwrap());
+    for (name, filter) in [("week-3", "bilinear"), ("week-4", "nearest")] {
+        let out = dir.path().join(name);
+        let out = out.to_str().unwrap();
+        let filter = ["--resize-filter", filter];
+        let plan = [&["plan", "--input", input, "--output", out][..], &filter].concat();
+        assert_eq!(step(&plan).0, Some(exit::OK));
+        let extract = [
+            &[
+                "extract",
+                "--output",
+                out,
+                "--shard",
+                "0",
+                "--reuse-from",
+                week1,
+            ][..],
+            &filter,
+        ]
+        .concat();
+        let (code, s, stderr) = step(&extract);
+        if filter[1] == "bilinear" {
+            assert_eq!(code, Some(exit::OK), "{stderr}");
+            assert_eq!((s.processed, s.reused), (60, Some(60)));
+        } else {
+            assert_eq!(code, Some(exit::PERMANENT_ERROR), "{stderr}");
+            assert!(stderr.contains("preprocessing"), "{stderr}");
+            assert_eq!(s.reason.as_deref(), Some("PermanentError"));
+        }
+    }
+
     // Reusing the run's own output is a usage error too.
     let out = pomona(
         &[
             "run",
             "--input",
-            input.to_str().unwrap(),
+            input,
             "--output",
-            week1.to_str().unwrap(),
+            week1,
             "--reuse-from",
-            week1.to_str().unwrap(),
+            week1,
         ],
         &[],
     );
