@@ -6,6 +6,8 @@
 #   ./scripts/bench.sh s3 [-- --copies N]         the same images from a folder, from s3s-fs, and
 #                                                 from s3s-fs behind 30 ms of latency: images/s,
 #                                                 ratio to the folder, client CPU/image, peak RSS
+#   ./scripts/bench.sh incremental [-- --new N]   the weekly case: a fresh run of the sample plus N
+#                                                 new images beside the run reusing last week's
 #   ./scripts/bench.sh NAME                       any bench of job-runner/benches/
 set -euo pipefail
 cd "$(dirname "$0")/.."
