@@ -44,6 +44,16 @@ struct Previous {
     plan: Plan,
 }
 
+/// A complete shard of a previous run: its run (index and plan), number, manifest and the paths
+/// it dead-lettered.
+type CompleteShard<'a> = (
+    usize,
+    &'a Previous,
+    u32,
+    Vec<ManifestEntry>,
+    HashSet<String>,
+);
+
 /// Where a previous run recorded an image: its run (index in `--reuse-from` order), its shard,
 /// and the size and ETag it was listed with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,26 +203,25 @@ impl Reuse {
             .iter()
             .enumerate()
             .flat_map(|(run, p)| (0..p.plan.shards).map(move |shard| (run, p, shard)));
-        let manifests: Vec<(usize, &Previous, u32, Vec<ManifestEntry>, HashSet<String>)> =
-            futures::stream::iter(shards)
-                .map(|(run, p, shard)| async move {
-                    let layout = OutputLayout::new(&p.storage.uri());
-                    let context = || format!("the run to reuse, {}", p.storage.uri());
-                    let dead = match get_if_present(&p.storage, &layout.deadletter(shard)).await? {
-                        Some(data) => dead_letter_paths(data)
-                            .with_context(|| layout.deadletter(shard))
-                            .with_context(context)?,
-                        None => return anyhow::Ok(None), // never completed
-                    };
-                    let entries = read_shard(&p.storage, &p.plan, shard)
-                        .await
-                        .with_context(context)?;
-                    anyhow::Ok(Some((run, p, shard, entries, dead)))
-                })
-                .buffered(MANIFESTS_IN_FLIGHT)
-                .try_filter_map(|found| async move { Ok(found) })
-                .try_collect()
-                .await?;
+        let manifests: Vec<CompleteShard<'_>> = futures::stream::iter(shards)
+            .map(|(run, p, shard)| async move {
+                let layout = OutputLayout::new(&p.storage.uri());
+                let context = || format!("the run to reuse, {}", p.storage.uri());
+                let dead = match get_if_present(&p.storage, &layout.deadletter(shard)).await? {
+                    Some(data) => dead_letter_paths(data)
+                        .with_context(|| layout.deadletter(shard))
+                        .with_context(context)?,
+                    None => return anyhow::Ok(None), // never completed
+                };
+                let entries = read_shard(&p.storage, &p.plan, shard)
+                    .await
+                    .with_context(context)?;
+                anyhow::Ok(Some((run, p, shard, entries, dead)))
+            })
+            .buffered(MANIFESTS_IN_FLIGHT)
+            .try_filter_map(|found| async move { Ok(found) })
+            .try_collect()
+            .await?;
         let mut index = HashMap::new();
         for (run, p, shard, entries, dead) in manifests {
             for entry in entries {
