@@ -168,6 +168,21 @@ pub struct SourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_image_bytes: Option<u64>,
+
+    /// Output prefixes of previous runs made with the same model and preprocessing, e.g.
+    /// `s3://fruits-eu/runs/week-47/`. An image whose key, ETag and size match a row of their
+    /// features is not read nor inferred again: its row is copied into this run's features,
+    /// which stay complete. A run made with another model or preprocessing is refused.
+    /// Each must be an S3 URI, `s3://bucket/prefix/` (the pattern of `source.uri`'s rule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(max = 2048),
+            regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+        )
+    )]
+    pub reuse_from: Vec<String>,
 }
 
 /// How an image gets its label.

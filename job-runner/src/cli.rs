@@ -20,6 +20,7 @@ use crate::extract::{DEFAULT_MAX_IMAGE_BYTES, Extractor, ModelFile, Tuning};
 use crate::infer::{ModelOptions, init_runtime, sha256_hex};
 use crate::preprocess::{Layout, Preprocess};
 use crate::resize::Filter;
+use crate::reuse::Reuse;
 use crate::window::{Bounds, DEFAULT_BYTES_IN_FLIGHT};
 use crate::{Permanent, Threads};
 
@@ -77,7 +78,8 @@ Exit codes:
   1    a failure that may pass on a retry (network, throttling, a 5xx from S3)
   2    a usage error: the command line is wrong; nothing was done
   3    a failure no retry can fix (access denied, missing bucket, manifest or model, wrong
-       model checksum, a PCA of another model, accounting that does not close)
+       model checksum, a PCA or features to reuse of another model, accounting that does
+       not close)
   143  stopped by SIGTERM: the work in progress was dropped and its scratch files removed
 
 stdout carries only the one-line JSON summary of each step; everything else goes to stderr.";
@@ -642,19 +644,23 @@ pub struct ShardTotals {
     pub processed: u64,
     /// Images dead-lettered, in the shards that completed.
     pub failed: u64,
+    /// Of the images with features, those copied from previous runs.
+    pub reused: u64,
     /// The first shard (by number) that failed, if one did.
     pub failed_shard: Option<u32>,
 }
 
 /// `pomona run`: extracts every shard of `plan` not yet complete with `extractor` (loaded with
 /// [`worker_threads`]), `workers` at a time, adding what each shard did to `totals`; fails with
-/// the first failed shard's error once every shard has ended.
+/// the first failed shard's error once every shard has ended. `reuse` lends the rows of
+/// unchanged images.
 pub async fn run_shards(
     plan: &Plan,
     source: &Storage,
     output: &Storage,
     extractor: Arc<Extractor>,
     workers: usize,
+    reuse: Option<&Reuse>,
     totals: &mut ShardTotals,
 ) -> anyhow::Result<()> {
     let done = Arc::new(AtomicU64::new(0));
@@ -667,7 +673,7 @@ pub async fn run_shards(
             let scratch = scratch.clone();
             async move {
                 let result = extractor
-                    .extract_shard(source, output, plan, shard, &scratch, done)
+                    .extract_shard(source, output, plan, shard, &scratch, done, reuse)
                     .await
                     .with_context(|| format!("shard {shard}"));
                 (shard, result)
@@ -685,6 +691,7 @@ pub async fn run_shards(
             Ok(outcome) => {
                 totals.processed += outcome.counts.processed;
                 totals.failed += outcome.counts.failed;
+                totals.reused += outcome.reused;
                 skipped += u32::from(outcome.skipped);
             }
             Err(e) if first_error.is_none() => {

@@ -87,10 +87,23 @@ pub struct ExtractCommand {
     pub model: ModelArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub reuse: ReuseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub tuning: TuningArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub s3: S3Args,
+}
+
+/// Features of previous runs to copy instead of extracting them again.
+#[derive(Args, Debug)]
+pub struct ReuseArgs {
+    /// The output of a previous run made with the same model and preprocessing (repeat for
+    /// several; the first that holds an image wins). An image whose key, ETag and size match
+    /// a row of its features is neither read nor inferred: the row is copied into this run.
+    #[arg(long = "reuse-from", value_name = "URI")]
+    pub reuse_from: Vec<String>,
 }
 
 /// `pomona reduce`.
@@ -151,6 +164,9 @@ pub struct RunCommand {
     pub model: ModelArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub reuse: ReuseArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub tuning: TuningArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -209,6 +225,7 @@ impl From<&ExtractCommand> for steps::ExtractArgs {
                 .batch_size
                 .map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
             max_image_bytes: c.tuning.max_image_bytes,
+            reuse_from: c.reuse.reuse_from.clone(),
             storage: (&c.s3).into(),
         }
     }
@@ -288,6 +305,7 @@ mod tests {
             model: model(),
             batch_size: Some(8),
             max_image_bytes: 1 << 20,
+            reuse_from: vec!["s3://b/runs/0/".into(), "s3://b/runs/00/".into()],
             storage: storage.clone(),
         };
         let Command::Extract(parsed) = parse(&extract.to_args()) else {

@@ -5,6 +5,7 @@
 //! when complete: features, then dead letters, then the PCA statistics, last, so that a shard
 //! whose statistics exist is complete and is not redone by a rerun.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use bytes::Bytes;
-use pomona_crds::contract::{OutputLayout, Plan, Preprocessing, RunIdentity};
+use pomona_crds::contract::{ManifestEntry, OutputLayout, Plan, Preprocessing, RunIdentity};
 use pomona_storage::{ErrorKind, GetOptions, Storage, StorageError, plan::read_shard};
 
 use crate::infer::{Model, ModelOptions, sha256_hex};
@@ -22,6 +23,7 @@ use crate::pipeline::{
     self, Counts, FetchError, ImageSource, Input, PipelineOptions, Row, Sink, Written,
 };
 use crate::preprocess::Preprocess;
+use crate::reuse::{self, Reuse, Reused};
 use crate::stats::{Moments, ROWS_PER_UPDATE};
 use crate::window::Bounds;
 use crate::{Permanent, Threads};
@@ -103,8 +105,10 @@ pub struct Extractor {
 pub struct ShardOutcome {
     /// Images in the shard's manifest.
     pub images: u64,
-    /// Counts of features and dead letters.
+    /// Counts of features (copied ones included) and dead letters.
     pub counts: Counts,
+    /// Of the features, those copied from previous runs (`--reuse-from`).
+    pub reused: u64,
     /// The shard was already complete and was not redone.
     pub skipped: bool,
 }
@@ -229,7 +233,9 @@ impl Extractor {
     }
 
     /// Extracts shard `shard` of `plan` from `source` into `output`, unless its outputs are
-    /// already complete. `done` counts the shard's images as they are written.
+    /// already complete, copying the rows of the images `reuse` finds unchanged in previous
+    /// runs. `done` counts the shard's images as they are written.
+    #[allow(clippy::too_many_arguments)]
     pub async fn extract_shard(
         &self,
         source: &Storage,
@@ -238,6 +244,7 @@ impl Extractor {
         shard: u32,
         scratch: &Path,
         done: Arc<AtomicU64>,
+        reuse: Option<&Reuse>,
     ) -> anyhow::Result<ShardOutcome> {
         let layout = OutputLayout::new(&output.uri());
         if let Some(identity) = &plan.identity {
@@ -253,15 +260,65 @@ impl Extractor {
             return Ok(ShardOutcome {
                 images,
                 counts,
+                reused: reuse::recorded(output, shard).await?,
                 skipped: true,
             });
         }
         let entries = read_shard(output, plan, shard).await?;
+        let found = match reuse {
+            Some(reuse) => reuse.find(&plan.source, &entries, self.dim).await?,
+            None => Default::default(),
+        };
+        let (entries, reused) = reuse::split(&plan.source, entries, found);
+        let copied = reused.len() as u64;
+        done.fetch_add(copied, std::sync::atomic::Ordering::Relaxed);
         let dir = tempfile::Builder::new()
             .prefix(&format!("pomona-shard-{shard}-"))
             .tempdir_in(scratch)
             .with_context(|| format!("cannot create scratch files in {}", scratch.display()))?;
-        let sink = ShardSink::create(dir.path(), self.dim, &self.provenance)?;
+        let sink = ShardSink::create(dir.path(), self.dim, &self.provenance, reused)?;
+        let (extracted, sink) = if entries.is_empty() {
+            (Counts::default(), sink)
+        } else {
+            self.run_pipeline(source, plan, entries, sink, done).await?
+        };
+        let counts = Counts {
+            processed: extracted.processed + copied,
+            failed: extracted.failed,
+        };
+        if counts.processed + counts.failed != images {
+            return Err(Permanent(format!(
+                "shard {shard}: {images} images listed but {} processed ({copied} of them \
+                 reused) and {} dead-lettered",
+                counts.processed, counts.failed
+            ))
+            .into());
+        }
+        let (features, deadletter, stats) = sink.finish()?;
+        upload(output, &layout.features(shard), &features).await?;
+        upload(output, &layout.deadletter(shard), &deadletter).await?;
+        let from = reuse.map(Reuse::sources).unwrap_or_default();
+        reuse::record(output, shard, copied, &from).await?;
+        output
+            .put(&output.relative(&layout.stats(shard))?, Bytes::from(stats))
+            .await?;
+        Ok(ShardOutcome {
+            images,
+            counts,
+            reused: copied,
+            skipped: false,
+        })
+    }
+
+    /// Runs the pipeline over `entries` into `sink`.
+    async fn run_pipeline(
+        &self,
+        source: &Storage,
+        plan: &Plan,
+        entries: Vec<ManifestEntry>,
+        sink: ShardSink,
+        done: Arc<AtomicU64>,
+    ) -> anyhow::Result<(Counts, ShardSink)> {
         let spare = self.spare.lock().expect("not poisoned").take();
         let model = match spare {
             Some(model) => model,
@@ -281,26 +338,7 @@ impl Extractor {
                 max_bytes: self.tuning.max_image_bytes,
             }),
         };
-        let (counts, sink) =
-            pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await?;
-        if counts.processed + counts.failed != images {
-            return Err(Permanent(format!(
-                "shard {shard}: {images} images listed but {} processed and {} dead-lettered",
-                counts.processed, counts.failed
-            ))
-            .into());
-        }
-        let (features, deadletter, stats) = sink.finish()?;
-        upload(output, &layout.features(shard), &features).await?;
-        upload(output, &layout.deadletter(shard), &deadletter).await?;
-        output
-            .put(&output.relative(&layout.stats(shard))?, Bytes::from(stats))
-            .await?;
-        Ok(ShardOutcome {
-            images,
-            counts,
-            skipped: false,
-        })
+        pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await
     }
 }
 
@@ -368,18 +406,31 @@ pub async fn shard_complete(
     Ok(true)
 }
 
-/// The writer side of a shard: Parquet files in a scratch folder and the PCA statistics.
+/// The writer side of a shard: Parquet files in a scratch folder and the PCA statistics. Rows
+/// copied from previous runs are written at their manifest positions between the extracted
+/// ones, so the files and the statistics are those of a shard extracted whole.
 struct ShardSink {
+    /// Feature rows not yet in the statistics: fewer than [`ROWS_PER_UPDATE`], so that the
+    /// statistics are added in the same groups of rows whatever the batches and the copies.
     pending: Vec<f32>,
     features: FeatureWriter<BufWriter<File>>,
     deadletter: DeadLetterWriter<BufWriter<File>>,
     moments: Moments,
     features_path: std::path::PathBuf,
     deadletter_path: std::path::PathBuf,
+    /// Rows to copy, in manifest order.
+    reused: VecDeque<Reused>,
+    /// Manifest position of the next row.
+    position: usize,
 }
 
 impl ShardSink {
-    fn create(dir: &Path, dim: usize, provenance: &Provenance) -> anyhow::Result<Self> {
+    fn create(
+        dir: &Path,
+        dim: usize,
+        provenance: &Provenance,
+        reused: VecDeque<Reused>,
+    ) -> anyhow::Result<Self> {
         let features_path = dir.join("features.parquet");
         let deadletter_path = dir.join("deadletter.parquet");
         let open = |p: &Path| -> anyhow::Result<BufWriter<File>> {
@@ -394,12 +445,40 @@ impl ShardSink {
             pending: Vec::with_capacity(ROWS_PER_UPDATE * dim),
             features_path,
             deadletter_path,
+            reused,
+            position: 0,
         })
+    }
+
+    /// Writes one row with features and counts it in the statistics.
+    fn feature_row(&mut self, row: &Row, features: &[f32]) -> anyhow::Result<()> {
+        self.features
+            .push(&row.path, &row.label, row.etag.as_deref(), features)?;
+        self.pending.extend_from_slice(features);
+        if self.pending.len() == ROWS_PER_UPDATE * self.moments.dim() {
+            self.moments.add_rows(&self.pending);
+            self.pending.clear();
+        }
+        self.position += 1;
+        Ok(())
+    }
+
+    /// Writes the copied rows due before the next extracted one (all of them at the end).
+    fn copy_due(&mut self, all: bool) -> anyhow::Result<()> {
+        while let Some(next) = self.reused.front() {
+            if !all && next.position != self.position {
+                break;
+            }
+            let next = self.reused.pop_front().expect("a front");
+            self.feature_row(&next.row, &next.features)?;
+        }
+        Ok(())
     }
 
     /// Closes the files; returns their paths and the statistics file's bytes.
     fn finish(mut self) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)> {
         use std::io::Write;
+        self.copy_due(true)?;
         self.moments.add_rows(&self.pending);
         self.features.finish()?.flush()?;
         self.deadletter.finish()?.flush()?;
@@ -416,20 +495,18 @@ impl Sink for ShardSink {
         let dim = self.moments.dim();
         let mut next = 0;
         for (row, failure) in batch.rows.iter().zip(batch.failures) {
+            self.copy_due(false)?;
             match failure {
-                Some(reason) => self.deadletter.push(&row.path, reason, row.bytes)?,
+                Some(reason) => {
+                    self.deadletter.push(&row.path, reason, row.bytes)?;
+                    self.position += 1;
+                }
                 None => {
                     let features = &batch.features[next * dim..(next + 1) * dim];
-                    self.features
-                        .push(&row.path, &row.label, row.etag.as_deref(), features)?;
+                    self.feature_row(row, features)?;
                     next += 1;
                 }
             }
-        }
-        self.pending.extend_from_slice(batch.features);
-        if self.pending.len() >= ROWS_PER_UPDATE * dim {
-            self.moments.add_rows(&self.pending);
-            self.pending.clear();
         }
         Ok(())
     }

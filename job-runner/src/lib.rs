@@ -7,6 +7,7 @@
 //! - [`finite`]: feature vectors with NaN or infinity become dead letters.
 //! - [`extract`]: one shard of a plan to its feature, dead-letter and statistics files.
 //! - [`stats`]: mergeable PCA statistics (count, mean, co-moment) written by every shard.
+//! - [`reuse`]: `--reuse-from`: the features of previous runs copied for unchanged images.
 //! - [`parquet_out`]: the feature and dead-letter Parquet files of a shard.
 //! - [`reduce`]: `pomona reduce`: merges the statistics, fits (or reuses) the PCA, projects every
 //!   shard, measures the label agreement, groups the images by k-means when asked, and closes
@@ -41,6 +42,7 @@ pub mod preprocess;
 pub mod reduce;
 pub mod report;
 pub mod resize;
+pub mod reuse;
 pub mod stats;
 pub mod sweep;
 pub mod window;

@@ -15,7 +15,8 @@ use pomona_runner::command::{
 };
 use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, ShardList};
 use pomona_runner::report::ReduceSummary;
-use pomona_runner::{Threads, Usage, exit_code, failure_reason};
+use pomona_runner::reuse::Reuse;
+use pomona_runner::{Permanent, Threads, Usage, exit_code, failure_reason};
 use pomona_storage::Storage;
 use pomona_storage::plan::{load_or_create_plan, read_plan};
 
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
             images: outcome.images,
             processed: outcome.processed,
             failed: outcome.failed,
+            reused: (outcome.reused > 0).then_some(outcome.reused),
             seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             peak_rss_mib: cli::peak_rss_mib(),
             cpu_seconds: cli::cpu_seconds(),
@@ -94,6 +96,7 @@ struct Outcome {
     images: u64,
     processed: u64,
     failed: u64,
+    reused: u64,
     pca: Option<PcaResult>,
     plan: Option<PlanTotals>,
     label_agreement: Option<f64>,
@@ -105,6 +108,7 @@ impl Outcome {
         self.images = summary.images;
         self.processed = summary.processed;
         self.failed = summary.failed;
+        self.reused = summary.reused;
         self.pca = Some(PcaResult {
             components: summary.components as u32,
             explained_variance: summary.cumulative_explained_variance_ratio,
@@ -214,17 +218,30 @@ async fn extract(c: ExtractCommand, outcome: &mut Outcome) -> anyhow::Result<()>
         .model
         .load(&c.tuning, &config, Threads::detect(None, None))
         .await?;
+    let reuse = match (&c.reuse.reuse_from[..], &plan.identity) {
+        ([], _) => None,
+        (uris, Some(identity)) => Some(Reuse::open(uris, &config, identity, &out).await?),
+        (_, None) => {
+            return Err(Permanent(format!(
+                "--reuse-from needs the run's identity, and the plan of {} records none (it \
+                 was planned before pomona recorded one)",
+                out.uri()
+            ))
+            .into());
+        }
+    };
     let done = Arc::new(AtomicU64::new(0));
     let progress = cli::Progress::start(plan.shard_len(shard), done.clone(), source.clone());
     let scratch = cli::scratch_dir();
     let result = extractor
-        .extract_shard(&source, &out, &plan, shard, &scratch, done)
+        .extract_shard(&source, &out, &plan, shard, &scratch, done, reuse.as_ref())
         .await
         .with_context(|| format!("shard {shard}"));
     progress.finish();
     let extracted = result?;
     outcome.processed = extracted.counts.processed;
     outcome.failed = extracted.counts.failed;
+    outcome.reused = extracted.reused;
     Ok(())
 }
 
@@ -256,11 +273,28 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     let source = Storage::open(&c.input, &config).await?;
     let out = Storage::open(&c.output, &config).await?;
     outcome.storages = vec![source.clone(), out.clone()];
+    let reuse = if c.reuse.reuse_from.is_empty() {
+        None
+    } else {
+        let reuse = Reuse::open(&c.reuse.reuse_from, &config, &identity, &out)
+            .await
+            .map_err(cli::before_any_work)?;
+        Some(reuse)
+    };
     if c.overwrite {
         cli::clear_output(&source, &out).await?;
     }
     let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
     cli::print_plan(&plan);
+    if let Some(reuse) = &reuse {
+        let unchanged = reuse.count_plan(&out, &plan).await?;
+        pomona_runner::say!(
+            "plan: {unchanged} of the {} images are unchanged since the run(s) reused: their \
+             features are copied; {} to extract",
+            plan.images,
+            plan.images - unchanged
+        );
+    }
     if !created {
         pomona_runner::say!("pomona: resuming the run planned in {}", out.uri());
     }
@@ -274,11 +308,20 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         &out,
         Arc::new(extractor),
         workers,
+        reuse.as_ref(),
         &mut totals,
     )
     .await;
     outcome.processed = totals.processed;
     outcome.failed = totals.failed;
+    outcome.reused = totals.reused;
+    if reuse.is_some() {
+        pomona_runner::say!(
+            "pomona: {} images extracted, {} copied from the previous run(s)",
+            totals.processed + totals.failed - totals.reused,
+            totals.reused
+        );
+    }
     outcome.shard = totals.failed_shard;
     extracted?;
     outcome.step = Some(Step::Reduce);

@@ -507,6 +507,9 @@ pub struct ReduceSummary {
     pub processed: u64,
     /// Images dead-lettered.
     pub failed: u64,
+    /// Of the images with features, those whose features were copied from previous runs
+    /// (`--reuse-from`) rather than extracted.
+    pub reused: u64,
     /// Shards of the plan.
     pub shards: u32,
     /// Shards whose extract pods failed for good (`--failed-shards`) and whose images are all

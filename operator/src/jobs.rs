@@ -86,6 +86,7 @@ pub fn extract_args(fx: &FeatureExtraction) -> ExtractArgs {
             .source
             .max_image_bytes
             .unwrap_or(DEFAULT_MAX_IMAGE_BYTES),
+        reuse_from: spec.source.reuse_from.clone(),
         storage: storage_args(fx),
     }
 }

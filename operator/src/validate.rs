@@ -38,6 +38,18 @@ pub enum Invalid {
         /// Shards the plan would have.
         shards: u64,
     },
+    /// A `spec.source.reuseFrom` location is the run's output, or lies inside it or around it:
+    /// the run would copy rows from the output it is writing.
+    #[error(
+        "spec.source.reuseFrom {uri} overlaps spec.output.uri {output}: name previous runs' \
+         outputs, not this run's"
+    )]
+    ReuseOverlapsOutput {
+        /// The reuse location.
+        uri: String,
+        /// `spec.output.uri`.
+        output: String,
+    },
     /// The plan step found that the run cannot be planned as specified: an empty source, access
     /// denied, an unusable include pattern, an output prefix holding another run's plan.
     #[error("{message}")]
@@ -58,6 +70,7 @@ impl Invalid {
             Invalid::Policy(refused) => refused.reason(),
             Invalid::NoRunnerImage => "NoRunnerImage",
             Invalid::TooManyShards { .. } => "TooManyShards",
+            Invalid::ReuseOverlapsOutput { .. } => "ReuseOverlapsOutput",
             Invalid::Plan { reason, .. } => reason,
         }
     }
@@ -86,7 +99,32 @@ pub fn validate(spec: &FeatureExtractionSpec, settings: &Settings) -> Result<(),
     let policy = settings.policy();
     policy.check_image(image)?;
     policy.check_service_account(spec.runner.service_account_name.as_deref())?;
+    // The endpoint policy covers the reuse locations too: they are read through the same
+    // storage settings as the source and the output.
     policy.check_endpoint(spec.storage.endpoint.as_deref(), &spec.storage.region)?;
+    check_reuse_from(spec)
+}
+
+/// Refuses a reuse location that is the output, or lies inside it or around it (prefixes
+/// compared with a trailing `/`, as the runner compares them).
+fn check_reuse_from(spec: &FeatureExtractionSpec) -> Result<(), Invalid> {
+    let folder = |uri: &str| {
+        let mut uri = uri.trim().to_string();
+        if !uri.ends_with('/') {
+            uri.push('/');
+        }
+        uri
+    };
+    let output = folder(&spec.output.uri);
+    for uri in &spec.source.reuse_from {
+        let reuse = folder(uri);
+        if reuse.starts_with(&output) || output.starts_with(&reuse) {
+            return Err(Invalid::ReuseOverlapsOutput {
+                uri: uri.clone(),
+                output: spec.output.uri.clone(),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -108,6 +146,32 @@ pub fn plan_shards(images: u64, images_per_shard: u32) -> Result<u32, Invalid> {
 mod tests {
     use super::*;
     use crate::policy::Refused;
+
+    #[test]
+    fn a_reuse_location_must_be_another_runs_output() {
+        let mut spec = serde_yaml::from_str::<pomona_crds::FeatureExtraction>(include_str!(
+            "../../crds/examples/minimal.yaml"
+        ))
+        .unwrap()
+        .spec;
+        assert_eq!(check_reuse_from(&spec), Ok(()));
+        spec.source.reuse_from = vec![
+            "s3://fruits-eu/runs/fruits-minimal-w47/".into(),
+            "s3://other/runs/fruits-minimal".into(),
+        ];
+        assert_eq!(check_reuse_from(&spec), Ok(()));
+        for overlapping in [
+            "s3://fruits-eu/runs/fruits-minimal",
+            "s3://fruits-eu/runs/fruits-minimal/",
+            "s3://fruits-eu/runs/fruits-minimal/old/",
+            "s3://fruits-eu/runs/",
+        ] {
+            spec.source.reuse_from = vec!["s3://fruits-eu/runs/w47/".into(), overlapping.into()];
+            let refused = check_reuse_from(&spec).unwrap_err();
+            assert_eq!(refused.reason(), "ReuseOverlapsOutput");
+            assert!(refused.to_string().contains(overlapping), "{refused}");
+        }
+    }
 
     #[test]
     fn every_settings_refusal_is_checked_again_on_restart() {

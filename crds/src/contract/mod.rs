@@ -246,6 +246,10 @@ pub struct PodSummary {
     pub processed: u64,
     /// Images dead-lettered.
     pub failed: u64,
+    /// Of the images with features, those whose features were copied from a previous run
+    /// (`--reuse-from`) instead of being extracted; absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<u64>,
     /// Wall-clock seconds the step took.
     pub seconds: f64,
     /// Peak resident memory of the process, in MiB, where the system tells it.
@@ -332,6 +336,7 @@ impl PodSummary {
             images: 0,
             processed: 0,
             failed: 0,
+            reused: None,
             seconds: 0.0,
             peak_rss_mib: None,
             cpu_seconds: None,
@@ -389,6 +394,7 @@ impl PodSummary {
 /// <output>/features/part-00000.parquet    path, label, etag, features
 /// <output>/stats/part-00000.safetensors   partial PCA statistics of the shard
 /// <output>/deadletter/part-00000.parquet  path, reason, bytes
+/// <output>/reuse/part-00000.json          features copied from previous runs (when some were)
 /// <output>/pca/                           the fitted PCA
 /// <output>/reduced/part-00000.parquet     path, label, pca
 /// <output>/reduced.csv                    path, label, pc1..pcK (when asked for)
@@ -453,6 +459,11 @@ impl OutputLayout {
     /// The dead-letter file of one shard.
     pub fn deadletter(&self, shard: u32) -> String {
         self.part("deadletter", shard, "parquet")
+    }
+    /// The record of the features shard `shard` copied from previous runs (`--reuse-from`),
+    /// present only when it copied some.
+    pub fn reuse(&self, shard: u32) -> String {
+        self.part("reuse", shard, "json")
     }
     /// Prefix of the partial PCA statistics.
     pub fn stats_dir(&self) -> String {
@@ -569,6 +580,7 @@ mod tests {
             "s3://fruits/runs/a/reduced/part-00003.parquet"
         );
         assert_eq!(s3.success(), "s3://fruits/runs/a/_SUCCESS");
+        assert_eq!(s3.reuse(2), "s3://fruits/runs/a/reuse/part-00002.json");
         let local = OutputLayout::new("/tmp/out");
         assert_eq!(local.features(1), "/tmp/out/features/part-00001.parquet");
         assert_eq!(local.csv(), "/tmp/out/reduced.csv");
@@ -630,6 +642,7 @@ mod tests {
             images: 2000,
             processed: 1998,
             failed: 2,
+            reused: None,
             seconds: 41.5,
             peak_rss_mib: Some(212),
             cpu_seconds: Some(38.25),
@@ -667,6 +680,7 @@ mod tests {
             images: 0,
             processed: 0,
             failed: 0,
+            reused: None,
             seconds: 0.5,
             peak_rss_mib: None,
             cpu_seconds: None,
@@ -705,6 +719,7 @@ mod tests {
             images: 1260,
             processed: 1259,
             failed: 1,
+            reused: None,
             seconds: 0.8,
             peak_rss_mib: None,
             cpu_seconds: None,

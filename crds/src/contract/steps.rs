@@ -124,6 +124,9 @@ pub struct ExtractArgs {
     pub batch_size: Option<u32>,
     /// Images larger than this many bytes are dead-lettered unread.
     pub max_image_bytes: u64,
+    /// Output prefixes of previous runs (same model and preprocessing) whose features are
+    /// copied for the images that have not changed since (`--reuse-from`, repeatable).
+    pub reuse_from: Vec<String>,
     /// Storage options.
     pub storage: StorageArgs,
 }
@@ -137,6 +140,9 @@ impl ExtractArgs {
             args.push(format!("--batch-size={batch}"));
         }
         args.push(format!("--max-image-bytes={}", self.max_image_bytes));
+        for uri in &self.reuse_from {
+            args.push(format!("--reuse-from={uri}"));
+        }
         self.storage.push(&mut args);
         args
     }

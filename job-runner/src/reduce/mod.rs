@@ -168,6 +168,8 @@ struct Census {
     dead_letters: u64,
     /// Shards `--failed-shards` names whose outputs are complete after all: they are used.
     named_but_complete: Vec<u32>,
+    /// Feature rows the complete shards copied from previous runs.
+    reused: u64,
 }
 
 /// What the output holds of one shard.
@@ -177,6 +179,8 @@ struct ShardOutputs {
     /// Dead letters in the shard's dead-letter file, when the shard wrote its statistics,
     /// features and dead letters (the dead letters last); `None` when any is missing.
     complete_with_dead_letters: Option<u64>,
+    /// Feature rows the shard copied from previous runs (`--reuse-from`), when complete.
+    reused: u64,
 }
 
 /// Shards whose outputs are looked at once.
@@ -195,16 +199,18 @@ async fn shard_outputs(
                 complete &= out.exists(&out.relative(&uri)?).await?;
             }
             let dead = layout.deadletter(shard);
-            let mut dead_letters = None;
+            let (mut dead_letters, mut reused) = (None, 0);
             if complete && out.exists(&out.relative(&dead)?).await? {
                 let data = get(out, &dead).await?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(data)
                     .with_context(|| format!("{dead} is not a Parquet file"))?;
                 dead_letters = Some(reader.metadata().file_metadata().num_rows() as u64);
+                reused = crate::reuse::recorded(out, shard).await?;
             }
             anyhow::Ok(ShardOutputs {
                 shard,
                 complete_with_dead_letters: dead_letters,
+                reused,
             })
         })
         .buffered(SHARD_CHECKS_IN_FLIGHT)
@@ -226,12 +232,14 @@ fn census(
         failed: Vec::new(),
         dead_letters: 0,
         named_but_complete: Vec::new(),
+        reused: 0,
     };
     let mut missing = Vec::new();
     for o in outputs {
         match o.complete_with_dead_letters {
             Some(dead_letters) => {
                 census.dead_letters += dead_letters;
+                census.reused += o.reused;
                 census.complete.push(o.shard);
                 if named.contains(&o.shard) {
                     census.named_but_complete.push(o.shard);
@@ -623,6 +631,7 @@ pub async fn reduce(
         images: plan.images,
         processed,
         failed,
+        reused: census.reused,
         shards: plan.shards,
         failed_shards: census.failed.clone(),
         pca_mode: match mode {
@@ -707,6 +716,7 @@ mod tests {
             .map(|(shard, &d)| ShardOutputs {
                 shard: shard as u32,
                 complete_with_dead_letters: d,
+                reused: d.map_or(0, |_| 5),
             })
             .collect()
     }
@@ -724,6 +734,7 @@ mod tests {
         assert_eq!(c.complete, [0, 2, 3]);
         assert_eq!(c.failed, [1]);
         assert_eq!(c.dead_letters, 3);
+        assert_eq!(c.reused, 15);
         assert_eq!(c.named_but_complete, [2]);
     }
 

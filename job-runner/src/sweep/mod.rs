@@ -240,7 +240,7 @@ async fn run_setting(
     let mut processed = 0;
     for shard in 0..plan.shards {
         let outcome = extractor
-            .extract_shard(source, &out, &plan, shard, &scratch, done.clone())
+            .extract_shard(source, &out, &plan, shard, &scratch, done.clone(), None)
             .await
             .with_context(|| format!("{name}: shard {shard}"))?;
         processed += outcome.counts.processed;
