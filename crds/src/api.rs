@@ -718,6 +718,14 @@ pub struct ImageCounts {
     /// Images in the dead-letter output (unreadable, undecodable, too large…), plus the images
     /// of shards that failed for good.
     pub failed: u64,
+    /// Of the processed images, those whose features were copied from a previous run
+    /// (`spec.source.reuseFrom`) instead of extracted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Shard counts of the extract Job.

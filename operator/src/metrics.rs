@@ -284,6 +284,7 @@ mod tests {
                 total: 100,
                 processed,
                 failed,
+                ..ImageCounts::default()
             }),
             ..FeatureExtractionStatus::default()
         }

@@ -336,6 +336,7 @@ fn counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) {
             total: counted.total,
             processed: summary.processed,
             failed: summary.failed,
+            reused: summary.reused.unwrap_or(0),
         }),
         (counted, _) => counted.map(|c| {
             let old = obs.old.and_then(|o| o.images).unwrap_or_default();
@@ -343,6 +344,7 @@ fn counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) {
                 total: c.total,
                 processed: c.processed.max(old.processed),
                 failed: c.failed.max(old.failed),
+                reused: c.reused.max(old.reused),
             }
         }),
     };
@@ -392,6 +394,7 @@ fn pod_counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) 
         let summary = pod.summary.as_ref().expect("filtered on a summary");
         images.processed += summary.processed;
         images.failed += summary.failed;
+        images.reused += summary.reused.unwrap_or(0);
     }
     for &index in failed.iter().filter(|&&i| i < plan.shards) {
         images.failed += plan.shard_len(index);

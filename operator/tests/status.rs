@@ -523,6 +523,29 @@ fn counts_survive_pod_garbage_collection_and_reduce_has_the_last_word() {
     );
 }
 
+/// `pod` whose summary says `reused` of its processed images were copied from previous runs.
+fn reusing(mut pod: PodObservation, reused: u64) -> PodObservation {
+    if let Some(s) = pod.summary.as_mut() {
+        s.reused = Some(reused);
+    }
+    pod
+}
+
+#[test]
+fn images_copied_from_previous_runs_are_counted_apart_among_the_processed() {
+    let spec = spec();
+    let [a, b, c]: [PodObservation; 3] = ok3().try_into().unwrap();
+    let pods = [reusing(a, 480), reusing(b, 10), c];
+    let done = job(Some(("Complete", "CompletionsReached")), "0-2", "", 0);
+    let s = compute(&extracting(&spec, &done, &pods), &at(10));
+    let images = s.images.unwrap();
+    assert_eq!((images.processed, images.reused), (1259, 490));
+    // A run that copied nothing shows no reused count at all.
+    let fresh = compute(&extracting(&spec, &done, &ok3()), &at(10));
+    let json = serde_json::to_value(fresh.images.unwrap()).unwrap();
+    assert_eq!(json.get("reused"), None, "{json}");
+}
+
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// `pod` that started at `start` with `cores` and `gib` requested, and that reported `cpu` CPU
