@@ -17,7 +17,7 @@ use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, ShardList};
 use pomona_runner::report::ReduceSummary;
 use pomona_runner::{Threads, Usage, exit_code, failure_reason};
 use pomona_storage::Storage;
-use pomona_storage::plan::{load_or_create_plan, read_plan};
+use pomona_storage::plan::{PlanRun, load_or_create_plan, read_plan, stream_plan};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -160,8 +160,14 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
             if c.overwrite {
                 cli::clear_output(&source, &out).await?;
             }
-            let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
+            let run = PlanRun::default();
+            let lines = cli::PlanProgressLines::start(run.progress.clone());
+            let made = load_or_create_plan(&source, &out, &options, &identity, &run).await;
+            drop(lines);
+            let (plan, created) = made?;
             cli::print_plan(&plan);
+            cli::say_if_raised(&plan, options.images_per_shard);
+            cli::say_if_raised(&plan, options.images_per_shard);
             let how = if created {
                 "written to"
             } else {
@@ -173,13 +179,14 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         None => {
             let source = Storage::open(&c.input, &config).await?;
             outcome.storages = vec![source.clone()];
-            let entries = pomona_storage::plan::list_images(&source, &options).await?;
-            let plan = pomona_storage::plan::build_plan(
-                &source.uri(),
-                &entries,
-                options.images_per_shard,
-            )?;
+            let run = PlanRun::default();
+            let lines = cli::PlanProgressLines::start(run.progress.clone());
+            let made = stream_plan(source.clone(), source.location(), None, &options, &run).await;
+            drop(lines);
+            let plan = made?;
             cli::print_plan(&plan);
+            cli::say_if_raised(&plan, options.images_per_shard);
+            cli::say_if_raised(&plan, options.images_per_shard);
             plan
         }
     };
@@ -256,8 +263,13 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     if c.overwrite {
         cli::clear_output(&source, &out).await?;
     }
-    let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
+    let run = PlanRun::default();
+    let lines = cli::PlanProgressLines::start(run.progress.clone());
+    let made = load_or_create_plan(&source, &out, &options, &identity, &run).await;
+    drop(lines);
+    let (plan, created) = made?;
     cli::print_plan(&plan);
+    cli::say_if_raised(&plan, options.images_per_shard);
     if !created {
         pomona_runner::say!("pomona: resuming the run planned in {}", out.uri());
     }
