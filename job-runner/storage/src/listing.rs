@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, StorageError};
+use crate::location::Location;
 use crate::storage::{ObjectMeta, Probe, Storage};
 
 /// How widely and deeply a listing fans out.
@@ -72,6 +73,16 @@ pub trait Lister: Clone + Send + Sync + 'static {
 
 impl Lister for Storage {
     async fn probe(&self, prefix: &str) -> Result<Probe, StorageError> {
+        // A missing folder is an error for a listing, as for `Storage::list`; a missing S3
+        // prefix is only empty.
+        if let (Location::Local { root }, "") = (self.location(), prefix)
+            && !root.is_dir()
+        {
+            return Err(StorageError::new(
+                ErrorKind::NotFound,
+                format!("list {}: no such directory", root.display()),
+            ));
+        }
         Storage::probe(self, prefix).await
     }
 

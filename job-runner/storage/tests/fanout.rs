@@ -185,6 +185,23 @@ async fn a_fanned_out_s3_listing_plans_the_same_bytes_as_one_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_source_folder_is_not_found_whatever_the_fan_out() {
+    let dir = TempDir::new("fan-missing");
+    let source = open(&dir.path().join("nothing-here")).await;
+    let out = open(&dir.path().join("out")).await;
+    for fan in fan_outs() {
+        let run = PlanRun {
+            fan,
+            ..PlanRun::default()
+        };
+        let err = plan::create_plan(&source, &out, &options(), None, &run)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "NotFound", "{fan:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_streamed_in_small_shards_join_into_the_raised_shards() {
     let dir = TempDir::new("fan-regroup");
     let out = open(dir.path()).await;
