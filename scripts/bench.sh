@@ -6,6 +6,10 @@
 #   ./scripts/bench.sh s3 [-- --copies N]         the same images from a folder, from s3s-fs, and
 #                                                 from s3s-fs behind 30 ms of latency: images/s,
 #                                                 ratio to the folder, client CPU/image, peak RSS
+#   ./scripts/bench.sh plan [-- --keys N]         a streamed plan of 10^7 synthetic keys (S3 pages
+#                                                 of 1,000) to a local folder: time, peak RSS;
+#                                                 200,000 objects of s3s-fs listed with fan-out
+#                                                 and with one stream, side by side
 #   ./scripts/bench.sh NAME                       any bench of job-runner/benches/
 set -euo pipefail
 cd "$(dirname "$0")/.."
