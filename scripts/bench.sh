@@ -8,8 +8,8 @@
 #                                                 ratio to the folder, client CPU/image, peak RSS
 #   ./scripts/bench.sh plan [-- --keys N]         a streamed plan of 10^7 synthetic keys (S3 pages
 #                                                 of 1,000) to a local folder: time, peak RSS;
-#                                                 200,000 objects of s3s-fs listed with fan-out
-#                                                 and with one stream, side by side
+#                                                 20,000 objects of s3s-fs (--s3-keys K) listed
+#                                                 with fan-out and with one stream, side by side
 #   ./scripts/bench.sh NAME                       any bench of job-runner/benches/
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -70,7 +70,10 @@ fn render_overrides_the_shard_size_and_refuses_invalid_resources() {
     // 10^9 images at 1 per shard would be 10^9 shards: raised to 10,000 per shard.
     let raised = render(&example(), 1_000_000_000, Some(1), &settings()).unwrap();
     assert!(raised.contains("completions: 100000"), "{raised}");
-    assert!(raised.contains("in 100000 shards of up to 10000"), "{raised}");
+    assert!(
+        raised.contains("in 100000 shards of up to 10000"),
+        "{raised}"
+    );
     // Past 100,000 shards of 1,000,000 images, the run is refused.
     let err = render(&example(), 100_000_000_001, None, &settings()).unwrap_err();
     assert!(err.to_string().contains("split the source"), "{err}");
