@@ -10,6 +10,10 @@
 #                                                 direct and behind 30 ms, 1 and 8 files at once
 #   ./scripts/bench.sh incremental [-- --new N]   the weekly case: a fresh run of the sample plus N
 #                                                 new images beside the run reusing last week's
+#   ./scripts/bench.sh plan [-- --keys N]         a streamed plan of 10^7 synthetic keys (S3 pages
+#                                                 of 1,000) to a local folder: time, peak RSS;
+#                                                 20,000 objects of s3s-fs (--s3-keys K) listed
+#                                                 with fan-out and with one stream, side by side
 #   ./scripts/bench.sh NAME                       any bench of job-runner/benches/
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,7 @@ use pomona_crds::contract::progress;
 use pomona_crds::contract::{
     Plan, PodSummary, Preprocessing, StorageCounts, TERMINATION_LOG, env, steps,
 };
+use pomona_storage::plan::PlanProgress;
 use pomona_storage::{REQUEST_TIMEOUT, RetryPolicy, S3Config, Storage};
 
 use crate::extract::{DEFAULT_MAX_IMAGE_BYTES, Extractor, ModelFile, Tuning};
@@ -425,6 +426,20 @@ pub fn print_plan(plan: &Plan) {
     );
 }
 
+/// Says so when `plan` has more images per shard than `asked` (see
+/// [`pomona_crds::contract::shard_plan`]).
+pub fn say_if_raised(plan: &Plan, asked: u32) {
+    if plan.images_per_shard != asked {
+        crate::say!(
+            "pomona: imagesPerShard raised from {asked} to {}: {} images at {asked} per shard \
+             would be more than the {} shards one Job can run",
+            plan.images_per_shard,
+            plan.images,
+            pomona_crds::contract::MAX_SHARDS
+        );
+    }
+}
+
 /// The request counts of `storages` added up; `None` when none made a request (local folders).
 pub fn storage_counts(storages: &[Storage]) -> Option<StorageCounts> {
     let sum = storages
@@ -634,6 +649,57 @@ impl Progress {
         if let Some(bar) = self.bar {
             bar.finish();
         }
+    }
+}
+
+/// The progress of a plan as one line: keys listed, keys per second, images, shards written.
+pub fn describe_plan_progress(progress: &PlanProgress, seconds: f64) -> String {
+    let listed = progress.listed.get();
+    let rate = if seconds > 0.0 {
+        listed as f64 / seconds
+    } else {
+        0.0
+    };
+    format!(
+        "pomona: listed {listed} keys ({rate:.0} keys/s), {} images, {} shards written",
+        progress.images.load(Ordering::Relaxed),
+        progress.shards.load(Ordering::Relaxed)
+    )
+}
+
+/// Reports a plan's progress on stderr every 10 s (stdout stays for the summary line), and
+/// once more when dropped.
+pub struct PlanProgressLines {
+    task: tokio::task::JoinHandle<()>,
+    progress: Arc<PlanProgress>,
+    start: std::time::Instant,
+}
+
+impl PlanProgressLines {
+    /// Starts reporting `progress`.
+    pub fn start(progress: Arc<PlanProgress>) -> Self {
+        let start = std::time::Instant::now();
+        let shown = progress.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let line = describe_plan_progress(&shown, start.elapsed().as_secs_f64());
+                crate::say!("{line}");
+            }
+        });
+        Self {
+            task,
+            progress,
+            start,
+        }
+    }
+}
+
+impl Drop for PlanProgressLines {
+    fn drop(&mut self) {
+        self.task.abort();
+        let line = describe_plan_progress(&self.progress, self.start.elapsed().as_secs_f64());
+        crate::say!("{line}");
     }
 }
 

@@ -18,7 +18,7 @@ use pomona_runner::report::ReduceSummary;
 use pomona_runner::reuse::Reuse;
 use pomona_runner::{Permanent, Threads, Usage, exit_code, failure_reason};
 use pomona_storage::Storage;
-use pomona_storage::plan::{load_or_create_plan, read_plan};
+use pomona_storage::plan::{PlanRun, load_or_create_plan, read_plan, stream_plan};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -166,8 +166,14 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
             if c.overwrite {
                 cli::clear_output(&source, &out).await?;
             }
-            let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
+            let run = PlanRun::default();
+            let lines = cli::PlanProgressLines::start(run.progress.clone());
+            let made = load_or_create_plan(&source, &out, &options, &identity, &run).await;
+            drop(lines);
+            let (plan, created) = made?;
             cli::print_plan(&plan);
+            cli::say_if_raised(&plan, options.images_per_shard);
+            cli::say_if_raised(&plan, options.images_per_shard);
             let how = if created {
                 "written to"
             } else {
@@ -179,13 +185,14 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         None => {
             let source = Storage::open(&c.input, &config).await?;
             outcome.storages = vec![source.clone()];
-            let entries = pomona_storage::plan::list_images(&source, &options).await?;
-            let plan = pomona_storage::plan::build_plan(
-                &source.uri(),
-                &entries,
-                options.images_per_shard,
-            )?;
+            let run = PlanRun::default();
+            let lines = cli::PlanProgressLines::start(run.progress.clone());
+            let made = stream_plan(source.clone(), source.location(), None, &options, &run).await;
+            drop(lines);
+            let plan = made?;
             cli::print_plan(&plan);
+            cli::say_if_raised(&plan, options.images_per_shard);
+            cli::say_if_raised(&plan, options.images_per_shard);
             plan
         }
     };
@@ -284,8 +291,13 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     if c.overwrite {
         cli::clear_output(&source, &out).await?;
     }
-    let (plan, created) = load_or_create_plan(&source, &out, &options, &identity).await?;
+    let run = PlanRun::default();
+    let lines = cli::PlanProgressLines::start(run.progress.clone());
+    let made = load_or_create_plan(&source, &out, &options, &identity, &run).await;
+    drop(lines);
+    let (plan, created) = made?;
     cli::print_plan(&plan);
+    cli::say_if_raised(&plan, options.images_per_shard);
     if let Some(reuse) = &reuse {
         let unchanged = reuse.count_plan(&out, &plan).await?;
         pomona_runner::say!(

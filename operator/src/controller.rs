@@ -27,6 +27,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+use pomona_crds::contract::{MAX_SHARDS, ShardPlan, shard_plan};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
 use crate::jobs::{extract_job, plan_job, reduce_job};
@@ -572,7 +573,27 @@ impl<'a> Run<'a> {
         if !extracted
             && (matches!(phase, Phase::Extracting | Phase::Suspended) || jobs.extract.is_some())
         {
-            let desired = extract_job(self.fx, plan.shards, settings);
+            let planned = ShardPlan {
+                images_per_shard: plan.images_per_shard,
+                shards: plan.shards,
+            };
+            let desired = extract_job(self.fx, planned, settings);
+            let per_shard = self.spec().sharding.images_per_shard;
+            if jobs.extract.is_none() && planned.raised(per_shard) {
+                let note = format!(
+                    "spec.sharding.imagesPerShard {per_shard} raised to {}: {} images at \
+                     {per_shard} per shard would be more than the {MAX_SHARDS} shards one Job \
+                     can run",
+                    planned.images_per_shard, plan.images
+                );
+                self.event(
+                    EventType::Normal,
+                    "ImagesPerShardRaised",
+                    "CreateJob",
+                    &note,
+                )
+                .await;
+            }
             let asked = self.spec().sharding.max_failed_shards;
             if jobs.extract.is_none() && asked > plan.shards {
                 let note = format!(
@@ -801,7 +822,9 @@ pub fn recorded_plan(
             images: images.total,
             bytes: 0,
             shards: shards.total,
-            images_per_shard: spec.sharding.images_per_shard,
+            // As the planner raised it, if it did.
+            images_per_shard: shard_plan(images.total, spec.sharding.images_per_shard)
+                .map_or(spec.sharding.images_per_shard, |s| s.images_per_shard),
         }),
         _ => PlanState::NotStarted,
     }

@@ -21,7 +21,9 @@ use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::steps::{
     self, DEFAULT_COMPONENTS, ExtractArgs, PcaMode, PlanArgs, ReduceArgs, ShardList, StorageArgs,
 };
-use pomona_crds::contract::{DEFAULT_MAX_IMAGE_BYTES, Preprocessing, TERMINATION_LOG, env, exit};
+use pomona_crds::contract::{
+    DEFAULT_MAX_IMAGE_BYTES, Preprocessing, ShardPlan, TERMINATION_LOG, env, exit,
+};
 
 use crate::names::{Component, RUN_NAME_ANNOTATION, job_name, labels, owner_reference};
 use crate::settings::Settings;
@@ -127,16 +129,16 @@ pub const REDUCE_BASE_SECONDS: u32 = 1800;
 pub const REDUCE_IMAGES_PER_SECOND: u64 = 100;
 
 /// The `activeDeadlineSeconds` of a step's pods: `spec.runner.activeDeadlineSeconds`, else
-/// derived from the pod's work (`images` is the whole run's, known once planned).
+/// derived from the pod's work: `images` is a shard's (as planned, raised or not) for an
+/// extract pod, the whole run's for the reduce pod.
 pub fn pod_deadline(fx: &FeatureExtraction, component: Component, images: u64) -> i64 {
     if let Some(seconds) = fx.spec.runner.active_deadline_seconds {
         return i64::from(seconds);
     }
-    let per_shard = u64::from(fx.spec.sharding.images_per_shard);
     let seconds = match component {
         Component::Plan => u64::from(PLAN_DEADLINE_SECONDS),
         Component::Extract => {
-            u64::from(EXTRACT_BASE_SECONDS) + per_shard * u64::from(EXTRACT_SECONDS_PER_IMAGE)
+            u64::from(EXTRACT_BASE_SECONDS) + images * u64::from(EXTRACT_SECONDS_PER_IMAGE)
         }
         Component::Reduce => {
             u64::from(REDUCE_BASE_SECONDS) + images.div_ceil(REDUCE_IMAGES_PER_SECOND)
@@ -166,16 +168,17 @@ fn one_pod(fx: &FeatureExtraction, mut job: Job) -> Job {
     job
 }
 
-/// The extract Job: `shards` indexes, each running `pomona extract` on the shard
-/// `$JOB_COMPLETION_INDEX` (which the runner reads from the environment).
-pub fn extract_job(fx: &FeatureExtraction, shards: u32, settings: &Settings) -> Job {
+/// The extract Job of the plan's `shards`: one index per shard, each running `pomona extract`
+/// on the shard `$JOB_COMPLETION_INDEX` (which the runner reads from the environment).
+pub fn extract_job(fx: &FeatureExtraction, planned: ShardPlan, settings: &Settings) -> Job {
     let sharding = &fx.spec.sharding;
+    let shards = planned.shards;
     let mut job = job(
         fx,
         Component::Extract,
         extract_args(fx).to_args(),
         settings,
-        0,
+        u64::from(planned.images_per_shard),
     );
     let job_spec = job.spec.as_mut().expect("job() sets a spec");
     job_spec.completion_mode = Some("Indexed".into());
@@ -413,7 +416,11 @@ mod tests {
         let mut fx: FeatureExtraction =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let args = |fx: &FeatureExtraction| {
-            let job = extract_job(fx, 1, &Settings::default());
+            let one = ShardPlan {
+                images_per_shard: 500,
+                shards: 1,
+            };
+            let job = extract_job(fx, one, &Settings::default());
             let pod = job.spec.unwrap().template.spec.unwrap();
             pod.containers[0].args.clone().unwrap()
         };
@@ -424,5 +431,21 @@ mod tests {
         assert!(args(&fx).contains(&format!("--max-image-bytes={DEFAULT_MAX_IMAGE_BYTES}")));
         fx.spec.source.max_image_bytes = Some(1_000_000);
         assert!(args(&fx).contains(&"--max-image-bytes=1000000".to_string()));
+    }
+
+    #[test]
+    fn an_extract_pod_s_deadline_follows_the_shard_size_as_planned() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/examples/minimal.yaml");
+        let fx: FeatureExtraction =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let asked = fx.spec.sharding.images_per_shard;
+        // 10^9 images at the default 2,000 per shard: raised to 10,000 per shard.
+        let raised = pomona_crds::contract::shard_plan(1_000_000_000, asked).unwrap();
+        assert_eq!((asked, raised.images_per_shard), (2000, 10_000));
+        let job = extract_job(&fx, raised, &Settings::default());
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.completions, Some(100_000));
+        let deadline = spec.template.spec.unwrap().active_deadline_seconds;
+        assert_eq!(deadline, Some(900 + 10_000));
     }
 }

@@ -6,7 +6,9 @@ use pomona_crds::FeatureExtraction;
 
 use crate::jobs::{extract_job, plan_job, reduce_job};
 use crate::settings::Settings;
-use crate::validate::{plan_shards, validate};
+use pomona_crds::contract::shard_plan;
+
+use crate::validate::{Invalid, validate};
 
 /// The owner uid written in rendered Jobs: a placeholder, since no cluster assigned one.
 pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
@@ -27,10 +29,13 @@ pub fn render(
         fx.spec.sharding.images_per_shard = per_shard;
     }
     validate(&fx.spec, settings)?;
-    let shards = plan_shards(images, fx.spec.sharding.images_per_shard)?;
+    let asked = fx.spec.sharding.images_per_shard;
+    let sharding = shard_plan(images, asked).map_err(Invalid::from)?;
+    let shards = sharding.shards;
     let mut header = format!(
         "# Rendered by pomona-operator without a cluster, for {images} images in {shards} \
-         shards.\n# PLACEHOLDER: the ownerReference uid ({PLACEHOLDER_UID}) is not a real one"
+         shards of up to {}.\n# PLACEHOLDER: the ownerReference uid ({PLACEHOLDER_UID}) is not a real one",
+        sharding.images_per_shard
     );
     if fx.metadata.namespace.is_none() {
         fx.metadata.namespace = Some(PLACEHOLDER_NAMESPACE.into());
@@ -43,7 +48,7 @@ pub fn render(
     let mut out = header;
     for job in [
         plan_job(&fx, settings),
-        extract_job(&fx, shards, settings),
+        extract_job(&fx, sharding, settings),
         reduce_job(&fx, images, &[], settings),
     ] {
         out.push_str("---\n");

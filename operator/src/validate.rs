@@ -3,7 +3,7 @@
 //! Pure: each failure carries the condition reason and the message users read in the status.
 
 use pomona_crds::FeatureExtractionSpec;
-use pomona_crds::contract::MAX_SHARDS;
+use pomona_crds::contract::ShardPlanError;
 use thiserror::Error;
 
 use crate::policy::Refused;
@@ -25,19 +25,10 @@ pub enum Invalid {
          (--runner-image / POMONA_RUNNER_IMAGE): set spec.runner.image"
     )]
     NoRunnerImage,
-    /// The plan has more shards than one Indexed Job can run.
-    #[error(
-        "{images} images in shards of {images_per_shard} make {shards} shards, more than the \
-         {MAX_SHARDS} one Job can run: raise spec.sharding.imagesPerShard"
-    )]
-    TooManyShards {
-        /// Images listed.
-        images: u64,
-        /// `spec.sharding.imagesPerShard`.
-        images_per_shard: u32,
-        /// Shards the plan would have.
-        shards: u64,
-    },
+    /// The run's images cannot be sharded into one Indexed Job
+    /// ([`pomona_crds::contract::shard_plan`]).
+    #[error(transparent)]
+    Shards(#[from] ShardPlanError),
     /// A `spec.source.reuseFrom` location is the run's output, or lies inside it or around it:
     /// the run would copy rows from the output it is writing.
     #[error(
@@ -69,8 +60,9 @@ impl Invalid {
             Invalid::Region(_) => "RegionNotAllowed",
             Invalid::Policy(refused) => refused.reason(),
             Invalid::NoRunnerImage => "NoRunnerImage",
-            Invalid::TooManyShards { .. } => "TooManyShards",
             Invalid::ReuseOverlapsOutput { .. } => "ReuseOverlapsOutput",
+            Invalid::Shards(ShardPlanError::TooManyImages { .. }) => "TooManyImages",
+            Invalid::Shards(ShardPlanError::ZeroShardSize) => "InvalidShardSize",
             Invalid::Plan { reason, .. } => reason,
         }
     }
@@ -126,20 +118,6 @@ fn check_reuse_from(spec: &FeatureExtractionSpec) -> Result<(), Invalid> {
         }
     }
     Ok(())
-}
-
-/// The number of shards of `images` images in shards of `images_per_shard`, or why a Job
-/// cannot run them (the same count as the runner's planner: no image, no shard).
-pub fn plan_shards(images: u64, images_per_shard: u32) -> Result<u32, Invalid> {
-    let shards = images.div_ceil(u64::from(images_per_shard.max(1)));
-    match u32::try_from(shards) {
-        Ok(n) if n <= MAX_SHARDS => Ok(n),
-        _ => Err(Invalid::TooManyShards {
-            images,
-            images_per_shard,
-            shards,
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pomona_crds::FeatureExtraction;
+use pomona_crds::contract::ShardPlan;
 use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, plan_job, reduce_job};
 use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
 
@@ -18,6 +19,14 @@ fn fx(yaml_patch: impl FnOnce(&mut FeatureExtraction)) -> FeatureExtraction {
     fx.metadata.uid = Some("uid-1".into());
     yaml_patch(&mut fx);
     fx
+}
+
+/// A plan of `n` shards of the example's 500 images.
+fn shards(n: u32) -> ShardPlan {
+    ShardPlan {
+        images_per_shard: 500,
+        shards: n,
+    }
 }
 
 fn pod(job: &Job) -> &PodSpec {
@@ -38,7 +47,7 @@ fn env(job: &Job, name: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn extract_job_is_an_indexed_job_with_the_failure_policy() {
-    let job = extract_job(&fx(|_| {}), 3, &Settings::default());
+    let job = extract_job(&fx(|_| {}), shards(3), &Settings::default());
     let v = serde_json::to_value(&job).unwrap();
     assert_eq!(v["apiVersion"], "batch/v1");
     assert_eq!(v["kind"], "Job");
@@ -97,7 +106,7 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
     let fx = fx(|fx| fx.spec.runner.active_deadline_seconds = None);
     for (job, component) in [
         (plan_job(&fx, &Settings::default()), "plan"),
-        (extract_job(&fx, 3, &Settings::default()), "extract"),
+        (extract_job(&fx, shards(3), &Settings::default()), "extract"),
         (reduce_job(&fx, 1260, &[], &Settings::default()), "reduce"),
     ] {
         let v = serde_json::to_value(&job).unwrap();
@@ -244,13 +253,13 @@ fn minimal_resources_fall_back_to_the_operator_defaults() {
         fx.spec.ttl_seconds_after_finished = None;
         fx.spec.sharding.max_failed_shards = 2;
     });
-    let job = extract_job(&fx, 7, &Settings::default());
+    let job = extract_job(&fx, shards(7), &Settings::default());
     let spec = job.spec.as_ref().unwrap();
     assert_eq!(spec.suspend, Some(true));
     assert_eq!(spec.ttl_seconds_after_finished, None);
     assert_eq!(spec.max_failed_indexes, Some(2));
     // Kubernetes refuses maxFailedIndexes above completions: it is clamped to the shards.
-    let few = extract_job(&fx, 1, &Settings::default());
+    let few = extract_job(&fx, shards(1), &Settings::default());
     assert_eq!(few.spec.as_ref().unwrap().max_failed_indexes, Some(1));
     let c = container(&job);
     assert_eq!(c.image.as_deref(), Some(DEFAULT_RUNNER_IMAGE));
@@ -274,7 +283,7 @@ fn the_spec_overrides_every_pod_deadline() {
     let fx = fx(|fx| fx.spec.runner.active_deadline_seconds = Some(600));
     for job in [
         plan_job(&fx, &Settings::default()),
-        extract_job(&fx, 3, &Settings::default()),
+        extract_job(&fx, shards(3), &Settings::default()),
         reduce_job(&fx, 1260, &[], &Settings::default()),
     ] {
         let pod = job.spec.unwrap().template.spec.unwrap();
@@ -288,7 +297,7 @@ fn the_resize_filter_reaches_the_plan_and_the_extractor() {
     let args = |filter| {
         let job = extract_job(
             &fx(|fx| fx.spec.model.input.resize_filter = filter),
-            1,
+            shards(1),
             &Settings::default(),
         );
         container(&job).args.clone().unwrap()

@@ -67,8 +67,16 @@ fn render_overrides_the_shard_size_and_refuses_invalid_resources() {
     let us = example().replace("region: eu-west-3", "region: us-east-1");
     let err = render(&us, 10, None, &settings()).unwrap_err();
     assert!(err.to_string().contains("us-east-1"), "{err}");
-    let err = render(&example(), 1_000_000_000, Some(1), &settings()).unwrap_err();
-    assert!(err.to_string().contains("imagesPerShard"), "{err}");
+    // 10^9 images at 1 per shard would be 10^9 shards: raised to 10,000 per shard.
+    let raised = render(&example(), 1_000_000_000, Some(1), &settings()).unwrap();
+    assert!(raised.contains("completions: 100000"), "{raised}");
+    assert!(
+        raised.contains("in 100000 shards of up to 10000"),
+        "{raised}"
+    );
+    // Past 100,000 shards of 1,000,000 images, the run is refused.
+    let err = render(&example(), 100_000_000_001, None, &settings()).unwrap_err();
+    assert!(err.to_string().contains("split the source"), "{err}");
     // The admin's policy: another runner image, or the example's endpoint not allowed.
     let other = example().replace(
         "image: ghcr.io/pomona-dev/pomona:0.1.0",

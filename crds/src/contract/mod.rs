@@ -18,9 +18,76 @@ use crate::api::{LabelMode, TensorLayout};
 /// Width of the zero-padded shard number in file names (`part-00042.parquet`).
 pub const SHARD_DIGITS: usize = 5;
 
-/// Largest number of shards in one run: the Indexed Job limit on `completions` when
-/// `backoffLimitPerIndex` is set.
+/// Largest number of shards in one run, the extract Job's `completions`. Kubernetes takes up
+/// to 100,000 completions (and parallelism) for an Indexed Job; past 100,000 completions with
+/// `backoffLimitPerIndex` it wants `maxFailedIndexes` set and at most 10,000, and parallelism
+/// at most 10,000. Staying at 100,000 keeps every run out of that regime, and keeps the Job's
+/// `.status.completedIndexes` and `.status.failedIndexes` within etcd's 1.5 MiB object even
+/// when no two indexes are consecutive (see [`shard_plan`]).
 pub const MAX_SHARDS: u32 = 100_000;
+
+/// Largest `imagesPerShard`, asked for or raised to (the resource schema's bound): a run holds
+/// at most [`MAX_SHARDS`] × this many images.
+pub const MAX_IMAGES_PER_SHARD: u32 = 1_000_000;
+
+/// How a run's images split into shards ([`shard_plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// Images per shard: the number asked for, or a multiple of it when that many shards
+    /// would be more than one Job can run.
+    pub images_per_shard: u32,
+    /// Shards (the last one takes the rest; none when there is no image).
+    pub shards: u32,
+}
+
+impl ShardPlan {
+    /// Whether `imagesPerShard` was raised above `asked`.
+    pub fn raised(&self, asked: u32) -> bool {
+        self.images_per_shard != asked
+    }
+}
+
+/// Why a run cannot be sharded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShardPlanError {
+    /// `imagesPerShard` is 0.
+    #[error("imagesPerShard must be at least 1")]
+    ZeroShardSize,
+    /// More images than one run can hold: the run is refused, not split into several Jobs.
+    #[error(
+        "{images} images are more than one run can hold ({MAX_SHARDS} shards of at most \
+         {MAX_IMAGES_PER_SHARD} images): split the source into several runs"
+    )]
+    TooManyImages {
+        /// Images listed.
+        images: u64,
+    },
+}
+
+/// The shards of a run of `images` images asked to have `asked` images per shard: the only
+/// definition of the shard arithmetic, which the planner writes in the plan and the operator
+/// reads back.
+///
+/// When `asked` would make more than [`MAX_SHARDS`] shards, images per shard is raised to the
+/// smallest multiple of `asked` that makes at most [`MAX_SHARDS`] (a multiple, so that a plan
+/// streamed in shards of `asked` becomes the raised plan by joining neighbouring manifests),
+/// unless that is above [`MAX_IMAGES_PER_SHARD`]: then the run is refused.
+pub fn shard_plan(images: u64, asked: u32) -> Result<ShardPlan, ShardPlanError> {
+    if asked == 0 {
+        return Err(ShardPlanError::ZeroShardSize);
+    }
+    let chunks = images.div_ceil(u64::from(asked));
+    let factor = chunks.div_ceil(u64::from(MAX_SHARDS)).max(1);
+    let per_shard = u64::from(asked) * factor;
+    let too_many = ShardPlanError::TooManyImages { images };
+    if factor > 1 && per_shard > u64::from(MAX_IMAGES_PER_SHARD) {
+        return Err(too_many);
+    }
+    Ok(ShardPlan {
+        images_per_shard: u32::try_from(per_shard).map_err(|_| too_many)?,
+        shards: u32::try_from(chunks.div_ceil(factor)).map_err(|_| too_many)?,
+    })
+}
 
 /// Where the runner writes the one-line summary for Kubernetes to pick up as the container's
 /// termination message.
@@ -616,6 +683,82 @@ mod tests {
         ] {
             assert_eq!(OutputLayout::shard_of(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn shards_are_as_asked_up_to_the_job_limit() {
+        let plan = |images, asked| shard_plan(images, asked).unwrap();
+        assert_eq!(
+            plan(1260, 500),
+            ShardPlan {
+                images_per_shard: 500,
+                shards: 3
+            }
+        );
+        assert_eq!(plan(0, 500).shards, 0);
+        assert_eq!(plan(1, 500).shards, 1);
+        // Exactly 100,000 shards is still one Job as asked.
+        let limit = u64::from(MAX_SHARDS);
+        let full = plan(limit * 2000, 2000);
+        assert_eq!((full.images_per_shard, full.shards), (2000, MAX_SHARDS));
+        assert!(!full.raised(2000));
+        assert_eq!(shard_plan(5, 0), Err(ShardPlanError::ZeroShardSize));
+    }
+
+    #[test]
+    fn images_per_shard_is_raised_past_the_job_limit_to_a_multiple_of_the_asked() {
+        let plan = |images, asked| shard_plan(images, asked).unwrap();
+        let limit = u64::from(MAX_SHARDS);
+        // One image more than 100,000 shards hold: twice the shard size.
+        let over = plan(limit * 2000 + 1, 2000);
+        assert_eq!(over.images_per_shard, 4000);
+        assert_eq!(over.shards, 50_001);
+        assert!(over.raised(2000));
+        // 10^8 images at 1 per shard: 1,000 per shard, exactly 100,000 shards.
+        let fine = plan(100_000_000, 1);
+        assert_eq!((fine.images_per_shard, fine.shards), (1000, MAX_SHARDS));
+        // Whatever the count, never more shards than one Job runs, never a smaller shard.
+        for images in [limit + 1, 3 * limit + 7, 123_456_789, 10_000_000_000] {
+            for asked in [1, 7, 2000, 999_999] {
+                let Ok(p) = shard_plan(images, asked) else {
+                    continue;
+                };
+                assert!(p.shards <= MAX_SHARDS, "{images} {asked}");
+                assert_eq!(p.images_per_shard % asked, 0, "{images} {asked}");
+                assert_eq!(
+                    u64::from(p.shards),
+                    images.div_ceil(u64::from(p.images_per_shard))
+                );
+                // The raise is the smallest one that fits.
+                let smaller = u64::from(p.images_per_shard - asked).max(u64::from(asked));
+                if p.raised(asked) {
+                    assert!(images.div_ceil(smaller) > limit, "{images} {asked}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn runs_beyond_the_largest_shards_are_refused_not_split() {
+        let most = u64::from(MAX_SHARDS) * u64::from(MAX_IMAGES_PER_SHARD);
+        let p = shard_plan(most, 1_000_000).unwrap();
+        assert_eq!((p.images_per_shard, p.shards), (1_000_000, MAX_SHARDS));
+        let err = shard_plan(most + 1, 1_000_000).unwrap_err();
+        assert_eq!(err, ShardPlanError::TooManyImages { images: most + 1 });
+        assert!(err.to_string().contains("split the source"), "{err}");
+        // A raise past the largest shard is refused too.
+        assert!(shard_plan(most, 2000).is_ok());
+        assert!(shard_plan(most + 1, 2000).is_err());
+        assert!(shard_plan(u64::MAX, 1).is_err());
+    }
+
+    #[test]
+    fn the_job_s_index_lists_fit_in_etcd_at_the_shard_limit() {
+        // `.status.completedIndexes` and `.status.failedIndexes` list disjoint indexes, as
+        // ranges (`1-5,7`); their longest form is every index alone, comma-separated, which
+        // both lists together cannot exceed. etcd refuses objects above 1.5 MiB.
+        let longest: usize = (0..MAX_SHARDS).map(|i| i.to_string().len() + 1).sum();
+        assert!(longest < 1_572_864 / 2, "{longest} bytes");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use clap::{Args, Parser};
 use pomona_crds::LabelMode;
 use pomona_crds::contract::OutputLayout;
 use pomona_storage::Storage;
-use pomona_storage::plan::{PlanOptions, load_or_create_plan};
+use pomona_storage::plan::{PlanOptions, PlanRun, load_or_create_plan};
 use serde::Serialize;
 
 use crate::Threads;
@@ -233,7 +233,8 @@ async fn run_setting(
         extractor.provenance().model_sha256.clone(),
         model_args.preprocessing(),
     );
-    let (plan, _) = load_or_create_plan(source, &out, &options, &identity).await?;
+    let (plan, _) =
+        load_or_create_plan(source, &out, &options, &identity, &PlanRun::default()).await?;
     let scratch = cli::scratch_dir();
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

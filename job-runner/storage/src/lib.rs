@@ -2,6 +2,7 @@
 //!
 //! - [`Storage`]: objects under an S3 prefix or a local directory, behind one API, with
 //!   retries of transient failures and errors classified by [`ErrorKind`].
+//! - [`listing`]: list a source by prefix, concurrently, in key order.
 //! - [`plan`]: list a source, keep the images, label them, split them into shards and write
 //!   the plan and shard manifests of [`pomona_crds::contract`].
 //! - `testing` (cargo feature `testing`): a real S3-compatible server for tests.
@@ -9,6 +10,7 @@
 mod body;
 mod counters;
 mod error;
+pub mod listing;
 mod local;
 mod location;
 pub mod pattern;
@@ -26,6 +28,6 @@ pub use location::Location;
 pub use pomona_crds::contract::StorageCounts;
 pub use retry::RetryPolicy;
 pub use storage::{
-    CHILDREN_PAGE, GetOptions, Listing, MULTIPART_THRESHOLD, ObjectMeta, PART_SIZE,
+    CHILDREN_PAGE, GetOptions, Listing, MULTIPART_THRESHOLD, ObjectMeta, PART_SIZE, Probe,
     REQUEST_TIMEOUT, S3Config, StaticCredentials, Storage,
 };

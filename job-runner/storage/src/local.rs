@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 
 use crate::error::{ErrorKind, StorageError, io_error};
-use crate::storage::{GetOptions, Listing, ObjectMeta};
+use crate::storage::{CHILDREN_PAGE, GetOptions, Listing, ObjectMeta, Probe};
 
 /// Name prefix of the temporary files `put` writes before renaming; listings skip them.
 pub(crate) const TEMP_PREFIX: &str = ".pomona-tmp-";
@@ -150,28 +150,70 @@ impl LocalStore {
         }
     }
 
-    pub(crate) async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    /// Sends the objects under `prefix`, sorted, to `pages` in pages of [`CHILDREN_PAGE`];
+    /// returns the number of requests (1: one walk). Stops early when the receiver is gone.
+    pub(crate) async fn pages(
+        &self,
+        prefix: &str,
+        pages: tokio::sync::mpsc::Sender<Vec<ObjectMeta>>,
+    ) -> Result<u32, StorageError> {
+        let listing = self.list(prefix).await?;
+        let mut objects = listing.objects.into_iter();
+        loop {
+            let page: Vec<ObjectMeta> = objects.by_ref().take(CHILDREN_PAGE).collect();
+            if page.is_empty() || pages.send(page).await.is_err() {
+                break;
+            }
+        }
+        Ok(listing.requests)
+    }
+
+    pub(crate) async fn probe(&self, prefix: &str) -> Result<Probe, StorageError> {
         let dir = match prefix.trim_end_matches('/') {
             "" => self.root.clone(),
             folder => self.path(folder)?,
         };
+        let prefix = prefix.to_string();
         blocking(move || {
             let entries = match fs::read_dir(&dir) {
                 Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Probe::default()),
                 Err(e) => return Err(io_error("list", &dir, e)),
             };
-            let mut names = Vec::new();
-            for entry in entries.take(crate::storage::CHILDREN_PAGE) {
+            let mut probe = Probe::default();
+            for entry in entries {
                 let entry = entry.map_err(|e| io_error("list", &dir, e))?;
-                let mut name = entry.file_name().to_string_lossy().into_owned();
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    name.push('/');
+                if probe.objects.len() + probe.prefixes.len() == CHILDREN_PAGE {
+                    probe.truncated = true;
+                    break;
                 }
-                names.push(name);
+                // The same entries as a listing's walk: UTF-8 names, no temporary files,
+                // symlinks followed, dangling ones skipped.
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = match fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error("stat", &path, e)),
+                };
+                if meta.is_dir() {
+                    probe.prefixes.push(format!("{prefix}{name}/"));
+                } else if meta.is_file() {
+                    probe.objects.push(ObjectMeta {
+                        key: format!("{prefix}{name}"),
+                        size: meta.len(),
+                        etag: Some(stamp(&meta)),
+                    });
+                }
             }
-            names.sort();
-            Ok(names)
+            probe.objects.sort_by(|a, b| a.key.cmp(&b.key));
+            probe.prefixes.sort();
+            Ok(probe)
         })
         .await
     }

@@ -1,17 +1,25 @@
 //! Planning a run: which images, with which labels, in which shards.
 //!
-//! The pure steps ([`select`], [`label_of`], [`build_plan`], [`shard_entries`], [`to_jsonl`],
-//! [`from_jsonl`]) are separate from the ones that touch storage ([`create_plan`],
-//! [`load_or_create_plan`], [`read_plan`], [`read_shard`]) so that both the operator and the
-//! runner use the same logic and it is tested without any storage.
+//! The pure steps ([`select`], [`label_of`], [`to_jsonl`], [`from_jsonl`], and the shard
+//! arithmetic [`shard_plan`] of the job contract) are separate from the ones that touch storage
+//! ([`stream_plan`], [`create_plan`], [`load_or_create_plan`], [`read_plan`], [`read_shard`]) so
+//! that both the operator and the runner use the same logic and it is tested without any
+//! storage. A plan streams: the listing fans out by prefix ([`crate::listing`]) and the shard
+//! manifests are written as the images come, in memory bounded by the listing's parts in
+//! flight and one shard.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use pomona_crds::LabelMode;
 use pomona_crds::contract::{
-    MAX_SHARDS, ManifestEntry, OutputLayout, Plan, Preprocessing, RunIdentity,
+    ManifestEntry, OutputLayout, Plan, Preprocessing, RunIdentity, ShardPlan, ShardPlanError,
+    shard_plan,
 };
 
 use crate::error::{ErrorKind, StorageError};
+use crate::listing::{FanOut, Listed, Lister, list_in_order};
 use crate::location::Location;
 use crate::pattern::{PatternError, Patterns};
 use crate::storage::{ObjectMeta, Storage};
@@ -73,26 +81,9 @@ pub enum PlanError {
         /// The include patterns.
         patterns: Vec<String>,
     },
-    /// The plan would need more shards than a run may have.
-    #[error(
-        "{images} images at {per_shard} per shard make {shards} shards, more than the limit of \
-         {max}: set imagesPerShard to at least {needed}"
-    )]
-    TooManyShards {
-        /// Images selected.
-        images: u64,
-        /// Images per shard asked for.
-        per_shard: u32,
-        /// Shards that would be needed.
-        shards: u64,
-        /// The limit ([`MAX_SHARDS`]).
-        max: u32,
-        /// The smallest images-per-shard that fits.
-        needed: u64,
-    },
-    /// `images_per_shard` is 0.
-    #[error("imagesPerShard must be at least 1")]
-    ZeroShardSize,
+    /// The images cannot be sharded as asked (see [`shard_plan`]).
+    #[error(transparent)]
+    Shards(#[from] ShardPlanError),
     /// A plan or manifest object does not hold what it should.
     #[error("corrupt {key}: {reason}")]
     Corrupt {
@@ -156,8 +147,8 @@ impl PlanError {
             PlanError::Storage(e) => storage_reason(e.kind()),
             PlanError::Pattern(_) => "InvalidInclude",
             PlanError::Empty { .. } => "EmptySource",
-            PlanError::TooManyShards { .. } => "TooManyShards",
-            PlanError::ZeroShardSize => "InvalidShardSize",
+            PlanError::Shards(ShardPlanError::TooManyImages { .. }) => "TooManyImages",
+            PlanError::Shards(ShardPlanError::ZeroShardSize) => "InvalidShardSize",
             PlanError::Corrupt { .. } => "CorruptPlan",
             PlanError::OutputInUse { .. } => "OutputInUse",
             PlanError::Overlap { .. } => "OutputOverlapsInput",
@@ -213,15 +204,15 @@ fn label_base(location: &Location) -> String {
     }
 }
 
-/// The images among `objects`: those whose file name matches `include`, labelled, sorted by
-/// key, without duplicates.
+/// The images among `objects` (in key order, as a listing gives them): those whose file name
+/// matches `include`, labelled.
 pub fn select(
     objects: &[ObjectMeta],
     include: &Patterns,
     base: &str,
     label: LabelMode,
 ) -> Vec<ManifestEntry> {
-    let mut entries: Vec<ManifestEntry> = objects
+    objects
         .iter()
         .filter(|o| include.matches(o.key.rsplit('/').next().unwrap_or_default()))
         .map(|o| ManifestEntry {
@@ -230,42 +221,7 @@ pub fn select(
             etag: o.etag.clone(),
             label: label_of(&o.key, base, label),
         })
-        .collect();
-    entries.sort_by(|a, b| a.key.cmp(&b.key));
-    entries.dedup_by(|a, b| a.key == b.key);
-    entries
-}
-
-/// The plan of `entries` (already selected and sorted) from `source`, in shards of
-/// `images_per_shard`.
-pub fn build_plan(
-    source: &str,
-    entries: &[ManifestEntry],
-    images_per_shard: u32,
-) -> Result<Plan, PlanError> {
-    if images_per_shard == 0 {
-        return Err(PlanError::ZeroShardSize);
-    }
-    let images = entries.len() as u64;
-    let shards = images.div_ceil(u64::from(images_per_shard));
-    if shards > u64::from(MAX_SHARDS) {
-        return Err(PlanError::TooManyShards {
-            images,
-            per_shard: images_per_shard,
-            shards,
-            max: MAX_SHARDS,
-            needed: images.div_ceil(u64::from(MAX_SHARDS)),
-        });
-    }
-    Ok(Plan {
-        format: Plan::FORMAT,
-        source: plan_source(source),
-        images,
-        bytes: entries.iter().map(|e| e.size).sum(),
-        images_per_shard,
-        shards: u32::try_from(shards).unwrap_or(u32::MAX),
-        identity: None,
-    })
+        .collect()
 }
 
 /// A source URI as a plan records it: ending with `/`, since manifest keys are relative to it.
@@ -351,23 +307,17 @@ pub fn check_identity(plan: &Plan, identity: &RunIdentity, output: &str) -> Resu
     })
 }
 
-/// The entries of shard `shard` of `plan` (empty past the last shard).
-pub fn shard_entries<'a>(
-    plan: &Plan,
-    entries: &'a [ManifestEntry],
-    shard: u32,
-) -> &'a [ManifestEntry] {
-    let per = plan.images_per_shard as usize;
-    let start = (shard as usize).saturating_mul(per).min(entries.len());
-    &entries[start..start.saturating_add(per).min(entries.len())]
+/// Appends `entry` to a shard manifest: one JSON object and a newline.
+pub fn push_jsonl(out: &mut Vec<u8>, entry: &ManifestEntry) {
+    serde_json::to_writer(&mut *out, entry).expect("a manifest entry serializes");
+    out.push(b'\n');
 }
 
 /// A shard manifest: one JSON object per line.
 pub fn to_jsonl(entries: &[ManifestEntry]) -> Bytes {
     let mut out = Vec::with_capacity(entries.len() * 96);
     for e in entries {
-        serde_json::to_writer(&mut out, e).expect("a manifest entry serializes");
-        out.push(b'\n');
+        push_jsonl(&mut out, e);
     }
     Bytes::from(out)
 }
@@ -390,55 +340,92 @@ pub fn from_jsonl(key: &str, data: &[u8]) -> Result<Vec<ManifestEntry>, PlanErro
         .collect()
 }
 
-/// Lists `source` and selects its images (see [`select`]).
-pub async fn list_images(
-    source: &Storage,
-    options: &PlanOptions,
-) -> Result<Vec<ManifestEntry>, PlanError> {
-    let include = Patterns::new(&options.include)?;
-    let objects = source.list("").await?;
-    let entries = select(
-        &objects,
-        &include,
-        &label_base(source.location()),
-        options.label,
-    );
-    if entries.is_empty() {
-        return Err(PlanError::Empty {
-            uri: source.uri(),
-            listed: objects.len(),
-            patterns: options.include.clone(),
-        });
-    }
-    Ok(entries)
+/// How a plan is made: how the listing fans out, and where it reports its progress.
+#[derive(Clone, Debug, Default)]
+pub struct PlanRun {
+    /// The listing's fan-out.
+    pub fan: FanOut,
+    /// Counts for progress lines.
+    pub progress: Arc<PlanProgress>,
 }
 
-/// Writes the shard manifests, then (last, so its presence means the plan is whole)
-/// `manifests/plan.json`, under `output`.
-pub async fn write_plan(
-    output: &Storage,
-    plan: &Plan,
-    entries: &[ManifestEntry],
-) -> Result<(), PlanError> {
-    let layout = OutputLayout::new(&output.uri());
-    let mut tasks = tokio::task::JoinSet::new();
-    for shard in 0..plan.shards {
-        if tasks.len() >= WRITE_CONCURRENCY {
-            join_one(&mut tasks).await?;
+/// How far a plan has got: keys listed, images selected, shard manifests written.
+#[derive(Debug, Default)]
+pub struct PlanProgress {
+    /// Keys listed.
+    pub listed: Arc<Listed>,
+    /// Images selected.
+    pub images: AtomicU64,
+    /// Shard manifests written.
+    pub shards: AtomicU64,
+}
+
+/// Writes shard manifests as the images stream in: one shard's bytes in memory, and at most
+/// [`WRITE_CONCURRENCY`] uploads at once.
+struct ShardWriter<'a> {
+    output: Option<&'a Storage>,
+    layout: OutputLayout,
+    per_shard: u64,
+    shard: u32,
+    in_shard: u64,
+    body: Vec<u8>,
+    tasks: tokio::task::JoinSet<Result<(), StorageError>>,
+    progress: &'a PlanProgress,
+}
+
+impl<'a> ShardWriter<'a> {
+    fn new(output: Option<&'a Storage>, per_shard: u32, progress: &'a PlanProgress) -> Self {
+        Self {
+            layout: OutputLayout::new(&output.map(Storage::uri).unwrap_or_default()),
+            output,
+            per_shard: u64::from(per_shard),
+            shard: 0,
+            in_shard: 0,
+            body: Vec::new(),
+            tasks: tokio::task::JoinSet::new(),
+            progress,
         }
-        let key = output.relative(&layout.manifest(shard))?;
-        let body = to_jsonl(shard_entries(plan, entries, shard));
-        let out = output.clone();
-        tasks.spawn(async move { out.put(&key, body).await });
     }
-    while !tasks.is_empty() {
-        join_one(&mut tasks).await?;
+
+    async fn push(&mut self, entry: &ManifestEntry) -> Result<(), PlanError> {
+        if self.output.is_some() {
+            push_jsonl(&mut self.body, entry);
+        }
+        self.in_shard += 1;
+        if self.in_shard == self.per_shard {
+            self.flush().await?;
+        }
+        Ok(())
     }
-    let body = serde_json::to_vec_pretty(plan).expect("a plan serializes");
-    output
-        .put(&output.relative(&layout.plan())?, Bytes::from(body))
-        .await?;
-    Ok(())
+
+    /// Writes the shard in progress, if it has any image.
+    async fn flush(&mut self) -> Result<(), PlanError> {
+        if self.in_shard == 0 {
+            return Ok(());
+        }
+        if let Some(output) = self.output {
+            while self.tasks.len() >= WRITE_CONCURRENCY {
+                join_one(&mut self.tasks).await?;
+            }
+            let key = output.relative(&self.layout.manifest(self.shard))?;
+            let body = Bytes::from(std::mem::take(&mut self.body));
+            let out = output.clone();
+            self.tasks.spawn(async move { out.put(&key, body).await });
+            self.progress.shards.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shard += 1;
+        self.in_shard = 0;
+        Ok(())
+    }
+
+    /// Writes the last shard and waits for every upload; returns the shards written.
+    async fn finish(mut self) -> Result<u32, PlanError> {
+        self.flush().await?;
+        while !self.tasks.is_empty() {
+            join_one(&mut self.tasks).await?;
+        }
+        Ok(self.shard)
+    }
 }
 
 async fn join_one(
@@ -455,20 +442,145 @@ async fn join_one(
     }
 }
 
-/// Lists `source`, plans the run `identity` (when given) and writes the plan under `output`.
+/// Lists `lister` (the source `source`, whose folder part labels top-level images) under
+/// `run.fan`, selects its images and, with `output`, writes their shard manifests there as
+/// they stream in, in shards of `options.images_per_shard` (raised afterwards when needed:
+/// see [`shard_plan`] and [`regroup`]). Returns the plan, not yet written. Memory stays
+/// bounded by the listing's parts in flight and one shard, whatever the number of images.
+pub async fn stream_plan<L: Lister>(
+    lister: L,
+    source: &Location,
+    output: Option<&Storage>,
+    options: &PlanOptions,
+    run: &PlanRun,
+) -> Result<Plan, PlanError> {
+    let include = Patterns::new(&options.include)?;
+    let asked = options.images_per_shard;
+    if asked == 0 {
+        return Err(ShardPlanError::ZeroShardSize.into());
+    }
+    let base = label_base(source);
+    let progress = &*run.progress;
+    let mut pages = list_in_order(lister, run.fan, progress.listed.clone());
+    let mut writer = ShardWriter::new(output, asked, progress);
+    let (mut images, mut bytes) = (0u64, 0u64);
+    while let Some(page) = pages.recv().await {
+        for entry in select(&page?, &include, &base, options.label) {
+            images += 1;
+            bytes += entry.size;
+            writer.push(&entry).await?;
+        }
+        progress.images.store(images, Ordering::Relaxed);
+    }
+    let chunks = writer.finish().await?;
+    if images == 0 {
+        return Err(PlanError::Empty {
+            uri: source.uri(),
+            listed: usize::try_from(progress.listed.get()).unwrap_or(usize::MAX),
+            patterns: options.include.clone(),
+        });
+    }
+    let sharding = shard_plan(images, asked)?;
+    if let Some(output) = output
+        && sharding.raised(asked)
+    {
+        regroup(output, asked, chunks, &sharding).await?;
+    }
+    Ok(Plan {
+        format: Plan::FORMAT,
+        source: plan_source(&source.uri()),
+        images,
+        bytes,
+        images_per_shard: sharding.images_per_shard,
+        shards: sharding.shards,
+        identity: None,
+    })
+}
+
+/// Joins the `chunks` manifests written in shards of `asked` under `output` into the shards
+/// of `sharding` (each a run of neighbouring manifests, since its size is a multiple of
+/// `asked`), and removes the manifests past the last shard. Shard `j` replaces manifest `j`
+/// only once the shard that reads manifest `j` (`j / factor`) has been written, so the shards
+/// can be made several at once.
+pub async fn regroup(
+    output: &Storage,
+    asked: u32,
+    chunks: u32,
+    sharding: &ShardPlan,
+) -> Result<(), PlanError> {
+    let factor = sharding.images_per_shard / asked;
+    let layout = OutputLayout::new(&output.uri());
+    let key = |i: u32| output.relative(&layout.manifest(i));
+    // Shards 0..done are written; `finished` holds those written out of order.
+    let (mut done, mut next) = (0u32, 0u32);
+    let mut finished = std::collections::BTreeSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    while done < sharding.shards {
+        // Shard `next` overwrites manifest `next`, which shard `next / factor` reads.
+        while next < sharding.shards
+            && tasks.len() < WRITE_CONCURRENCY
+            && (next == 0 || next / factor < done)
+        {
+            let first = next * factor;
+            let reads: Vec<String> = (first..chunks.min(first + factor))
+                .map(key)
+                .collect::<Result<_, _>>()?;
+            let (out, to, shard) = (output.clone(), key(next)?, next);
+            tasks.spawn(async move {
+                let mut body = Vec::new();
+                for k in &reads {
+                    body.extend_from_slice(&out.get(k).await?);
+                }
+                out.put(&to, Bytes::from(body)).await?;
+                Ok::<u32, StorageError>(shard)
+            });
+            next += 1;
+        }
+        let shard = match tasks.join_next().await {
+            Some(Ok(r)) => r?,
+            other => {
+                return Err(StorageError::new(
+                    ErrorKind::Other,
+                    format!("joining manifests failed: {other:?}"),
+                )
+                .into());
+            }
+        };
+        finished.insert(shard);
+        while finished.remove(&done) {
+            done += 1;
+        }
+    }
+    for i in sharding.shards..chunks {
+        output.delete(&key(i)?).await?;
+    }
+    Ok(())
+}
+
+/// Lists `source`, plans the run `identity` (when given) and writes the plan under `output`:
+/// the shard manifests as the listing streams in, then (last, so that its presence means the
+/// plan is whole) `manifests/plan.json`.
 pub async fn create_plan(
     source: &Storage,
     output: &Storage,
     options: &PlanOptions,
     identity: Option<&RunIdentity>,
+    run: &PlanRun,
 ) -> Result<Plan, PlanError> {
-    if options.images_per_shard == 0 {
-        return Err(PlanError::ZeroShardSize);
-    }
-    let entries = list_images(source, options).await?;
-    let mut plan = build_plan(&source.uri(), &entries, options.images_per_shard)?;
+    let mut plan = stream_plan(
+        source.clone(),
+        source.location(),
+        Some(output),
+        options,
+        run,
+    )
+    .await?;
     plan.identity = identity.cloned();
-    write_plan(output, &plan, &entries).await?;
+    let body = serde_json::to_vec_pretty(&plan).expect("a plan serializes");
+    let layout = OutputLayout::new(&output.uri());
+    output
+        .put(&output.relative(&layout.plan())?, Bytes::from(body))
+        .await?;
     Ok(plan)
 }
 
@@ -484,6 +596,7 @@ pub async fn load_or_create_plan(
     output: &Storage,
     options: &PlanOptions,
     identity: &RunIdentity,
+    run: &PlanRun,
 ) -> Result<(Plan, bool), PlanError> {
     check_locations(source, output)?;
     let identity = RunIdentity {
@@ -521,7 +634,7 @@ pub async fn load_or_create_plan(
     Ok(match found {
         Some(plan) => (plan, false),
         None => (
-            create_plan(source, output, options, Some(&identity)).await?,
+            create_plan(source, output, options, Some(&identity), run).await?,
             true,
         ),
     })

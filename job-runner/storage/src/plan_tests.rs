@@ -36,15 +36,14 @@ fn labels_come_from_the_parent_folder() {
 }
 
 #[test]
-fn selection_filters_labels_and_sorts() {
+fn selection_filters_and_labels() {
     let include = Patterns::new(&["*.jpg", "*.png"]).unwrap();
     let objects = vec![
-        obj("Training/Kiwi/b.JPG", 3),
+        obj("README.md", 9),
+        obj("Test/Kiwi/c.png", 2),
         obj("Training/Apple/a.jpg", 1),
         obj("Training/Apple/notes.txt", 9),
-        obj("README.md", 9),
-        obj("Training/Apple/a.jpg", 1),
-        obj("Test/Kiwi/c.png", 2),
+        obj("Training/Kiwi/b.JPG", 3),
     ];
     let got = select(&objects, &include, "", LabelMode::ParentDirectory);
     let keys: Vec<_> = got
@@ -61,44 +60,6 @@ fn selection_filters_labels_and_sorts() {
     );
     assert_eq!(got[1].etag.as_deref(), Some("\"1\""));
     assert_eq!(got[1].size, 1);
-}
-
-#[test]
-fn plans_split_into_shards_with_the_rest_last() {
-    let e = entries(1260);
-    let plan = build_plan("s3://b/in", &e, 500).unwrap();
-    assert_eq!(plan.source, "s3://b/in/");
-    assert_eq!((plan.images, plan.shards, plan.bytes), (1260, 3, 12600));
-    let lens: Vec<usize> = (0..4).map(|s| shard_entries(&plan, &e, s).len()).collect();
-    assert_eq!(lens, [500, 500, 260, 0]);
-    assert_eq!(shard_entries(&plan, &e, 2)[0].key, "img-001000.jpg");
-    let one = build_plan("/d/", &e[..1], 500).unwrap();
-    assert_eq!((one.shards, one.images), (1, 1));
-    let exact = build_plan("/d/", &e[..1000], 500).unwrap();
-    assert_eq!(exact.shards, 2);
-}
-
-#[test]
-fn plans_refuse_zero_sized_shards_and_too_many_shards() {
-    assert!(matches!(
-        build_plan("/d/", &entries(3), 0),
-        Err(PlanError::ZeroShardSize)
-    ));
-    let e = entries(MAX_SHARDS as usize + 1);
-    let err = build_plan("/d/", &e, 1).unwrap_err();
-    match &err {
-        PlanError::TooManyShards { shards, needed, .. } => {
-            assert_eq!(*shards, u64::from(MAX_SHARDS) + 1);
-            assert_eq!(*needed, 2);
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(err.to_string().contains("at least 2"), "{err}");
-    assert!(!err.is_retryable());
-    assert_eq!(
-        build_plan("/d/", &e, 2).unwrap().shards,
-        MAX_SHARDS.div_ceil(2) + 1
-    );
 }
 
 #[test]

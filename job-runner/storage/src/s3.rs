@@ -14,7 +14,7 @@ use crate::counters::Counters;
 use crate::error::{ErrorKind, StorageError, io_error};
 use crate::retry::{RetryPolicy, retry};
 use crate::s3_error::{Context, from_sdk};
-use crate::storage::{Listing, ObjectMeta, S3Config};
+use crate::storage::{Listing, ObjectMeta, Probe, S3Config};
 
 /// Region used to sign requests to a custom endpoint when none is configured.
 const ENDPOINT_DEFAULT_REGION: &str = "us-east-1";
@@ -138,8 +138,31 @@ impl S3Store {
         prefix: &str,
         page_size: Option<i32>,
     ) -> Result<Listing, StorageError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let collect = async {
+            let mut objects = Vec::new();
+            while let Some(page) = rx.recv().await {
+                objects.extend(page);
+            }
+            objects
+        };
+        let (requests, mut objects) = tokio::join!(self.pages(prefix, page_size, tx), collect);
+        let requests = requests?;
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects.dedup_by(|a, b| a.key == b.key);
+        Ok(Listing { objects, requests })
+    }
+
+    /// Lists every object under `prefix` page by page, in S3's order (by key), sending each
+    /// page to `pages` as it arrives; returns the number of requests. Stops early, without an
+    /// error, when the receiver is gone.
+    pub(crate) async fn pages(
+        &self,
+        prefix: &str,
+        page_size: Option<i32>,
+        pages: tokio::sync::mpsc::Sender<Vec<ObjectMeta>>,
+    ) -> Result<u32, StorageError> {
         let full_prefix = self.full(prefix);
-        let mut objects = Vec::new();
         let mut token: Option<String> = None;
         let mut requests = 0;
         loop {
@@ -156,27 +179,33 @@ impl S3Store {
             }
             let page = self.list_page(&req).await?;
             requests += 1;
-            for o in page.contents() {
-                let Some(key) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
-                    continue;
-                };
-                if key.is_empty() || key.ends_with('/') {
-                    continue; // "folder" markers
-                }
-                objects.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
-                    etag: o.e_tag().map(str::to_string),
-                });
+            let objects = page
+                .contents()
+                .iter()
+                .filter_map(|o| self.object(o))
+                .collect();
+            if pages.send(objects).await.is_err() {
+                break;
             }
             token = page.next_continuation_token().map(str::to_string);
             if !page.is_truncated().unwrap_or(false) || token.is_none() {
                 break;
             }
         }
-        objects.sort_by(|a, b| a.key.cmp(&b.key));
-        objects.dedup_by(|a, b| a.key == b.key);
-        Ok(Listing { objects, requests })
+        Ok(requests)
+    }
+
+    /// A listed object, keyed relative to the store's prefix; `None` for "folder" markers.
+    fn object(&self, o: &aws_sdk_s3::types::Object) -> Option<ObjectMeta> {
+        let key = o.key()?.strip_prefix(&self.prefix)?;
+        if key.is_empty() || key.ends_with('/') {
+            return None;
+        }
+        Some(ObjectMeta {
+            key: key.to_string(),
+            size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+            etag: o.e_tag().map(str::to_string),
+        })
     }
 
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
@@ -219,7 +248,7 @@ impl S3Store {
         .await
     }
 
-    pub(crate) async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    pub(crate) async fn probe(&self, prefix: &str) -> Result<Probe, StorageError> {
         let full_prefix = self.full(prefix);
         let req = self
             .client
@@ -229,17 +258,27 @@ impl S3Store {
             .delimiter("/")
             .max_keys(i32::try_from(crate::storage::CHILDREN_PAGE).unwrap_or(1000));
         let page = self.list_page(&req).await?;
-        let objects = page.contents().iter().filter_map(|o| o.key());
-        let prefixes = page.common_prefixes().iter().filter_map(|p| p.prefix());
-        let mut names: Vec<String> = objects
-            .chain(prefixes)
-            .filter_map(|k| k.strip_prefix(&full_prefix))
-            .filter(|k| !k.is_empty())
+        let mut objects: Vec<ObjectMeta> = page
+            .contents()
+            .iter()
+            .filter_map(|o| self.object(o))
+            .collect();
+        let mut prefixes: Vec<String> = page
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix()?.strip_prefix(&self.prefix))
+            .filter(|p| p.len() > prefix.len())
             .map(String::from)
             .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects.dedup_by(|a, b| a.key == b.key);
+        prefixes.sort();
+        prefixes.dedup();
+        Ok(Probe {
+            objects,
+            prefixes,
+            truncated: page.is_truncated().unwrap_or(false),
+        })
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {

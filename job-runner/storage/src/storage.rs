@@ -114,8 +114,20 @@ pub struct Listing {
     pub requests: u32,
 }
 
-/// The most names [`Storage::children`] returns: one S3 listing page.
+/// The most names [`Storage::children`] and [`Storage::probe`] return: one S3 listing page.
 pub const CHILDREN_PAGE: usize = 1000;
+
+/// What is directly under a folder-like prefix ([`Storage::probe`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The objects directly under it, sorted by key (relative to the storage's location).
+    pub objects: Vec<ObjectMeta>,
+    /// Its sub-prefixes, sorted, each the prefix asked for, a name and `/`.
+    pub prefixes: Vec<String>,
+    /// Whether there is more than one page ([`CHILDREN_PAGE`]) of them: then `objects` and
+    /// `prefixes` are a part only.
+    pub truncated: bool,
+}
 
 #[derive(Clone, Debug)]
 enum Backend {
@@ -250,9 +262,39 @@ impl Storage {
     /// objects by name and sub-prefixes ending with `/`, sorted, at most [`CHILDREN_PAGE`] of
     /// them (one S3 request with a delimiter, or one directory read). A missing prefix has none.
     pub async fn children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let probe = self.probe(prefix).await?;
+        let objects = probe.objects.into_iter().map(|o| o.key);
+        let mut names: Vec<String> = objects
+            .chain(probe.prefixes)
+            .filter_map(|k| k.strip_prefix(prefix).map(String::from))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The objects and sub-prefixes directly under `prefix` (a folder-like prefix, empty or
+    /// ending with `/`), at most [`CHILDREN_PAGE`] of them: one S3 request with a delimiter, or
+    /// one directory read. A missing prefix has none.
+    pub async fn probe(&self, prefix: &str) -> Result<Probe, StorageError> {
         match &self.backend {
-            Backend::S3(s) => s.children(prefix).await,
-            Backend::Local(l) => l.children(prefix).await,
+            Backend::S3(s) => s.probe(prefix).await,
+            Backend::Local(l) => l.probe(prefix).await,
+        }
+    }
+
+    /// Every object whose key starts with `prefix`, sent to `pages` one page at a time, in key
+    /// order (S3's pages of at most `page_size` keys as they arrive; a folder's walk, sorted,
+    /// in pages of [`CHILDREN_PAGE`]); returns the number of requests. Memory stays bounded by
+    /// the channel's capacity for S3. Stops early, without an error, when the receiver is gone.
+    pub async fn pages(
+        &self,
+        prefix: &str,
+        page_size: Option<i32>,
+        pages: tokio::sync::mpsc::Sender<Vec<ObjectMeta>>,
+    ) -> Result<u32, StorageError> {
+        match &self.backend {
+            Backend::S3(s) => s.pages(prefix, page_size, pages).await,
+            Backend::Local(l) => l.pages(prefix, pages).await,
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use pomona_crds::LabelMode;
 use pomona_crds::contract::{OutputLayout, RunIdentity};
-use pomona_storage::plan::{self, PlanError, PlanOptions};
+use pomona_storage::plan::{self, PlanError, PlanOptions, PlanRun};
 use pomona_storage::testing::{self, TempDir};
 use pomona_storage::{ErrorKind, GetOptions, Location, S3Config, Storage};
 
@@ -121,7 +121,9 @@ async fn local_fruits_plan_and_read_back() {
         label: LabelMode::ParentDirectory,
         images_per_shard: 500,
     };
-    let made = plan::create_plan(&src, &out, &options, None).await.unwrap();
+    let made = plan::create_plan(&src, &out, &options, None, &PlanRun::default())
+        .await
+        .unwrap();
     assert_eq!((made.images, made.shards), (1260, 3));
     let layout = OutputLayout::new(&out.uri());
     assert!(std::path::Path::new(&layout.plan()).is_file());
@@ -146,9 +148,15 @@ async fn local_fruits_plan_and_read_back() {
         images_per_shard: 2000,
         ..options.clone()
     };
-    let p = plan::create_plan(&src, &local(out2.path()).await, &none, None)
-        .await
-        .unwrap();
+    let p = plan::create_plan(
+        &src,
+        &local(out2.path()).await,
+        &none,
+        None,
+        &PlanRun::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(p.shards, 1);
     let entries = plan::read_shard(&local(out2.path()).await, &p, 0)
         .await
@@ -160,7 +168,7 @@ async fn local_fruits_plan_and_read_back() {
         include: vec!["*.tiff".into()],
         ..options.clone()
     };
-    let err = plan::create_plan(&src, &out, &nothing, None)
+    let err = plan::create_plan(&src, &out, &nothing, None, &PlanRun::default())
         .await
         .unwrap_err();
     assert!(
@@ -200,9 +208,10 @@ async fn a_plan_belongs_to_one_run_and_a_rerun_clears_its_success_marker() {
         "a".repeat(64),
         testing::identity(&options).preprocessing,
     );
-    let (made, created) = plan::load_or_create_plan(&src, &out, &options, &mine)
-        .await
-        .unwrap();
+    let (made, created) =
+        plan::load_or_create_plan(&src, &out, &options, &mine, &PlanRun::default())
+            .await
+            .unwrap();
     assert!(created);
     let recorded = made.identity.clone().expect("the plan records its run");
     assert_eq!(recorded.run_uid.as_deref(), Some("uid-1"));
@@ -212,9 +221,10 @@ async fn a_plan_belongs_to_one_run_and_a_rerun_clears_its_success_marker() {
     // The same run again: its own plan, and the marker of its earlier pass is gone.
     let success = out_dir.path().join("_SUCCESS");
     std::fs::write(&success, b"").unwrap();
-    let (again, created) = plan::load_or_create_plan(&src, &out, &options, &mine)
-        .await
-        .unwrap();
+    let (again, created) =
+        plan::load_or_create_plan(&src, &out, &options, &mine, &PlanRun::default())
+            .await
+            .unwrap();
     assert!(!created);
     assert_eq!(again, made);
     assert!(!success.exists(), "a stale _SUCCESS survived the re-plan");
@@ -237,7 +247,7 @@ async fn a_plan_belongs_to_one_run_and_a_rerun_clears_its_success_marker() {
         (resized, "preprocessing"),
         (command_line, "run, model sha256"),
     ] {
-        let err = plan::load_or_create_plan(&src, &out, &options, &other)
+        let err = plan::load_or_create_plan(&src, &out, &options, &other, &PlanRun::default())
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "OutputInUse");
@@ -264,7 +274,7 @@ async fn an_output_that_overlaps_the_input_or_holds_something_else_is_refused() 
 
     // Inside the input: the run would read its own outputs as images.
     let inside = local(&src_dir.path().join("run")).await;
-    let err = plan::load_or_create_plan(&src, &inside, &options, &identity)
+    let err = plan::load_or_create_plan(&src, &inside, &options, &identity, &PlanRun::default())
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "OutputOverlapsInput", "{err}");
@@ -275,7 +285,7 @@ async fn an_output_that_overlaps_the_input_or_holds_something_else_is_refused() 
     let out_dir = TempDir::new("refuse-out");
     std::fs::write(out_dir.path().join("thesis.pdf"), b"pdf").unwrap();
     let out = local(out_dir.path()).await;
-    let err = plan::load_or_create_plan(&src, &out, &options, &identity)
+    let err = plan::load_or_create_plan(&src, &out, &options, &identity, &PlanRun::default())
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "OutputNotEmpty", "{err}");
@@ -287,9 +297,10 @@ async fn an_output_that_overlaps_the_input_or_holds_something_else_is_refused() 
     std::fs::create_dir_all(partial_dir.path().join("manifests")).unwrap();
     std::fs::write(partial_dir.path().join("manifests/shard-00000.jsonl"), b"").unwrap();
     let partial = local(partial_dir.path()).await;
-    let (plan, created) = plan::load_or_create_plan(&src, &partial, &options, &identity)
-        .await
-        .unwrap();
+    let (plan, created) =
+        plan::load_or_create_plan(&src, &partial, &options, &identity, &PlanRun::default())
+            .await
+            .unwrap();
     assert!(created);
     assert_eq!(plan.images, 1);
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use pomona_crds::LabelMode;
-use pomona_storage::plan::{self, PlanOptions};
+use pomona_storage::plan::{self, PlanOptions, PlanRun};
 use pomona_storage::testing::{self, S3Server, SECRET_KEY, TempDir};
 use pomona_storage::{ErrorKind, S3Config, Storage};
 
@@ -154,7 +154,7 @@ async fn fruits_upload_paginated_list_and_plan() {
     let source = server.storage("images/").await;
     let output = server.storage("runs/r1").await;
     let t = Instant::now();
-    let made = plan::create_plan(&source, &output, &options(500), None)
+    let made = plan::create_plan(&source, &output, &options(500), None, &PlanRun::default())
         .await
         .unwrap();
     eprintln!(
@@ -200,7 +200,27 @@ async fn fruits_upload_paginated_list_and_plan() {
     )
     .await
     .unwrap();
-    let local_entries = plan::list_images(&local_src, &options(500)).await.unwrap();
+    let local_dir = TempDir::new("s3-local-plan");
+    let local_out = Storage::open(local_dir.path().to_str().unwrap(), &S3Config::default())
+        .await
+        .unwrap();
+    let local_plan = plan::create_plan(
+        &local_src,
+        &local_out,
+        &options(500),
+        None,
+        &PlanRun::default(),
+    )
+    .await
+    .unwrap();
+    let mut local_entries = Vec::new();
+    for shard in 0..local_plan.shards {
+        local_entries.extend(
+            plan::read_shard(&local_out, &local_plan, shard)
+                .await
+                .unwrap(),
+        );
+    }
     let strip = |v: &[pomona_crds::contract::ManifestEntry]| {
         v.iter()
             .filter(|e| e.key.starts_with("Training/"))
@@ -212,13 +232,14 @@ async fn fruits_upload_paginated_list_and_plan() {
     // A restart reuses the plan instead of re-planning (a plan without a recorded identity is
     // this run's when the source and shard size are); another shard size is another run.
     let same = testing::identity(&options(500));
-    let (again, created) = plan::load_or_create_plan(&source, &output, &options(500), &same)
-        .await
-        .unwrap();
+    let (again, created) =
+        plan::load_or_create_plan(&source, &output, &options(500), &same, &PlanRun::default())
+            .await
+            .unwrap();
     assert!(!created);
     assert_eq!(again, plan);
     let other = testing::identity(&options(7));
-    let err = plan::load_or_create_plan(&source, &output, &options(7), &other)
+    let err = plan::load_or_create_plan(&source, &output, &options(7), &other, &PlanRun::default())
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "OutputInUse", "{err}");
