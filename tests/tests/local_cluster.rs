@@ -72,6 +72,59 @@ fn read_pid(file: &std::path::Path) -> Pid {
     Pid::from_raw(pid).expect("a pid above zero")
 }
 
+/// The operator's Deployment scaled to zero until [`Stopped::start`] scales it back.
+struct Stopped {
+    deployments: Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: String,
+    replicas: i32,
+}
+
+impl Stopped {
+    /// Scales the operator's Deployment in `namespace` to zero and waits for its pods to go.
+    async fn stop(client: &kube::Client, namespace: &str) -> Self {
+        use kube::api::ListParams;
+        let selector = "app.kubernetes.io/name=pomona";
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(client.clone(), namespace);
+        let deployment = deployments
+            .list(&ListParams::default().labels(selector))
+            .await
+            .expect("list the operator's Deployment")
+            .items
+            .into_iter()
+            .next()
+            .expect("the operator's Deployment");
+        let stopped = Self {
+            deployments,
+            name: deployment.metadata.name.unwrap_or_default(),
+            replicas: deployment.spec.and_then(|s| s.replicas).unwrap_or(1),
+        };
+        stopped.scale(0).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        eventually(Duration::from_secs(120), "no operator pod", || async {
+            pods.list(&ListParams::default().labels(selector))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        })
+        .await;
+        stopped
+    }
+
+    /// Scales the Deployment back to its replicas.
+    async fn start(self) {
+        self.scale(self.replicas).await;
+    }
+
+    async fn scale(&self, replicas: i32) {
+        use kube::api::{Patch, PatchParams};
+        let patch = json!({ "spec": { "replicas": replicas } });
+        self.deployments
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("scale {} to {replicas}: {e}", self.name));
+    }
+}
+
 /// A label on the local node that one run's pods select (`spec.runner.nodeSelector`): while it
 /// is off, the run's new pods stay unscheduled and its placed pods go on, and no other test's
 /// pods are affected.
@@ -237,13 +290,13 @@ fn operator_pid(pod_logs: &std::path::Path, pod: &Pod) -> Pid {
     read_pid(&file)
 }
 
-/// The reduce pod removed before any operator read its summary (both replicas paused while the
+/// The reduce pod removed before any operator read its summary (no operator ran while the
 /// reduce step ran): the run is not reported Succeeded without its final counts and PCA; the
 /// operator runs the reduce Job again and reports them.
 ///
 /// The order is forced, not raced: the run's pods may go only on a node labelled with this
 /// run's gate; the label is taken off once the shards' pods are placed, so the reduce pod waits
-/// unscheduled until every operator replica is paused, and the label is put back.
+/// unscheduled until the operator is stopped, and the label is put back.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "local cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
 async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
@@ -251,11 +304,6 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
     use kube::api::{DeleteParams, ListParams};
 
     let cluster = cluster().await;
-    let pod_logs: PathBuf = cluster
-        .settings
-        .pod_logs
-        .clone()
-        .expect("POMONA_E2E_POD_LOGS: this test pauses processes of the local cluster's node");
     let images = pick_images(&cluster.settings.images, 2, 10);
     let run = Run::new(cluster, "lost", images).await;
     let n = run.images.len();
@@ -307,18 +355,10 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
         "the closed gate holds the reduce pod"
     );
 
-    // Every operator replica paused, then the gate opened: the reduce step runs unobserved.
-    let ns = run.settings.operator_namespace.clone();
-    let operator_pods: Api<Pod> = Api::namespaced(run.client.clone(), &ns);
-    let replicas = operator_pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=pomona"))
-        .await
-        .expect("list the operator pods")
-        .items;
-    let operators: Vec<Paused> = replicas
-        .iter()
-        .map(|p| Paused::pause(operator_pid(&pod_logs, p), "an operator replica"))
-        .collect();
+    // No operator at all (its Deployment scaled to zero, every replica gone), then the gate
+    // opened: the reduce step runs unobserved. Replicas merely paused would still receive the
+    // pod's last status from their open watch when resumed; new ones list what is left.
+    let operator = Stopped::stop(&run.client, &run.settings.operator_namespace).await;
     gate.reopen().await;
 
     // The reduce step ends; its pod is removed before anyone read it.
@@ -355,7 +395,7 @@ async fn local_a_reduce_summary_lost_runs_the_reduce_step_again() {
         },
     )
     .await;
-    drop(operators);
+    operator.start().await;
 
     let done = run.wait_finished(&api, "lost").await;
     gate.remove().await;
