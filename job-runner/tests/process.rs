@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 use common::cli::{command, copy_varieties, pomona};
 use common::{scratch_dir, training_dir};
 
+/// `pomona run --input <input> --output <output>`, to extend.
+fn run_args<'a>(input: &'a Path, output: &'a Path) -> Vec<&'a str> {
+    let utf8 = |p: &'a Path| p.to_str().expect("a UTF-8 path");
+    vec!["run", "--input", utf8(input), "--output", utf8(output)]
+}
+
 fn out_str(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -49,13 +55,7 @@ fn out_of_range_arguments_are_usage_errors_before_any_work() {
     .enumerate()
     {
         let output = scratch.join(format!("out-{i}"));
-        let mut args = vec![
-            "run",
-            "--input",
-            images.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ];
+        let mut args = run_args(&images, &output);
         args.extend(bad);
         let out = pomona(&args, &[]);
         assert_eq!(out.status.code(), Some(2), "{bad:?} is a usage error");
@@ -82,13 +82,7 @@ fn a_missing_model_runtime_or_pca_is_a_usage_error_before_any_work() {
     .enumerate()
     {
         let output = scratch.join(format!("out-{i}"));
-        let mut args = vec![
-            "run",
-            "--input",
-            images.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ];
+        let mut args = run_args(&images, &output);
         args.extend(bad);
         if bad[0] != "--model" {
             args.extend(["--model", model.to_str().unwrap()]);
@@ -172,22 +166,13 @@ fn a_closed_stdout_ends_the_step_normally() {
     // A pipe whose reader is gone: every write to it fails with EPIPE.
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = command(
-        &[
-            "run",
-            "--input",
-            images.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--components",
-            "3",
-        ],
-        &[],
-    )
-    .stdout(writer)
-    .stderr(Stdio::piped())
-    .output()
-    .unwrap();
+    let mut args = run_args(&images, &output);
+    args.extend(["--components", "3"]);
+    let out = command(&args, &[])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let stderr = out_str(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(
@@ -221,13 +206,7 @@ fn sigterm_stops_cleanly_with_exit_143() {
     let output = scratch.join("out");
     let training = training_dir();
     let mut child = command(
-        &[
-            "run",
-            "--input",
-            training.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ],
+        &run_args(&training, &output),
         &[("POMONA_SCRATCH", tmp.to_str().unwrap())],
     )
     .stdout(Stdio::piped())
