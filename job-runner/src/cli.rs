@@ -519,6 +519,22 @@ pub fn process_cost(processed: u64) -> pomona_crds::Cost {
     pomona_crds::contract::cost::cost(&[usage], processed, None)
 }
 
+/// What the operator told a reduce pod of the run's cost so far ([`env::COST_SO_FAR`]); `None`
+/// outside such a pod. A value that cannot be read is said and left out: the run's outputs do
+/// not depend on it.
+pub fn cost_so_far() -> Option<pomona_crds::contract::cost::CostSoFar> {
+    let json = std::env::var(env::COST_SO_FAR).ok()?;
+    serde_json::from_str(&json)
+        .inspect_err(|e| {
+            crate::say!(
+                "pomona: warning: {} is not the operator's cost of the run ({e}): the summary \
+                 has no cost",
+                env::COST_SO_FAR
+            );
+        })
+        .ok()
+}
+
 /// The last line of `pomona run` on stderr: what the run used (the figures of
 /// `report/summary.json`'s `cost`), its wall time and peak memory.
 pub fn print_cost(cost: &pomona_crds::Cost, wall_seconds: f64, peak_rss_mib: Option<u64>) {

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     // SIGTERM drops the step's future: its scratch files are removed as their owners drop.
     let result = runtime.block_on(async {
         tokio::select! {
-            result = execute(cli.command, &mut outcome) => result,
+            result = execute(cli.command, started, &mut outcome) => result,
             () = cli::sigterm() => {
                 pomona_runner::say!("pomona: SIGTERM: stopping; the step's work in progress is dropped");
                 Err(anyhow::Error::new(pomona_runner::Terminated))
@@ -118,8 +118,8 @@ impl Outcome {
     }
 }
 
-/// Runs a command, keeping `outcome` up to date.
-async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> {
+/// Runs a command that started at `started`, keeping `outcome` up to date.
+async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> anyhow::Result<()> {
     match command {
         Command::Plan(c) => plan(c, outcome).await,
         Command::Extract(c) => extract(c, outcome).await,
@@ -134,6 +134,14 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
             let out = Storage::open(&c.output, &config).await?;
             outcome.storages = vec![out.clone()];
             let mode = c.pca.mode(None).expect("checked in main");
+            // In a reduce pod, the run's cost: what the operator counted before, and this pod.
+            let so_far = cli::cost_so_far();
+            let cost_of = so_far.as_ref().map(|so_far| {
+                move |processed| {
+                    let run_seconds = started.elapsed().as_secs_f64();
+                    so_far.with_reduce_pod(cli::cpu_seconds(), run_seconds, processed)
+                }
+            });
             let reduced = reduce::reduce(
                 &out,
                 &config,
@@ -141,7 +149,9 @@ async fn execute(command: Command, outcome: &mut Outcome) -> anyhow::Result<()> 
                 c.pca.csv,
                 &c.failed_shards,
                 c.clusters.clusters,
-                None,
+                cost_of
+                    .as_ref()
+                    .map(|f| f as &dyn Fn(u64) -> pomona_crds::Cost),
             )
             .await?;
             outcome.reduced(&reduced.summary);
@@ -344,7 +354,7 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         c.pca.csv,
         &ShardList::default(),
         c.clusters.clusters,
-        Some(cli::process_cost),
+        Some(&cli::process_cost),
     )
     .await?;
     outcome.reduced(&reduced.summary);

@@ -10,7 +10,8 @@ use std::process::Command;
 use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
 use common::cli::{copy_varieties, pomona, read_parquet, strings, summary};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pomona_crds::contract::{OutputLayout, exit};
+use pomona_crds::contract::cost::{CostRates, CostSoFar, Usage as CostUsage};
+use pomona_crds::contract::{OutputLayout, env, exit};
 use pomona_runner::reduce::pca::{Origin, Pca};
 use pomona_runner::report::{SCATTER_SIZE, VARIANCE_SIZE};
 use pomona_runner::stats::Moments;
@@ -536,6 +537,77 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
     // Rerunning works; a named shard with complete outputs is used as usual.
     check(&reduce(&["--failed-shards=0-2"]));
     check(&reduce(&["--failed-shards=2,1"]));
+    let report = || read_json(&format!("{}summary.json", layout.report_dir()));
+    assert_eq!(report().get("cost"), None, "no cost known outside a pod");
+
+    // In a reduce pod, the summary holds the run's cost: the operator's count of the earlier
+    // pods, plus this pod (its CPU, and its requests for as long as it ran), at the prices.
+    let so_far = CostSoFar {
+        earlier: CostUsage {
+            pods: 3,
+            cpu_seconds: 10.0,
+            core_seconds: Some(20.0),
+            gib_seconds: Some(5.0),
+        },
+        cpu_request_cores: 2.0,
+        memory_request_bytes: 1024.0 * 1024.0 * 1024.0,
+        rates: Some(CostRates {
+            per_core_hour: 3.6,
+            per_gib_hour: 0.0,
+            currency: "EUR".into(),
+        }),
+    };
+    let so_far = serde_json::to_string(&so_far).unwrap();
+    let started = std::time::Instant::now();
+    let out = pomona(
+        &[
+            "reduce",
+            "--output",
+            &output,
+            "--components",
+            "4",
+            "--failed-shards=1-2",
+        ],
+        &[(env::COST_SO_FAR, so_far.as_str())],
+    );
+    let wall = started.elapsed().as_secs_f64();
+    check(&out);
+    let cost: pomona_crds::Cost = serde_json::from_value(report()["cost"].clone()).unwrap();
+    assert_eq!(cost.pods, 4, "{cost:?}");
+    assert!(cost.cpu_seconds > 10.0, "{cost:?}");
+    let cores = cost.requested_core_seconds.unwrap();
+    assert!(
+        cores > 20.0 && cores <= 20.0 + 2.0 * wall,
+        "{cost:?}, {wall} s"
+    );
+    let gib = cost.requested_memory_gib_seconds.unwrap();
+    assert!(gib > 5.0 && gib <= 5.0 + wall, "{cost:?}, {wall} s");
+    let estimated = cost.estimated.as_ref().expect("an amount at the prices");
+    assert_eq!(estimated.currency, "EUR");
+    // 3.6 per core-hour: a thousandth per core-second, to 4 places.
+    assert!(
+        (estimated.amount - cores / 1000.0).abs() <= 0.000051,
+        "{cost:?}"
+    );
+    // Something else in the variable is said and left out; the run goes on.
+    let out = pomona(
+        &[
+            "reduce",
+            "--output",
+            &output,
+            "--components",
+            "4",
+            "--failed-shards=1-2",
+        ],
+        &[(env::COST_SO_FAR, "{}")],
+    );
+    check(&out);
+    assert_eq!(report().get("cost"), None);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not the operator's cost of the run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A shard past the plan is a usage error, before anything is touched.
     let out = reduce(&["--failed-shards", "1,3"]);

@@ -27,6 +27,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+use pomona_crds::contract::cost::{PodUsage, Usage};
 use pomona_crds::contract::{MAX_SHARDS, ShardPlan, shard_plan};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
@@ -647,7 +648,11 @@ impl<'a> Run<'a> {
                 }
                 None => {}
             }
-            let desired = reduce_job(self.fx, plan.images, &failed, settings);
+            let earlier: Vec<PodUsage> = (jobs.plan_pods.iter())
+                .chain(&jobs.extract_pods)
+                .filter_map(PodObservation::usage)
+                .collect();
+            let desired = reduce_job(self.fx, plan.images, &failed, Usage::of(&earlier), settings);
             if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
                 jobs.reduce = Some(applied);
                 wrote = true;

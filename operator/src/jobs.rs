@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pomona_crds::FeatureExtraction;
+use pomona_crds::contract::cost::{CostSoFar, Usage};
 use pomona_crds::contract::steps::{
     self, DEFAULT_COMPONENTS, ExtractArgs, PcaMode, PlanArgs, ReduceArgs, ShardList, StorageArgs,
 };
@@ -26,6 +27,7 @@ use pomona_crds::contract::{
 };
 
 use crate::names::{Component, RUN_NAME_ANNOTATION, job_name, labels, owner_reference};
+use crate::observe::Requests;
 use crate::settings::Settings;
 
 /// Name of the runner container in both Jobs.
@@ -203,16 +205,38 @@ pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
 /// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode, over the run's
 /// `images`. `failed_shards` are the extract indexes that failed for good (within
 /// `spec.sharding.maxFailedShards`): the reduce step dead-letters their images, so that every
-/// listed image is still accounted for.
+/// listed image is still accounted for. `earlier` is what the run's plan and extract pods
+/// used: with the pod's own requests and the admin's prices it reaches the pod in
+/// [`env::COST_SO_FAR`], for the run's cost in `report/summary.json`. (The environment is no
+/// part of what makes a runner edit, so a later reconcile's other figure changes nothing.)
 pub fn reduce_job(
     fx: &FeatureExtraction,
     images: u64,
     failed_shards: &[u32],
+    earlier: Usage,
     settings: &Settings,
 ) -> Job {
     let failed = ShardList(failed_shards.iter().copied().collect());
     let args = reduce_args(fx, failed).to_args();
-    one_pod(fx, job(fx, Component::Reduce, args, settings, images))
+    let mut job = one_pod(fx, job(fx, Component::Reduce, args, settings, images));
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        let requests = Requests::of_spec(pod);
+        let so_far = CostSoFar {
+            earlier,
+            cpu_request_cores: requests.cpu_cores,
+            memory_request_bytes: requests.memory_bytes,
+            rates: settings.cost_rates(),
+        };
+        let value = serde_json::to_string(&so_far).expect("numbers and strings serialize");
+        for container in &mut pod.containers {
+            container.env.get_or_insert_with(Vec::new).push(EnvVar {
+                name: env::COST_SO_FAR.into(),
+                value: Some(value.clone()),
+                value_from: None,
+            });
+        }
+    }
+    job
 }
 
 /// The pod failure policy: disruptions (preemption, eviction, spot reclaim) do not count
@@ -405,6 +429,8 @@ fn to_i32(n: u32) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
     use super::*;
 
     #[test]
@@ -447,5 +473,53 @@ mod tests {
         assert_eq!(spec.completions, Some(100_000));
         let deadline = spec.template.spec.unwrap().active_deadline_seconds;
         assert_eq!(deadline, Some(900 + 10_000));
+    }
+
+    #[test]
+    fn the_reduce_pod_is_told_the_cost_so_far_its_requests_and_the_prices() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/examples/fruits-360.yaml"
+        );
+        let mut fx: FeatureExtraction =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let settings = Settings {
+            cost_per_core_hour: Some(0.04),
+            cost_per_gib_hour: Some(0.005),
+            cost_currency: Some("EUR".into()),
+            ..Settings::default()
+        };
+        let earlier = Usage {
+            pods: 5,
+            cpu_seconds: 300.0,
+            core_seconds: Some(400.0),
+            gib_seconds: Some(200.0),
+        };
+        let so_far = |fx: &FeatureExtraction, settings: &Settings| -> CostSoFar {
+            let job = reduce_job(fx, 1000, &[], earlier, settings);
+            let pod = job.spec.unwrap().template.spec.unwrap();
+            let env = pod.containers[0].env.clone().unwrap();
+            let var = env.iter().find(|v| v.name == env::COST_SO_FAR).unwrap();
+            serde_json::from_str(var.value.as_deref().unwrap()).unwrap()
+        };
+        // The example requests 2 cores and 1Gi.
+        let told = so_far(&fx, &settings);
+        assert_eq!(told.earlier, earlier);
+        assert_eq!(
+            (told.cpu_request_cores, told.memory_request_bytes),
+            (2.0, 1024.0 * 1024.0 * 1024.0)
+        );
+        assert_eq!(told.rates, settings.cost_rates());
+        // Only limits: the requests the API server will default from them. No prices, none.
+        let resources = fx.spec.runner.resources.as_mut().unwrap();
+        resources.requests = None;
+        resources
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), Quantity("1500m".into()));
+        let told = so_far(&fx, &Settings::default());
+        assert_eq!(told.cpu_request_cores, 1.5);
+        assert_eq!(told.rates, None);
     }
 }

@@ -64,13 +64,22 @@ pub struct Requests {
 impl Requests {
     /// The requests of every container of `pod`, summed (a malformed quantity counts 0).
     pub fn of(pod: &Pod) -> Self {
-        let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+        pod.spec.as_ref().map(Self::of_spec).unwrap_or_default()
+    }
+
+    /// The requests of every container of a pod `spec`, summed, a missing request taken from
+    /// the container's limit as the API server defaults it (a malformed quantity counts 0).
+    pub fn of_spec(spec: &PodSpec) -> Self {
         let mut total = Self::default();
-        for requests in containers.filter_map(|c| c.resources.as_ref()?.requests.as_ref()) {
-            if let Some(q) = requests.get("cpu") {
+        for resources in spec.containers.iter().filter_map(|c| c.resources.as_ref()) {
+            let asked = |name: &str| {
+                let requested = resources.requests.as_ref().and_then(|r| r.get(name));
+                requested.or_else(|| resources.limits.as_ref()?.get(name))
+            };
+            if let Some(q) = asked("cpu") {
                 total.cpu_cores += quantity::millicores(&q.0).unwrap_or(0) as f64 / 1000.0;
             }
-            if let Some(q) = requests.get("memory") {
+            if let Some(q) = asked("memory") {
                 total.memory_bytes += quantity::units(&q.0).unwrap_or(0) as f64;
             }
         }

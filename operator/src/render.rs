@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use pomona_crds::FeatureExtraction;
+use pomona_crds::contract::cost::Usage;
 
 use crate::jobs::{extract_job, plan_job, reduce_job};
 use crate::settings::Settings;
@@ -49,7 +50,7 @@ pub fn render(
     for job in [
         plan_job(&fx, settings),
         extract_job(&fx, sharding, settings),
-        reduce_job(&fx, images, &[], settings),
+        reduce_job(&fx, images, &[], Usage::default(), settings),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&job)?);

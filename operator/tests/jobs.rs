@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::ShardPlan;
+use pomona_crds::contract::cost::Usage;
 use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, plan_job, reduce_job};
 use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
 
@@ -107,7 +108,10 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
     for (job, component) in [
         (plan_job(&fx, &Settings::default()), "plan"),
         (extract_job(&fx, shards(3), &Settings::default()), "extract"),
-        (reduce_job(&fx, 1260, &[], &Settings::default()), "reduce"),
+        (
+            reduce_job(&fx, 1260, &[], Usage::default(), &Settings::default()),
+            "reduce",
+        ),
     ] {
         let v = serde_json::to_value(&job).unwrap();
         let meta = &v["metadata"];
@@ -227,7 +231,13 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
         ),
     ];
     for (patch, mode) in cases {
-        let job = reduce_job(&fx(patch), 1260, &[], &Settings::default());
+        let job = reduce_job(
+            &fx(patch),
+            1260,
+            &[],
+            Usage::default(),
+            &Settings::default(),
+        );
         let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
         want.extend(mode);
         want.push("--path-style=true");
@@ -284,7 +294,7 @@ fn the_spec_overrides_every_pod_deadline() {
     for job in [
         plan_job(&fx, &Settings::default()),
         extract_job(&fx, shards(3), &Settings::default()),
-        reduce_job(&fx, 1260, &[], &Settings::default()),
+        reduce_job(&fx, 1260, &[], Usage::default(), &Settings::default()),
     ] {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.active_deadline_seconds, Some(600));

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -617,6 +617,40 @@ pub async fn assert_outputs_of(out: &Storage, shards: u32, complete: u32) -> Vec
         }
     }
     dead
+}
+
+/// Every feature row under a run's output, by image path: its vector's bits, so that rows can
+/// be compared exactly.
+pub async fn feature_rows(out: &Storage) -> BTreeMap<String, Vec<u32>> {
+    let mut rows = BTreeMap::new();
+    let listed = out.list("features/").await.expect("list the features");
+    for key in listed.into_iter().map(|o| o.key) {
+        let data = out.get(&key).await.expect("read a feature file");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        for batch in reader {
+            let batch = batch.unwrap_or_else(|e| panic!("{key}: {e}"));
+            let paths = batch
+                .column_by_name("path")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .unwrap_or_else(|| panic!("{key}: a string column `path`"));
+            let vectors = batch
+                .column_by_name("features")
+                .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+                .unwrap_or_else(|| panic!("{key}: a list column `features`"));
+            for i in 0..paths.len() {
+                let values = vectors.value(i);
+                let values = values
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .unwrap_or_else(|| panic!("{key}: float features"));
+                let bits = values.values().iter().map(|v| v.to_bits()).collect();
+                rows.insert(paths.value(i).to_string(), bits);
+            }
+        }
+    }
+    rows
 }
 
 /// The number of shards of `images` images at `per_shard` a shard.

@@ -19,7 +19,8 @@ use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use pomona_crds::{FeatureExtraction, Phase};
 use pomona_tests::cluster::{
     Run, assert_no_forbidden, assert_operator_holds_no_data_access, assert_outputs,
-    assert_outputs_of, assert_succeeded, cluster, pick_images, shards,
+    assert_outputs_of, assert_succeeded, cluster, feature_rows, pick_images, shards, storage,
+    upload_all,
 };
 use serde_json::json;
 
@@ -127,7 +128,31 @@ async fn cluster_run_succeeds_and_writes_every_output() {
     );
     assert_eq!(cost.estimated, None, "{cost:?}");
     assert_eq!(status.progress, None, "no pace once finished");
-    let dead = assert_outputs(&run.output().await, expected_shards).await;
+    let out = run.output().await;
+    // The report has the run's cost too: the operator handed the reduce pod what the plan and
+    // extract pods used, and it added its own up to writing the report. The status counts the
+    // reduce pod to its end, but from pod times in whole seconds: a second of its 250m is the
+    // most the report may be above it by.
+    let report: serde_json::Value = serde_json::from_slice(
+        &out.get("report/summary.json")
+            .await
+            .expect("report/summary.json"),
+    )
+    .expect("a JSON summary");
+    let reported: pomona_crds::Cost =
+        serde_json::from_value(report["cost"].clone()).expect("a cost in report/summary.json");
+    assert_eq!(reported.pods, cost.pods, "{reported:?} against {cost:?}");
+    assert!(
+        reported.cpu_seconds > 0.0 && reported.cpu_seconds <= cost.cpu_seconds,
+        "{reported:?} against {cost:?}"
+    );
+    assert!(
+        reported
+            .requested_core_seconds
+            .is_some_and(|s| s > 0.0 && s <= cost.requested_core_seconds.unwrap_or(0.0) + 0.25),
+        "{reported:?} against {cost:?}"
+    );
+    let dead = assert_outputs(&out, expected_shards).await;
     assert!(
         dead.is_empty(),
         "no image of the sample is dead-lettered: {dead:?}"
@@ -265,6 +290,54 @@ async fn cluster_bad_images_are_dead_lettered() {
         assert!(
             dead.iter().any(|p| p.ends_with(key.as_str())),
             "{key} is in the dead-letter files: {dead:?}"
+        );
+    }
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// The weekly case: a second run over the same photos and a few new ones names the first
+/// run's output in `spec.source.reuseFrom`. Its extract pods copy the rows of the photos that
+/// did not change (read under the run's own identity) and extract only the new ones.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_a_rerun_reuses_the_features_of_the_previous_run() {
+    let cluster = cluster().await;
+    let mut images = pick_images(&cluster.settings.images, 3, 20);
+    let new_photos: Vec<(String, Bytes)> = images.split_off(images.len() - 4);
+    let run = Run::new(cluster, "weekly", images).await;
+    let old = run.images.len();
+    let sharding = json!({ "imagesPerShard": 20, "parallelism": 2 });
+    let first = run.resource("week-1", sharding.clone());
+    let api = run.apply(&first).await;
+    let done = run.wait_finished(&api, "week-1").await;
+    assert_succeeded(&done, old, 0, shards(old, 20));
+
+    upload_all(
+        &storage(&run.settings, &run.root).await,
+        "images/",
+        new_photos,
+    )
+    .await;
+    let n = old + 4;
+    let mut second = run.resource("week-2", sharding);
+    second.spec.source.reuse_from = vec![run.output_uri()];
+    second.spec.output.uri = format!("{}week-2/", run.root);
+    let done = run.wait_finished(&run.apply(&second).await, "week-2").await;
+    assert_succeeded(&done, n, 0, shards(n, 20));
+    let counts = done.status.as_ref().and_then(|s| s.images.clone());
+    assert_eq!(
+        counts.map(|c| (c.processed, c.reused)),
+        Some((n as u64, old as u64)),
+        "every photo processed, the old ones copied"
+    );
+    let before = feature_rows(&run.output().await).await;
+    let after = feature_rows(&storage(&run.settings, &second.spec.output.uri).await).await;
+    assert_eq!(after.len(), n);
+    for (path, row) in &before {
+        assert_eq!(
+            after.get(path),
+            Some(row),
+            "{path}: the copied row is the first run's"
         );
     }
     assert_no_forbidden(&run.client, &run.settings).await;

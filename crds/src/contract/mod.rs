@@ -121,6 +121,9 @@ pub mod env {
     pub const TMPDIR: &str = "TMPDIR";
     /// Where the one-line summary is written besides stdout (default [`super::TERMINATION_LOG`]).
     pub const TERMINATION_LOG: &str = "POMONA_TERMINATION_LOG";
+    /// The reduce pod's: what the run's earlier pods used, its own requests and the admin's
+    /// prices, as JSON ([`super::cost::CostSoFar`]), for the cost in `report/summary.json`.
+    pub const COST_SO_FAR: &str = "POMONA_COST_SO_FAR";
 }
 
 /// Exit codes of the `pomona` runner. The operator's pod failure policy retries a shard on

@@ -399,8 +399,9 @@ fn permanent(e: PcaError) -> anyhow::Error {
 
 /// Runs the reduce step on the run at `out` (see the module docs) and returns its summary.
 /// `failed_shards` are the shards whose extract pods failed for good: those without complete
-/// outputs are dead-lettered whole. `cost_of`, when the process ran the whole run (`pomona
-/// run`), gives its cost for the images processed, for the summary's `cost`.
+/// outputs are dead-lettered whole. `cost_of`, when the run's cost is known (`pomona run`: this
+/// process; a reduce pod: what the operator handed it, and itself), gives it for the images
+/// processed, for the summary's `cost`.
 pub async fn reduce(
     out: &Storage,
     s3: &S3Config,
@@ -408,7 +409,7 @@ pub async fn reduce(
     csv: bool,
     failed_shards: &ShardList,
     clusters: Option<ClusterCount>,
-    cost_of: Option<fn(u64) -> pomona_crds::Cost>,
+    cost_of: Option<&dyn Fn(u64) -> pomona_crds::Cost>,
 ) -> anyhow::Result<ReduceOutcome> {
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
