@@ -324,7 +324,7 @@ async fn cluster_a_rerun_reuses_the_features_of_the_previous_run() {
     second.spec.output.uri = format!("{}week-2/", run.root);
     let done = run.wait_finished(&run.apply(&second).await, "week-2").await;
     assert_succeeded(&done, n, 0, shards(n, 20));
-    let counts = done.status.as_ref().and_then(|s| s.images.clone());
+    let counts = done.status.as_ref().and_then(|s| s.images);
     assert_eq!(
         counts.map(|c| (c.processed, c.reused)),
         Some((n as u64, old as u64)),
