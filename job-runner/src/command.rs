@@ -123,6 +123,10 @@ pub struct ReduceCommand {
         hide_default_value = true
     )]
     pub failed_shards: ShardList,
+    /// The same list read from a file (what the operator passes: a list of tens of thousands
+    /// of shards does not fit in one argument).
+    #[arg(long, value_name = "PATH", conflicts_with = "failed_shards")]
+    pub failed_shards_file: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub pca: PcaArgs,
@@ -232,6 +236,19 @@ impl From<&ExtractCommand> for steps::ExtractArgs {
 }
 
 impl ReduceCommand {
+    /// The shards that failed for good: `--failed-shards`, or the list in
+    /// `--failed-shards-file` (a file that cannot be read or parsed is a usage error).
+    pub fn failed_shards(&self) -> Result<ShardList, crate::Usage> {
+        let Some(path) = &self.failed_shards_file else {
+            return Ok(self.failed_shards.clone());
+        };
+        let list = std::fs::read_to_string(path)
+            .map_err(|e| crate::Usage(format!("cannot read --failed-shards-file {path}: {e}")))?;
+        list.trim()
+            .parse()
+            .map_err(|e| crate::Usage(format!("--failed-shards-file {path}: {e}")))
+    }
+
     /// The contract's arguments of a reduce step; `None` without a PCA mode.
     pub fn contract(&self) -> Option<steps::ReduceArgs> {
         let pca = &self.pca;
@@ -246,7 +263,10 @@ impl ReduceCommand {
             pca: mode,
             csv: pca.csv,
             clusters: self.clusters.clusters,
-            failed_shards: self.failed_shards.clone(),
+            failed_shards: match &self.failed_shards_file {
+                Some(path) => steps::FailedShards::File(path.clone()),
+                None => steps::FailedShards::Listed(self.failed_shards.clone()),
+            },
             storage: (&self.s3).into(),
         })
     }
@@ -323,13 +343,21 @@ mod tests {
                 pca,
                 csv: true,
                 clusters: Some(steps::ClusterCount::Auto),
-                failed_shards: "1,3-5".parse().unwrap(),
+                failed_shards: steps::FailedShards::Listed("1,3-5".parse().unwrap()),
                 storage: storage.clone(),
             };
             let Command::Reduce(parsed) = parse(&reduce.to_args()) else {
                 panic!("not a reduce")
             };
-            assert_eq!(parsed.contract(), Some(reduce));
+            assert_eq!(parsed.contract(), Some(reduce.clone()));
+            let in_file = steps::ReduceArgs {
+                failed_shards: steps::FailedShards::File("/etc/pomona/failed".into()),
+                ..reduce
+            };
+            let Command::Reduce(parsed) = parse(&in_file.to_args()) else {
+                panic!("not a reduce")
+            };
+            assert_eq!(parsed.contract(), Some(in_file));
         }
     }
 }

@@ -134,6 +134,7 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
             let out = Storage::open(&c.output, &config).await?;
             outcome.storages = vec![out.clone()];
             let mode = c.pca.mode(None).expect("checked in main");
+            let failed_shards = c.failed_shards()?;
             // In a reduce pod, the run's cost: what the operator counted before, and this pod.
             let so_far = cli::cost_so_far();
             let cost_of = so_far.as_ref().map(|so_far| {
@@ -147,7 +148,7 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
                 &config,
                 &mode,
                 c.pca.csv,
-                &c.failed_shards,
+                &failed_shards,
                 c.clusters.clusters,
                 cost_of
                     .as_ref()

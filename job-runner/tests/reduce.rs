@@ -537,6 +537,17 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
     // Rerunning works; a named shard with complete outputs is used as usual.
     check(&reduce(&["--failed-shards=0-2"]));
     check(&reduce(&["--failed-shards=2,1"]));
+    // The same list in a file, as the operator's ConfigMap hands it to the reduce pod.
+    let list = dir.path().join("failed-shards");
+    std::fs::write(&list, "1-2\n").unwrap();
+    check(&reduce(&["--failed-shards-file", list.to_str().unwrap()]));
+    let out = reduce(&["--failed-shards-file", "/nonexistent/failed-shards"]);
+    assert_eq!(out.status.code(), Some(exit::USAGE));
+    let error = summary(&out).error.unwrap();
+    assert!(
+        error.contains("cannot read --failed-shards-file"),
+        "{error}"
+    );
     let report = || read_json(&format!("{}summary.json", layout.report_dir()));
     assert_eq!(report().get("cost"), None, "no cost known outside a pod");
 

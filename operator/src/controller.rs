@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -31,7 +31,7 @@ use pomona_crds::contract::cost::{PodUsage, Usage};
 use pomona_crds::contract::{MAX_SHARDS, ShardPlan, shard_plan};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
-use crate::jobs::{extract_job, plan_job, reduce_job};
+use crate::jobs::{extract_job, failed_shards_config_map, plan_job, reduce_job};
 use crate::leader::Leadership;
 use crate::lifecycle::{self, Expiry, MissingSummary};
 use crate::metrics::{ErrorCategory, Metrics};
@@ -256,6 +256,7 @@ struct Run<'a> {
     ctx: &'a Context,
     name: String,
     jobs: Api<Job>,
+    config_maps: Api<ConfigMap>,
 }
 
 /// What one reconcile observed of a run's Jobs.
@@ -288,6 +289,7 @@ impl<'a> Run<'a> {
             ctx,
             name: fx.name_any(),
             jobs: Api::namespaced(ctx.client.clone(), &namespace),
+            config_maps: Api::namespaced(ctx.client.clone(), &namespace),
         }
     }
 
@@ -616,18 +618,6 @@ impl<'a> Run<'a> {
             }
         }
         if phase == Phase::Reducing || jobs.reduce.is_some() {
-            let failed = match jobs.extract.as_ref() {
-                Some(job) => job
-                    .status
-                    .as_ref()
-                    .map(|s| job_indexes(s).1)
-                    .unwrap_or_default(),
-                None if jobs.reduce.is_some() => Vec::new(),
-                None => match status.shards.as_ref().map_or(0, |s| s.failed) {
-                    0 => Vec::new(),
-                    n => return Err(Error::FailedShardsUnknown(n)),
-                },
-            };
             let reported = reduce_summary(&jobs.reduce_pods).is_some_and(|s| s.pca.is_some());
             let recorded = status.pca.is_some();
             let missing = jobs.reduce.as_ref().and_then(|job| {
@@ -648,11 +638,32 @@ impl<'a> Run<'a> {
                 }
                 None => {}
             }
+            if jobs.reduce.is_none() {
+                // The failed shards go into the ConfigMap the reduce pod reads them from,
+                // before the Job that mounts it.
+                let failed = match jobs.extract.as_ref() {
+                    Some(job) => job
+                        .status
+                        .as_ref()
+                        .map(|s| job_indexes(s).1)
+                        .unwrap_or_default(),
+                    None => match status.shards.as_ref().map_or(0, |s| s.failed) {
+                        0 => Vec::new(),
+                        n => return Err(Error::FailedShardsUnknown(n)),
+                    },
+                };
+                let list = failed_shards_config_map(self.fx, &failed);
+                let name = list.metadata.name.clone().unwrap_or_default();
+                let params = PatchParams::apply(&settings.field_manager).force();
+                self.config_maps
+                    .patch(&name, &params, &Patch::Apply(&list))
+                    .await?;
+            }
             let earlier: Vec<PodUsage> = (jobs.plan_pods.iter())
                 .chain(&jobs.extract_pods)
                 .filter_map(PodObservation::usage)
                 .collect();
-            let desired = reduce_job(self.fx, plan.images, &failed, Usage::of(&earlier), settings);
+            let desired = reduce_job(self.fx, plan.images, Usage::of(&earlier), settings);
             if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
                 jobs.reduce = Some(applied);
                 wrote = true;

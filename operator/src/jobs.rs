@@ -12,21 +12,24 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::cost::{CostSoFar, Usage};
 use pomona_crds::contract::steps::{
-    self, DEFAULT_COMPONENTS, ExtractArgs, PcaMode, PlanArgs, ReduceArgs, ShardList, StorageArgs,
+    self, DEFAULT_COMPONENTS, ExtractArgs, FailedShards, PcaMode, PlanArgs, ReduceArgs, ShardList,
+    StorageArgs,
 };
 use pomona_crds::contract::{
     DEFAULT_MAX_IMAGE_BYTES, Preprocessing, ShardPlan, TERMINATION_LOG, env, exit,
 };
 
-use crate::names::{Component, RUN_NAME_ANNOTATION, job_name, labels, owner_reference};
+use crate::names::{
+    Component, RUN_NAME_ANNOTATION, failed_shards_name, job_name, labels, owner_reference,
+};
 use crate::observe::Requests;
 use crate::settings::Settings;
 
@@ -95,8 +98,8 @@ pub fn extract_args(fx: &FeatureExtraction) -> ExtractArgs {
     }
 }
 
-/// The reduce step of a resource, with the shards that failed for good.
-pub fn reduce_args(fx: &FeatureExtraction, failed_shards: ShardList) -> ReduceArgs {
+/// The reduce step of a resource, told where the shards that failed for good are.
+pub fn reduce_args(fx: &FeatureExtraction, failed_shards: FailedShards) -> ReduceArgs {
     let spec = &fx.spec;
     let pca = &spec.pca;
     let mode = match (&pca.from, pca.components, pca.variance_to_keep) {
@@ -202,22 +205,41 @@ pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
     max_failed_shards.min(shards)
 }
 
+/// Where the reduce pod finds the [`failed_shards_config_map`].
+pub const FAILED_SHARDS_DIR: &str = "/etc/pomona/failed-shards";
+/// The key of the list in it (and so the file's name).
+pub const FAILED_SHARDS_KEY: &str = "shards";
+
+/// The ConfigMap that hands the reduce pod the extract indexes that failed for good (within
+/// `spec.sharding.maxFailedShards`), as a [`ShardList`]: a file, since tens of thousands of
+/// them would not fit in one argument. Owned by the resource, like its Jobs.
+pub fn failed_shards_config_map(fx: &FeatureExtraction, failed_shards: &[u32]) -> ConfigMap {
+    let name = fx.metadata.name.as_deref().unwrap_or_default();
+    let list = ShardList(failed_shards.iter().copied().collect());
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(failed_shards_name(name)),
+            namespace: fx.metadata.namespace.clone(),
+            labels: Some(labels(fx, Component::Reduce)),
+            owner_references: Some(vec![owner_reference(fx)]),
+            ..ObjectMeta::default()
+        },
+        data: Some([(FAILED_SHARDS_KEY.to_string(), list.to_string())].into()),
+        ..ConfigMap::default()
+    }
+}
+
 /// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode, over the run's
-/// `images`. `failed_shards` are the extract indexes that failed for good (within
-/// `spec.sharding.maxFailedShards`): the reduce step dead-letters their images, so that every
+/// `images`. The extract indexes that failed for good reach it in a file, from the
+/// [`failed_shards_config_map`]: the reduce step dead-letters their images, so that every
 /// listed image is still accounted for. `earlier` is what the run's plan and extract pods
 /// used: with the pod's own requests and the admin's prices it reaches the pod in
 /// [`env::COST_SO_FAR`], for the run's cost in `report/summary.json`. (The environment is no
 /// part of what makes a runner edit, so a later reconcile's other figure changes nothing.)
-pub fn reduce_job(
-    fx: &FeatureExtraction,
-    images: u64,
-    failed_shards: &[u32],
-    earlier: Usage,
-    settings: &Settings,
-) -> Job {
-    let failed = ShardList(failed_shards.iter().copied().collect());
-    let args = reduce_args(fx, failed).to_args();
+pub fn reduce_job(fx: &FeatureExtraction, images: u64, earlier: Usage, settings: &Settings) -> Job {
+    let name = fx.metadata.name.as_deref().unwrap_or_default();
+    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
+    let args = reduce_args(fx, FailedShards::File(file)).to_args();
     let mut job = one_pod(fx, job(fx, Component::Reduce, args, settings, images));
     if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         let requests = Requests::of_spec(pod);
@@ -234,7 +256,24 @@ pub fn reduce_job(
                 value: Some(value.clone()),
                 value_from: None,
             });
+            container
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: "failed-shards".into(),
+                    mount_path: FAILED_SHARDS_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
         }
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "failed-shards".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: failed_shards_name(name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
     }
     job
 }
@@ -496,7 +535,7 @@ mod tests {
             gib_seconds: Some(200.0),
         };
         let so_far = |fx: &FeatureExtraction, settings: &Settings| -> CostSoFar {
-            let job = reduce_job(fx, 1000, &[], earlier, settings);
+            let job = reduce_job(fx, 1000, earlier, settings);
             let pod = job.spec.unwrap().template.spec.unwrap();
             let env = pod.containers[0].env.clone().unwrap();
             let var = env.iter().find(|v| v.name == env::COST_SO_FAR).unwrap();

@@ -75,6 +75,12 @@ pub fn job_name(fx_name: &str, component: Component) -> String {
     bounded(fx_name, MAX_JOB_NAME - suffix.len() - 1) + "-" + suffix
 }
 
+/// The name of the ConfigMap that hands a run's reduce pod its failed shards:
+/// `<reduce Job>-failed-shards`.
+pub fn failed_shards_name(fx_name: &str) -> String {
+    job_name(fx_name, Component::Reduce) + "-failed-shards"
+}
+
 /// `name` if it is a DNS label of at most `max` characters, else a cut, cleaned form of it
 /// followed by `-` and 8 hex digits of its hash (still at most `max` characters).
 pub fn bounded(name: &str, max: usize) -> String {

@@ -1,11 +1,12 @@
-//! `pomona-operator render`: the Jobs the operator would create for a resource, without a
-//! cluster, so users see what will run and tests can check it.
+//! `pomona-operator render`: the Jobs (and the reduce Job's ConfigMap) the operator would
+//! create for a resource, without a cluster, so users see what will run and tests can check
+//! it.
 
 use anyhow::Context;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::cost::Usage;
 
-use crate::jobs::{extract_job, plan_job, reduce_job};
+use crate::jobs::{extract_job, failed_shards_config_map, plan_job, reduce_job};
 use crate::settings::Settings;
 use pomona_crds::contract::shard_plan;
 
@@ -16,7 +17,8 @@ pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 /// The namespace of rendered Jobs when the resource names none.
 pub const PLACEHOLDER_NAMESPACE: &str = "default";
 
-/// The plan, extract and reduce Jobs of the resource in `yaml`, as a multi-document YAML
+/// The plan, extract and reduce Jobs of the resource in `yaml` (with the ConfigMap of the
+/// reduce Job's failed shards, before it), as a multi-document YAML
 /// stream, for a listing of `images` images (and `images_per_shard` overriding the resource's, if given).
 pub fn render(
     yaml: &str,
@@ -50,10 +52,20 @@ pub fn render(
     for job in [
         plan_job(&fx, settings),
         extract_job(&fx, sharding, settings),
-        reduce_job(&fx, images, &[], Usage::default(), settings),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&job)?);
     }
+    // The reduce Job reads the failed shards from a ConfigMap made just before it: here, none
+    // failed (and no pod has run, so its cost so far is nothing).
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&failed_shards_config_map(&fx, &[]))?);
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&reduce_job(
+        &fx,
+        images,
+        Usage::default(),
+        settings,
+    ))?);
     Ok(out)
 }

@@ -109,7 +109,7 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
         (plan_job(&fx, &Settings::default()), "plan"),
         (extract_job(&fx, shards(3), &Settings::default()), "extract"),
         (
-            reduce_job(&fx, 1260, &[], Usage::default(), &Settings::default()),
+            reduce_job(&fx, 1260, Usage::default(), &Settings::default()),
             "reduce",
         ),
     ] {
@@ -231,15 +231,10 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
         ),
     ];
     for (patch, mode) in cases {
-        let job = reduce_job(
-            &fx(patch),
-            1260,
-            &[],
-            Usage::default(),
-            &Settings::default(),
-        );
+        let job = reduce_job(&fx(patch), 1260, Usage::default(), &Settings::default());
         let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
         want.extend(mode);
+        want.push("--failed-shards-file=/etc/pomona/failed-shards/shards");
         want.push("--path-style=true");
         assert_eq!(container(&job).args.clone().unwrap(), want);
         let spec = job.spec.as_ref().unwrap();
@@ -294,7 +289,7 @@ fn the_spec_overrides_every_pod_deadline() {
     for job in [
         plan_job(&fx, &Settings::default()),
         extract_job(&fx, shards(3), &Settings::default()),
-        reduce_job(&fx, 1260, &[], Usage::default(), &Settings::default()),
+        reduce_job(&fx, 1260, Usage::default(), &Settings::default()),
     ] {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.active_deadline_seconds, Some(600));

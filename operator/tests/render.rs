@@ -1,4 +1,4 @@
-//! `render` of the complete Fruits-360 example gives Jobs that pass `kubernetes-validate
+//! `render` of the complete Fruits-360 example gives Jobs (and a ConfigMap) that pass `kubernetes-validate
 //! --strict` for Kubernetes 1.33 (the binary comes from scripts/tools.sh), and refuses what the
 //! operator refuses.
 
@@ -26,10 +26,16 @@ fn settings() -> Settings {
 #[test]
 fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
     let yaml = render(&example(), 1260, None, &settings()).unwrap();
-    assert_eq!(yaml.matches("\n---\n").count() + 1, 3 + 1, "{yaml}");
+    // Three Jobs, and the reduce Job's ConfigMap of failed shards.
+    assert_eq!(yaml.matches("\n---\n").count() + 1, 4 + 1, "{yaml}");
     assert!(yaml.starts_with("# Rendered by pomona-operator without a cluster"));
     assert!(yaml.contains(PLACEHOLDER_UID));
-    for job in ["fruits-360-plan", "fruits-360-extract", "fruits-360-reduce"] {
+    for job in [
+        "fruits-360-plan",
+        "fruits-360-extract",
+        "fruits-360-reduce-failed-shards",
+        "fruits-360-reduce",
+    ] {
         assert!(yaml.contains(&format!("name: {job}")), "{job}");
     }
     assert!(
@@ -56,7 +62,7 @@ fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}\n{yaml}");
     let text = format!("{stdout}{stderr}");
-    assert_eq!(text.matches("passed").count(), 3, "{text}");
+    assert_eq!(text.matches("passed").count(), 4, "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -7,9 +7,12 @@ use std::path::Path;
 
 use clap::Parser;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
 use pomona_crds::FeatureExtraction;
-use pomona_crds::contract::steps::{self, ExtractArgs};
-use pomona_operator::jobs::{CONTAINER, extract_args, plan_args, reduce_args};
+use pomona_crds::contract::steps::{self, ExtractArgs, FailedShards, ShardList};
+use pomona_operator::jobs::{
+    CONTAINER, FAILED_SHARDS_DIR, FAILED_SHARDS_KEY, extract_args, plan_args, reduce_args,
+};
 use pomona_operator::render::render;
 use pomona_operator::settings::{List, Settings};
 use pomona_runner::command::{Cli, Command};
@@ -48,12 +51,25 @@ fn every_rendered_job_parses_with_the_runner_s_parser_into_its_contract() {
         let yaml = std::fs::read_to_string(&path).unwrap();
         let rendered = render(&yaml, 1260, None, &settings())
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        let jobs: Vec<Job> = rendered
+        let docs: Vec<serde_yaml::Value> = rendered
             .split("\n---\n")
             .skip(1)
             .map(|doc| serde_yaml::from_str(doc).unwrap())
             .collect();
+        let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"] == kind).cloned();
+        let jobs: Vec<Job> = of_kind("Job")
+            .map(|d| serde_yaml::from_value(d).unwrap())
+            .collect();
         assert_eq!(jobs.len(), 3, "{}", path.display());
+        // The reduce pod's file of failed shards, as the runner reads it: none here.
+        let lists: Vec<ConfigMap> = of_kind("ConfigMap")
+            .map(|d| serde_yaml::from_value(d).unwrap())
+            .collect();
+        let data = lists[0].data.as_ref().unwrap();
+        assert_eq!(
+            data[FAILED_SHARDS_KEY].parse::<ShardList>(),
+            Ok(ShardList::default())
+        );
         // What the operator built each Job from (render stamps a placeholder uid).
         let mut fx: FeatureExtraction = serde_yaml::from_str(&yaml).unwrap();
         fx.metadata.uid = Some(pomona_operator::render::PLACEHOLDER_UID.into());
@@ -67,7 +83,9 @@ fn every_rendered_job_parses_with_the_runner_s_parser_into_its_contract() {
                 Command::Plan(c) => assert_eq!(c.contract(), Some(plan_args(&fx))),
                 Command::Extract(c) => assert_eq!(ExtractArgs::from(&c), extract_args(&fx)),
                 Command::Reduce(c) => {
-                    assert_eq!(c.contract(), Some(reduce_args(&fx, Default::default())))
+                    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
+                    let expected = reduce_args(&fx, FailedShards::File(file));
+                    assert_eq!(c.contract(), Some(expected))
                 }
                 Command::Run(_) | Command::Sweep(_) => {
                     panic!("the operator runs only plan, extract and reduce")

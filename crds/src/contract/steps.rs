@@ -211,9 +211,26 @@ pub struct ReduceArgs {
     pub clusters: Option<ClusterCount>,
     /// Shards that failed for good, within the run's tolerance: their images are
     /// dead-lettered.
-    pub failed_shards: ShardList,
+    pub failed_shards: FailedShards,
     /// Storage options.
     pub storage: StorageArgs,
+}
+
+/// Where `pomona reduce` learns which shards failed for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailedShards {
+    /// On the command line (`--failed-shards=1,3-5`), as a person types them.
+    Listed(ShardList),
+    /// In a file holding a [`ShardList`] (`--failed-shards-file=PATH`), as the operator passes
+    /// them: the list of a Job with tens of thousands of failed indexes would pass the kernel's
+    /// limit on one argument (128 KiB).
+    File(String),
+}
+
+impl Default for FailedShards {
+    fn default() -> Self {
+        Self::Listed(ShardList::default())
+    }
 }
 
 impl ReduceArgs {
@@ -231,8 +248,10 @@ impl ReduceArgs {
         if let Some(clusters) = self.clusters {
             args.push(format!("--clusters={clusters}"));
         }
-        if !self.failed_shards.0.is_empty() {
-            args.push(format!("--failed-shards={}", self.failed_shards));
+        match &self.failed_shards {
+            FailedShards::Listed(list) if list.0.is_empty() => {}
+            FailedShards::Listed(list) => args.push(format!("--failed-shards={list}")),
+            FailedShards::File(path) => args.push(format!("--failed-shards-file={path}")),
         }
         self.storage.push(&mut args);
         args
@@ -393,7 +412,7 @@ mod tests {
             pca: PcaMode::VarianceToKeep(0.9),
             csv: true,
             clusters: None,
-            failed_shards: "2,3,9".parse().unwrap(),
+            failed_shards: FailedShards::Listed("2,3,9".parse().unwrap()),
             storage: StorageArgs::default(),
         };
         assert_eq!(
@@ -405,6 +424,14 @@ mod tests {
                 "--csv",
                 "--failed-shards=2-3,9"
             ]
+        );
+        let from_file = ReduceArgs {
+            failed_shards: FailedShards::File("/etc/failed/shards".into()),
+            ..reduce
+        };
+        assert_eq!(
+            from_file.to_args().last().map(String::as_str),
+            Some("--failed-shards-file=/etc/failed/shards")
         );
     }
 }
