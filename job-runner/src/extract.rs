@@ -266,7 +266,18 @@ impl Extractor {
         }
         let entries = read_shard(output, plan, shard).await?;
         let found = match reuse {
-            Some(reuse) => reuse.find(&plan.source, &entries, self.dim).await?,
+            Some(reuse) => {
+                let unstamped = entries.iter().filter(|e| e.etag.is_none()).count();
+                if unstamped > 0 {
+                    crate::say!(
+                        "pomona: shard {shard}: {unstamped} of its {} images were listed \
+                         without an ETag (the store gives none in its listings), so they cannot \
+                         be matched to a previous run: they are extracted again",
+                        entries.len()
+                    );
+                }
+                reuse.find(&plan.source, &entries, self.dim).await?
+            }
             None => Default::default(),
         };
         let (entries, reused) = reuse::split(&plan.source, entries, found);
