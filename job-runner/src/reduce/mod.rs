@@ -1,25 +1,30 @@
 //! `pomona reduce`: the PCA over every shard of a run, the reduced vectors and the report.
 //!
-//! 1. Accounting first: every shard of the plan must have its features, dead letters and
-//!    statistics (looked at 32 shards at a time; the sorting itself is the pure `census`);
-//!    dead letters are counted from their files' footers. A shard without them that
-//!    `--failed-shards` names (its extract pods failed for good) is dead-lettered whole instead:
-//!    every image of its manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason,
-//!    and the rest of the step skips it.
-//! 2. Fit (`--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge in the
-//!    fixed tree of [`MergeTree`] (its order gives the bytes; any aligned block of shards can be
-//!    merged apart and handed in), [`STATS_IN_FLIGHT`] files read at a time, and the covariance
-//!    is eigen-decomposed ([`pca`]); memory and time do not depend on the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it
-//!    was fitted on features of another model, preprocessing or dimension.
-//! 3. `pca/pca.safetensors` is written (a reused PCA is copied there unchanged).
-//! 4. Projection, shard by shard: `reduced/part-NNNNN.parquet`, and with `--csv` one
-//!    `reduced.csv` streamed through a scratch file ([`project`]).
-//! 5. Label agreement ([`agreement`]): the leave-one-out 1-NN accuracy (cosine) of the labels
-//!    on a fixed-seed sample of the reduced vectors, kept during the projection.
-//! 6. With `--clusters`, k-means of the reduced vectors ([`grouping`]): `clusters/` and
-//!    `report/clusters.png`.
-//! 7. `report/` ([`crate::report`]), then `_SUCCESS` (the summary) last, only when
-//!    listed = processed + dead-lettered.
+//! [`reduce`] runs these steps in turn, each a function of its own:
+//!
+//! 1. Census: every shard of the plan must have its features, dead letters and statistics
+//!    (looked at 32 shards at a time; the sorting itself is the pure `census`); dead letters
+//!    are counted from their files' footers. A shard without them that `--failed-shards` names
+//!    (its extract pods failed for good) is dead-lettered whole instead: every image of its
+//!    manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason, and the rest of
+//!    the step skips it. The first complete shard's feature file gives the run's dimension and
+//!    provenance; it is read once, and projected first.
+//! 2. Fit (`fit`; `--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge
+//!    in the fixed tree of [`MergeTree`] (its order gives the bytes; any aligned block of
+//!    shards can be merged apart and handed in), [`STATS_IN_FLIGHT`] files read at a time, and
+//!    the covariance is eigen-decomposed ([`pca`]); memory and time do not depend on the number
+//!    of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it was
+//!    fitted on features of another model, preprocessing or dimension. `pca/pca.safetensors`
+//!    is written (a reused PCA is copied there unchanged).
+//! 3. Project (`project_shards`), shard by shard: `reduced/part-NNNNN.parquet`, and with
+//!    `--csv` one `reduced.csv` streamed through a scratch file ([`project`]), keeping the
+//!    scatter's points and a fixed-seed sample of labelled vectors.
+//! 4. Label agreement ([`agreement`]): the leave-one-out 1-NN accuracy (cosine) of the labels
+//!    on that sample.
+//! 5. The report's pictures ([`crate::report`]) and, with `--clusters`, k-means of the reduced
+//!    vectors ([`grouping`]): `clusters/` and `report/clusters.png`.
+//! 6. Summary (the pure `summarize`): `report/summary.json`, then the pure `accounting` check,
+//!    and `_SUCCESS` (the same summary) last, only when listed = processed + dead-lettered.
 
 pub mod agreement;
 pub mod grouping;
@@ -30,7 +35,7 @@ pub mod sample;
 pub mod scores;
 pub mod spark;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
@@ -397,11 +402,268 @@ fn permanent(e: PcaError) -> anyhow::Error {
     Permanent(e.to_string()).into()
 }
 
-/// Runs the reduce step on the run at `out` (see the module docs) and returns its summary.
-/// `failed_shards` are the shards whose extract pods failed for good: those without complete
-/// outputs are dead-lettered whole. `cost_of`, when the run's cost is known (`pomona run`: this
-/// process; a reduce pod: what the operator handed it, and itself), gives it for the images
-/// processed, for the summary's `cost`.
+/// The PCA the fit step fitted or read.
+struct Fitted {
+    pca: Pca,
+    /// `pca/pca.safetensors` as written.
+    bytes: Vec<u8>,
+    /// The cumulative variance asked for (`--variance-to-keep`), if any.
+    target: Option<f64>,
+}
+
+/// Fit: merges the complete shards' statistics and fits the PCA (`Mode::Fit`), or reads and
+/// checks the saved one (`Mode::Reuse`), for features of `dim` values made as `origin` says.
+async fn fit(
+    out: &Storage,
+    s3: &S3Config,
+    layout: &OutputLayout,
+    mode: &Mode,
+    complete: &[u32],
+    (dim, origin): (usize, &pca::Origin),
+    timings: &mut Timings,
+) -> anyhow::Result<Fitted> {
+    let t = Instant::now();
+    let fitted = match mode {
+        Mode::Fit { keep, default } => {
+            let moments = merged_moments(out, layout, complete, STATS_IN_FLIGHT).await?;
+            timings.statistics = secs(t);
+            crate::say!(
+                "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
+                complete.len(),
+                moments.count(),
+                timings.statistics
+            );
+            if moments.dim() != dim {
+                return Err(Permanent(format!(
+                    "the statistics have {} values per row, the features {dim}",
+                    moments.dim()
+                ))
+                .into());
+            }
+            let keep = match *keep {
+                Keep::Components(k) if *default => {
+                    Keep::Components(k.min(dim).min(moments.count() as usize).max(1))
+                }
+                keep => keep,
+            };
+            let t = Instant::now();
+            let pca = Pca::fit(&moments, keep, origin.clone()).map_err(permanent)?;
+            timings.fit = secs(t);
+            let target = match keep {
+                Keep::Variance(f) => Some(f),
+                Keep::Components(_) => None,
+            };
+            let bytes = pca.to_bytes();
+            Fitted { pca, bytes, target }
+        }
+        Mode::Reuse(uri) => {
+            let (pca, bytes) = read_pca(uri, s3).await?;
+            pca.check_applies_to(dim, origin)
+                .map_err(|e| Permanent(format!("cannot reuse the PCA {uri}: {e}")))?;
+            timings.fit = secs(t);
+            Fitted {
+                pca,
+                bytes,
+                target: None,
+            }
+        }
+    };
+    let pca = &fitted.pca;
+    crate::say!(
+        "pomona: reduce: {} PCA with {} components ({:.1}% of the variance) in {:.3} s{}",
+        if matches!(mode, Mode::Reuse(_)) {
+            "reused a"
+        } else {
+            "fitted a"
+        },
+        pca.k(),
+        pca.explained_variance_ratio.sum() * 100.0,
+        timings.fit,
+        if pca.centred {
+            ""
+        } else {
+            "; it projects without centring, as Spark ML does"
+        }
+    );
+    Ok(fitted)
+}
+
+/// What the projection kept of the reduced vectors besides writing them.
+struct Projected {
+    /// Images projected.
+    processed: u64,
+    /// The points of `report/scatter.png`, and the label counts.
+    scatter: Scatter,
+    /// The fixed-seed sample of labelled vectors the label agreement is measured on.
+    agreement_sample: Reservoir<(String, Vec<f32>)>,
+}
+
+/// Project: every complete shard's features through `pca` into `reduced/part-NNNNN.parquet`,
+/// and with `csv` into one `reduced.csv` streamed through a scratch file. `first` is the first
+/// complete shard's feature file, already read; every other must come from the same model and
+/// preprocessing.
+async fn project_shards(
+    out: &Storage,
+    layout: &OutputLayout,
+    complete: &[u32],
+    first: FeatureFile,
+    pca: &Pca,
+    pca_sha256: &str,
+    csv: bool,
+) -> anyhow::Result<Projected> {
+    let (k, dim, origin) = (pca.k(), first.dim, first.origin.clone());
+    let mut scatter = Scatter::new();
+    let mut agreement_sample = Reservoir::new(agreement::MAX_SAMPLE, agreement::SEED);
+    let mut csv_file = if csv {
+        let file = tempfile::NamedTempFile::new_in(crate::cli::scratch_dir())
+            .context("cannot create a scratch file for the CSV")?;
+        let mut w = BufWriter::new(file);
+        project::csv_header(&mut w, k)?;
+        Some(w)
+    } else {
+        None
+    };
+    let mut processed = 0u64;
+    let mut first = Some(first);
+    for &shard in complete {
+        let uri = layout.features(shard);
+        let features = match first.take() {
+            Some(file) => file,
+            None => FeatureFile::open(get(out, &uri).await?).with_context(|| uri.clone())?,
+        };
+        if features.origin.model_sha256 != origin.model_sha256
+            || features.origin.preprocessing != origin.preprocessing
+        {
+            return Err(Permanent(format!(
+                "{uri} was extracted with another model or preprocessing than shard {} (model \
+                 sha256 {} vs {}): one run must use one model",
+                complete[0], features.origin.model_sha256, origin.model_sha256
+            ))
+            .into());
+        }
+        let mut writer = ReducedWriter::new(k, &origin, pca_sha256)?;
+        for rows in features.batches()? {
+            let rows = rows.with_context(|| uri.clone())?;
+            let reduced = pca.project(&rows.values);
+            for (i, row) in reduced.chunks_exact(k).enumerate() {
+                let label = rows.labels.value(i);
+                scatter.push(label, row[0], row.get(1).copied().unwrap_or(0.0));
+                if !label.is_empty() {
+                    agreement_sample.offer_with(|| (label.to_string(), row.to_vec()));
+                }
+            }
+            if let Some(w) = &mut csv_file {
+                project::csv_rows(w, &rows.paths, &rows.labels, &reduced, k)?;
+            }
+            processed += (rows.values.len() / dim) as u64;
+            writer.push(&rows.paths, &rows.labels, reduced)?;
+        }
+        put(out, &layout.reduced(shard), writer.finish()?).await?;
+    }
+    if let Some(w) = csv_file {
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.as_file().sync_all()?;
+        out.put_file(&out.relative(&layout.csv())?, file.path())
+            .await
+            .with_context(|| format!("cannot write {}", layout.csv()))?;
+    }
+    Ok(Projected {
+        processed,
+        scatter,
+        agreement_sample,
+    })
+}
+
+/// Checks that the run's images are all accounted for: the PCA, when fitted here, was fitted
+/// on as many images (`fitted_on`) as were projected, and listed = processed + dead-lettered.
+fn accounting(
+    listed: u64,
+    processed: u64,
+    dead_lettered: u64,
+    fitted_on: Option<u64>,
+) -> Result<(), Permanent> {
+    if let Some(fitted_on) = fitted_on
+        && fitted_on != processed
+    {
+        return Err(Permanent(format!(
+            "the shards' statistics count {fitted_on} images, their feature files {processed}"
+        )));
+    }
+    if listed != processed + dead_lettered {
+        return Err(Permanent(format!(
+            "accounting does not close: {listed} images listed, {processed} processed + \
+             {dead_lettered} dead-lettered = {}",
+            processed + dead_lettered
+        )));
+    }
+    Ok(())
+}
+
+/// What the step found and made, for its summary.
+struct Findings<'a> {
+    plan: &'a Plan,
+    census: &'a Census,
+    mode: &'a Mode,
+    fitted: &'a Fitted,
+    pca_sha256: String,
+    origin: &'a pca::Origin,
+    dead_lettered: u64,
+    processed: u64,
+    labels: BTreeMap<String, u64>,
+    agreement: Option<(f64, usize)>,
+    clustering: Option<grouping::ClusteringSummary>,
+    timings: Timings,
+    cost: Option<pomona_crds::Cost>,
+}
+
+/// The summary of `report/summary.json` and `_SUCCESS`.
+fn summarize(f: Findings<'_>) -> ReduceSummary {
+    let pca = &f.fitted.pca;
+    let ratios = pca.explained_variance_ratio.to_vec();
+    ReduceSummary {
+        format: "pomona-reduce/1",
+        images: f.plan.images,
+        processed: f.processed,
+        failed: f.dead_lettered,
+        reused: f.census.reused,
+        shards: f.plan.shards,
+        failed_shards: f.census.failed.clone(),
+        pca_mode: match f.mode {
+            Mode::Fit { .. } => "fit",
+            Mode::Reuse(_) => "reuse",
+        },
+        pca_from: match f.mode {
+            Mode::Reuse(uri) => Some(uri.clone()),
+            Mode::Fit { .. } => None,
+        },
+        variance_to_keep: f.fitted.target,
+        projection: report::projection(pca.centred),
+        components: pca.k(),
+        dim: pca.dim(),
+        fitted_on: pca.n_samples,
+        total_variance: pca.total_variance,
+        explained_variance: pca.explained_variance.to_vec(),
+        cumulative_explained_variance_ratio: ratios.iter().sum(),
+        explained_variance_ratio: ratios,
+        pca_sha256: f.pca_sha256,
+        model_sha256: f.origin.model_sha256.clone(),
+        preprocessing: f.origin.preprocessing.clone(),
+        versions: f.origin.versions.clone(),
+        labels: f.labels,
+        label_agreement_sample: f.agreement.map(|(_, n)| n),
+        label_agreement: f.agreement.map(|(a, _)| a),
+        clustering: f.clustering,
+        seconds: f.timings,
+        cost: f.cost,
+    }
+}
+
+/// Runs the reduce step on the run at `out` (see the module docs) and returns its summary:
+/// census, fit, project, label agreement, report and clusters, summary. `failed_shards` are
+/// the shards whose extract pods failed for good: those without complete outputs are
+/// dead-lettered whole. `cost_of`, when the run's cost is known (`pomona run`: this process; a
+/// reduce pod: what the operator handed it, and itself), gives it for the images processed,
+/// for the summary's `cost`.
 pub async fn reduce(
     out: &Storage,
     s3: &S3Config,
@@ -432,6 +694,8 @@ pub async fn reduce(
     }
     // A rerun starts by withdrawing the previous success marker.
     out.delete_prefix(&out.relative(&layout.success())?).await?;
+
+    // Census.
     let outputs = shard_outputs(out, &layout, plan.shards).await?;
     let census = census(&outputs, &failed_shards.0, &plan, layout.root())?;
     for shard in &census.named_but_complete {
@@ -440,140 +704,47 @@ pub async fn reduce(
              complete: it is used"
         );
     }
-    let first_shard = census.complete[0];
-    let first = FeatureFile::open(get(out, &layout.features(first_shard)).await?)
-        .with_context(|| layout.features(first_shard))?;
+    // The first complete shard's features tell the run's dimension and provenance; the
+    // projection starts with them.
+    let first_uri = layout.features(census.complete[0]);
+    let first =
+        FeatureFile::open(get(out, &first_uri).await?).with_context(|| first_uri.clone())?;
     let (dim, origin) = (first.dim, first.origin.clone());
-    drop(first);
     let provenance = Provenance {
         model_sha256: origin.model_sha256.clone(),
         model_uri: origin.model_uri.clone(),
         preprocessing: origin.preprocessing.clone(),
         versions: origin.versions.clone(),
     };
-    let failed = census.dead_letters
+    let dead_lettered = census.dead_letters
         + dead_letter_failed(out, &layout, &plan, &census.failed, &provenance).await?;
 
+    // Fit.
     let mut timings = Timings::default();
-    let t = Instant::now();
-    let (pca, pca_bytes, target) = match mode {
-        Mode::Fit { keep, default } => {
-            let moments = merged_moments(out, &layout, &census.complete, STATS_IN_FLIGHT).await?;
-            timings.statistics = secs(t);
-            crate::say!(
-                "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
-                census.complete.len(),
-                moments.count(),
-                timings.statistics
-            );
-            if moments.dim() != dim {
-                return Err(Permanent(format!(
-                    "the statistics have {} values per row, the features {dim}",
-                    moments.dim()
-                ))
-                .into());
-            }
-            let keep = match *keep {
-                Keep::Components(k) if *default => {
-                    Keep::Components(k.min(dim).min(moments.count() as usize).max(1))
-                }
-                keep => keep,
-            };
-            let t = Instant::now();
-            let pca = Pca::fit(&moments, keep, origin.clone()).map_err(permanent)?;
-            timings.fit = secs(t);
-            let target = match keep {
-                Keep::Variance(f) => Some(f),
-                Keep::Components(_) => None,
-            };
-            let bytes = pca.to_bytes();
-            (pca, bytes, target)
-        }
-        Mode::Reuse(uri) => {
-            let (pca, bytes) = read_pca(uri, s3).await?;
-            pca.check_applies_to(dim, &origin)
-                .map_err(|e| Permanent(format!("cannot reuse the PCA {uri}: {e}")))?;
-            timings.fit = secs(t);
-            (pca, bytes, None)
-        }
-    };
-    let k = pca.k();
-    crate::say!(
-        "pomona: reduce: {} PCA with {k} components ({:.1}% of the variance) in {:.3} s{}",
-        if matches!(mode, Mode::Reuse(_)) {
-            "reused a"
-        } else {
-            "fitted a"
-        },
-        pca.explained_variance_ratio.sum() * 100.0,
-        timings.fit,
-        if pca.centred {
-            ""
-        } else {
-            "; it projects without centring, as Spark ML does"
-        }
-    );
-    let pca_sha256 = sha256_hex(&pca_bytes);
+    let fitted = fit(
+        out,
+        s3,
+        &layout,
+        mode,
+        &census.complete,
+        (dim, &origin),
+        &mut timings,
+    )
+    .await?;
+    let (pca, k) = (&fitted.pca, fitted.pca.k());
+    let pca_sha256 = sha256_hex(&fitted.bytes);
     put(
         out,
         &format!("{}{}", layout.pca_dir(), pca::FILE_NAME),
-        pca_bytes,
+        fitted.bytes.clone(),
     )
     .await?;
 
-    // Projection, shard by shard.
+    // Project.
     let t = Instant::now();
-    let mut scatter = Scatter::new();
-    let mut agreement_sample = Reservoir::new(agreement::MAX_SAMPLE, agreement::SEED);
-    let mut csv_file = if csv {
-        let file = tempfile::NamedTempFile::new_in(crate::cli::scratch_dir())
-            .context("cannot create a scratch file for the CSV")?;
-        let mut w = BufWriter::new(file);
-        project::csv_header(&mut w, k)?;
-        Some(w)
-    } else {
-        None
-    };
-    let mut processed = 0u64;
-    for &shard in &census.complete {
-        let uri = layout.features(shard);
-        let features = FeatureFile::open(get(out, &uri).await?).with_context(|| uri.clone())?;
-        if features.origin.model_sha256 != origin.model_sha256
-            || features.origin.preprocessing != origin.preprocessing
-        {
-            return Err(Permanent(format!(
-                "{uri} was extracted with another model or preprocessing than shard \
-                 {first_shard} (model sha256 {} vs {}): one run must use one model",
-                features.origin.model_sha256, origin.model_sha256
-            ))
-            .into());
-        }
-        let mut writer = ReducedWriter::new(k, &origin, &pca_sha256)?;
-        for rows in features.batches()? {
-            let rows = rows.with_context(|| uri.clone())?;
-            let reduced = pca.project(&rows.values);
-            for (i, row) in reduced.chunks_exact(k).enumerate() {
-                let label = rows.labels.value(i);
-                scatter.push(label, row[0], row.get(1).copied().unwrap_or(0.0));
-                if !label.is_empty() {
-                    agreement_sample.offer_with(|| (label.to_string(), row.to_vec()));
-                }
-            }
-            if let Some(w) = &mut csv_file {
-                project::csv_rows(w, &rows.paths, &rows.labels, &reduced, k)?;
-            }
-            processed += (rows.values.len() / dim) as u64;
-            writer.push(&rows.paths, &rows.labels, reduced)?;
-        }
-        put(out, &layout.reduced(shard), writer.finish()?).await?;
-    }
-    if let Some(w) = csv_file {
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.as_file().sync_all()?;
-        out.put_file(&out.relative(&layout.csv())?, file.path())
-            .await
-            .with_context(|| format!("cannot write {}", layout.csv()))?;
-    }
+    let projected =
+        project_shards(out, &layout, &census.complete, first, pca, &pca_sha256, csv).await?;
+    let processed = projected.processed;
     timings.project = secs(t);
     crate::say!(
         "pomona: reduce: projected {processed} images in {:.3} s",
@@ -582,7 +753,7 @@ pub async fn reduce(
 
     // Label agreement.
     let t = Instant::now();
-    let sample = agreement_sample.into_items();
+    let sample = projected.agreement_sample.into_items();
     let label_agreement = labelled_agreement(&sample, k);
     timings.agreement = secs(t);
     if let Some(a) = label_agreement {
@@ -594,12 +765,12 @@ pub async fn reduce(
         );
     }
 
-    // The report.
+    // The report's pictures.
     let t = Instant::now();
     let ratios = pca.explained_variance_ratio.to_vec();
     let axis_ratios = (ratios[0], ratios.get(1).copied());
-    let variance_png = report::explained_variance_png(&ratios, target)?;
-    let scatter_png = scatter.png(axis_ratios)?;
+    let variance_png = report::explained_variance_png(&ratios, fitted.target)?;
+    let scatter_png = projected.scatter.png(axis_ratios)?;
     put(out, &layout.explained_variance_png(), variance_png).await?;
     put(out, &layout.scatter_png(), scatter_png).await?;
     timings.report = secs(t);
@@ -627,62 +798,27 @@ pub async fn reduce(
     };
     timings.total = secs(started);
 
-    let summary = ReduceSummary {
-        format: "pomona-reduce/1",
-        images: plan.images,
-        processed,
-        failed,
-        reused: census.reused,
-        shards: plan.shards,
-        failed_shards: census.failed.clone(),
-        pca_mode: match mode {
-            Mode::Fit { .. } => "fit",
-            Mode::Reuse(_) => "reuse",
-        },
-        pca_from: match mode {
-            Mode::Reuse(uri) => Some(uri.clone()),
-            Mode::Fit { .. } => None,
-        },
-        variance_to_keep: target,
-        projection: report::projection(pca.centred),
-        components: k,
-        dim,
-        fitted_on: pca.n_samples,
-        total_variance: pca.total_variance,
-        explained_variance: pca.explained_variance.to_vec(),
-        cumulative_explained_variance_ratio: ratios.iter().sum(),
-        explained_variance_ratio: ratios,
+    // Summary: written to the report, then checked, and only then `_SUCCESS`.
+    let summary = summarize(Findings {
+        plan: &plan,
+        census: &census,
+        mode,
+        fitted: &fitted,
         pca_sha256,
-        model_sha256: origin.model_sha256.clone(),
-        preprocessing: origin.preprocessing.clone(),
-        versions: origin.versions.clone(),
-        labels: scatter.label_counts(),
-        label_agreement_sample: label_agreement.map(|_| sample.len()),
-        label_agreement,
+        origin: &origin,
+        dead_lettered,
+        processed,
+        labels: projected.scatter.label_counts(),
+        agreement: label_agreement.map(|a| (a, sample.len())),
         clustering,
-        seconds: timings,
+        timings,
         cost: cost_of.map(|cost| cost(processed)),
-    };
+    });
     let mut json = serde_json::to_vec_pretty(&summary)?;
     json.write_all(b"\n")?;
     put(out, &layout.summary_json(), json.clone()).await?;
-
-    if matches!(mode, Mode::Fit { .. }) && pca.n_samples != processed {
-        return Err(Permanent(format!(
-            "the shards' statistics count {} images, their feature files {processed}",
-            pca.n_samples
-        ))
-        .into());
-    }
-    if plan.images != processed + failed {
-        return Err(Permanent(format!(
-            "accounting does not close: {} images listed, {processed} processed + {failed} \
-             dead-lettered = {}",
-            plan.images,
-            processed + failed
-        ))
-        .into());
-    }
+    let fitted_on = matches!(mode, Mode::Fit { .. }).then_some(summary.fitted_on);
+    accounting(summary.images, processed, summary.failed, fitted_on)?;
     put(out, &layout.success(), json).await?;
     Ok(ReduceOutcome { summary })
 }
@@ -754,6 +890,26 @@ mod tests {
         let e = census(&outputs(&[None]), &BTreeSet::from([0]), &plan(5, 1), "r").unwrap_err();
         assert!(
             e.0.contains("every shard of the run failed (1 of 1, 5 images)"),
+            "{}",
+            e.0
+        );
+    }
+
+    #[test]
+    fn the_accounting_closes_only_on_every_image() {
+        assert!(accounting(10, 7, 3, Some(7)).is_ok());
+        assert!(
+            accounting(10, 7, 3, None).is_ok(),
+            "a reused PCA fitted elsewhere"
+        );
+        let e = accounting(10, 7, 2, None).unwrap_err();
+        assert_eq!(
+            e.0,
+            "accounting does not close: 10 images listed, 7 processed + 2 dead-lettered = 9"
+        );
+        let e = accounting(10, 7, 3, Some(8)).unwrap_err();
+        assert!(
+            e.0.contains("statistics count 8 images, their feature files 7"),
             "{}",
             e.0
         );
