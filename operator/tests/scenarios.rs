@@ -158,10 +158,12 @@ async fn a_whole_run_goes_from_plan_to_succeeded() {
         args.contains(&"--variance-to-keep=0.95".to_string()),
         "{args:?}"
     );
-    assert!(
-        !args.iter().any(|a| a.starts_with("--failed-shards")),
-        "{args:?}"
-    );
+    // No shard failed: the reduce pod's file of failed shards is empty.
+    let list = h
+        .api
+        .object("/api/v1/namespaces/fruits/configmaps/fruits-360-reduce-failed-shards")
+        .expect("the ConfigMap of failed shards");
+    assert_eq!(list["data"]["shards"], "");
     assert_eq!(
         h.writes_to(EXTRACT).len(),
         0,
@@ -427,8 +429,28 @@ async fn a_failed_index_within_max_failed_shards_is_dead_lettered_by_reduce() {
             .unwrap()
             .contains("within spec.sharding.maxFailedShards")
     );
+    // The failed index reaches the reduce pod in a file: the ConfigMap its Job mounts,
+    // applied before it.
+    let list = h
+        .api
+        .object("/api/v1/namespaces/fruits/configmaps/fruits-360-reduce-failed-shards")
+        .expect("the ConfigMap of failed shards");
+    assert_eq!(list["data"]["shards"], "1");
+    assert_eq!(list["metadata"]["ownerReferences"][0]["name"], "fruits-360");
     let args = h.args(REDUCE);
-    assert!(args.contains(&"--failed-shards=1".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--failed-shards-file=/etc/pomona/failed-shards/shards".to_string()),
+        "{args:?}"
+    );
+    let volumes = &h.job(REDUCE)["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["configMap"]["name"] == "fruits-360-reduce-failed-shards"),
+        "{volumes}"
+    );
 }
 
 #[tokio::test]
