@@ -88,6 +88,11 @@ pub struct ExtractCommand {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub reuse: ReuseArgs,
+    /// The PCA the run reuses (as `pomona reduce --pca-from` takes it): the shard is projected
+    /// through it as it is written (reduced/part-NNNNN.parquet), so that the reduce step need
+    /// not read its features again. A PCA fitted on other features is refused.
+    #[arg(long, value_name = "URI")]
+    pub pca_from: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub tuning: TuningArgs,
@@ -230,6 +235,7 @@ impl From<&ExtractCommand> for steps::ExtractArgs {
                 .map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
             max_image_bytes: c.tuning.max_image_bytes,
             reuse_from: c.reuse.reuse_from.clone(),
+            pca_from: c.pca_from.clone(),
             storage: (&c.s3).into(),
         }
     }
@@ -326,6 +332,7 @@ mod tests {
             batch_size: Some(8),
             max_image_bytes: 1 << 20,
             reuse_from: vec!["s3://b/runs/0/".into(), "s3://b/runs/00/".into()],
+            pca_from: Some("s3://b/runs/0/pca/".into()),
             storage: storage.clone(),
         };
         let Command::Extract(parsed) = parse(&extract.to_args()) else {

@@ -2,8 +2,11 @@
 //!
 //! The model is read once per process ([`Extractor::load`]); each shard then streams through the
 //! [`pipeline`](crate::pipeline) into scratch files, which are uploaded to their final keys only
-//! when complete: features, then dead letters, then the PCA statistics, last, so that a shard
-//! whose statistics exist is complete and is not redone by a rerun.
+//! when complete: features, then (with a reused PCA, [`Extractor::project_through`]) the
+//! reduced vectors, then dead letters, then the PCA statistics, last, so that a shard whose
+//! statistics exist is complete and is not redone by a rerun. A reduced file left by an earlier
+//! extraction of the shard is deleted first, so that none outlives the features it was made
+//! from.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -23,6 +26,8 @@ use crate::pipeline::{
     self, Counts, FetchError, ImageSource, Input, PipelineOptions, Row, Sink, Written,
 };
 use crate::preprocess::Preprocess;
+use crate::reduce::pca::{Origin, Pca};
+use crate::reduce::project::{FeatureFile, project_file};
 use crate::reuse::{self, Reuse, Reused};
 use crate::stats::{Moments, ROWS_PER_UPDATE};
 use crate::window::Bounds;
@@ -98,6 +103,8 @@ pub struct Extractor {
     dim: usize,
     threads: Threads,
     tuning: Tuning,
+    /// A reused PCA to project each shard through as it is written, and its file's sha256.
+    projection: Option<(Pca, String)>,
 }
 
 /// What one shard did.
@@ -176,7 +183,28 @@ impl Extractor {
             provenance,
             threads,
             tuning,
+            projection: None,
         })
+    }
+
+    /// Projects each shard through `pca` (whose file has sha256 `sha256`) as it is written:
+    /// its `reduced/part-NNNNN.parquet` is the reduce step's, byte for byte, and the reduce
+    /// step reads it instead of the features. For a reused PCA, checked by the caller against
+    /// this extractor's model and preprocessing ([`crate::reduce::reusable_pca`]).
+    pub fn project_through(mut self, pca: Pca, sha256: String) -> Self {
+        self.projection = Some((pca, sha256));
+        self
+    }
+
+    /// The provenance of the features, as the PCA records what it was fitted on.
+    pub fn origin(&self) -> Origin {
+        let p = &self.provenance;
+        Origin {
+            model_sha256: p.model_sha256.clone(),
+            model_uri: p.model_uri.clone(),
+            preprocessing: p.preprocessing.clone(),
+            versions: p.versions.clone(),
+        }
     }
 
     /// The feature dimension of the model.
@@ -306,7 +334,27 @@ impl Extractor {
             .into());
         }
         let (features, deadletter, stats) = sink.finish()?;
-        upload(output, &layout.features(shard), &features).await?;
+        // A reduced file made from the shard's earlier features never outlives them.
+        output
+            .delete_prefix(&output.relative(&layout.reduced(shard))?)
+            .await?;
+        let features = tokio::fs::read(&features)
+            .await
+            .with_context(|| format!("cannot read back {}", features.display()))?;
+        let features = Bytes::from(features);
+        output
+            .put(&output.relative(&layout.features(shard))?, features.clone())
+            .await?;
+        if let Some((pca, sha256)) = &self.projection {
+            let file = FeatureFile::open(features).context("cannot read back the features")?;
+            let reduced = project_file(file, pca, sha256, |_, _| Ok(()))?;
+            output
+                .put(
+                    &output.relative(&layout.reduced(shard))?,
+                    Bytes::from(reduced),
+                )
+                .await?;
+        }
         upload(output, &layout.deadletter(shard), &deadletter).await?;
         let from = reuse.map(Reuse::sources).unwrap_or_default();
         reuse::record(output, shard, copied, &from).await?;

@@ -232,10 +232,15 @@ async fn extract(c: ExtractCommand, outcome: &mut Outcome) -> anyhow::Result<()>
     let source = Storage::open(&plan.source, &config).await?;
     outcome.images = plan.shard_len(shard);
     outcome.storages = vec![source.clone(), out.clone()];
-    let extractor = c
+    let mut extractor = c
         .model
         .load(&c.tuning, &config, Threads::detect(None, None))
         .await?;
+    if let Some(uri) = &c.pca_from {
+        let (pca, sha256) =
+            reduce::reusable_pca(uri, &config, extractor.dim(), &extractor.origin()).await?;
+        extractor = extractor.project_through(pca, sha256);
+    }
     let reuse = match (&c.reuse.reuse_from[..], &plan.identity) {
         ([], _) => None,
         (uris, Some(identity)) => Some(Reuse::open(uris, &config, identity, &out).await?),
@@ -272,7 +277,7 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     // Checks before any work: ONNX Runtime, the model (found, loads, its checksum, the size it
     // takes) and a PCA to reuse. A failure writes nothing.
     let workers = c.workers.max(1);
-    let extractor = c
+    let mut extractor = c
         .model
         .load(&c.tuning, &config, cli::worker_threads(workers))
         .await
@@ -282,9 +287,13 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         .mode(Some(DEFAULT_COMPONENTS))
         .expect("a default mode");
     if let reduce::Mode::Reuse(uri) = &mode {
-        reduce::check_pca_source(uri, &config, extractor.dim())
-            .await
-            .map_err(cli::before_any_work)?;
+        // A reused PCA is checked before any work, and each shard is projected as it is
+        // written.
+        let (pca, sha256) =
+            reduce::reusable_pca(uri, &config, extractor.dim(), &extractor.origin())
+                .await
+                .map_err(cli::before_any_work)?;
+        extractor = extractor.project_through(pca, sha256);
     }
     let sha = extractor.provenance().model_sha256.clone();
     let identity = options.identity(None, sha, c.model.preprocessing());

@@ -323,10 +323,34 @@ fn a_saved_pca_is_reused_on_new_images_and_refused_for_other_features() {
     );
     assert!(Path::new(&layout.success()).is_file());
 
-    // The same reuse through `pomona reduce`, naming the file rather than the folder.
-    let out = pomona(&["reduce", "--output", &fresh, "--pca-from", &saved], &[]);
+    // The same reuse through `pomona reduce`, naming the file rather than the folder. The
+    // extract step projected every shard through the reused PCA as it wrote it: the reduce
+    // step reads those reduced files instead of the features, and makes the same report.
+    let reduced_by_extract = std::fs::read(layout.reduced(0)).unwrap();
+    let csv_by_extract = std::fs::read(layout.csv()).unwrap();
+    let out = pomona(
+        &["reduce", "--output", &fresh, "--pca-from", &saved, "--csv"],
+        &[],
+    );
     assert!(out.status.success());
     assert_eq!(summary(&out).processed, n);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "{n} of the images were already projected by this PCA"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the reduce step makes itself, from the features, is the same, byte for byte.
+    std::fs::remove_dir_all(layout.reduced_dir()).unwrap();
+    let out = pomona(
+        &["reduce", "--output", &fresh, "--pca-from", &saved, "--csv"],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("already projected"));
+    assert!(std::fs::read(layout.reduced(0)).unwrap() == reduced_by_extract);
+    assert!(std::fs::read(layout.csv()).unwrap() == csv_by_extract);
 
     // A PCA fitted on another model's features is refused, permanently, with the reason.
     let refuse = |bad: &Pca, name: &str, expect: &str| {

@@ -94,6 +94,9 @@ pub fn extract_args(fx: &FeatureExtraction) -> ExtractArgs {
             .max_image_bytes
             .unwrap_or(DEFAULT_MAX_IMAGE_BYTES),
         reuse_from: spec.source.reuse_from.clone(),
+        // A reused PCA is applied by the extract pods as they go: the reduce pod then reads the
+        // small reduced files, not the features again.
+        pca_from: spec.pca.from.clone(),
         storage: storage_args(fx),
     }
 }

@@ -127,6 +127,9 @@ pub struct ExtractArgs {
     /// Output prefixes of previous runs (same model and preprocessing) whose features are
     /// copied for the images that have not changed since (`--reuse-from`, repeatable).
     pub reuse_from: Vec<String>,
+    /// The PCA the run reuses (`--pca-from`): each shard is projected through it as it is
+    /// written, so the reduce step does not read the features again.
+    pub pca_from: Option<String>,
     /// Storage options.
     pub storage: StorageArgs,
 }
@@ -142,6 +145,9 @@ impl ExtractArgs {
         args.push(format!("--max-image-bytes={}", self.max_image_bytes));
         for uri in &self.reuse_from {
             args.push(format!("--reuse-from={uri}"));
+        }
+        if let Some(uri) = &self.pca_from {
+            args.push(format!("--pca-from={uri}"));
         }
         self.storage.push(&mut args);
         args

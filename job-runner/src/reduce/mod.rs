@@ -57,7 +57,7 @@ use crate::stats::{MergeTree, Moments};
 use crate::{Permanent, Usage};
 use grouping::ClusterCount;
 use pca::{Keep, Pca, PcaError};
-use project::{FeatureFile, ReducedWriter};
+use project::{FeatureFile, FeatureRows};
 use sample::Reservoir;
 
 /// The components `pomona run` keeps when no PCA option is given (the Spark reference's k).
@@ -167,6 +167,8 @@ async fn get(out: &Storage, uri: &str) -> anyhow::Result<Bytes> {
 struct Census {
     /// Shards with every output: used to fit and project.
     complete: Vec<u32>,
+    /// The feature rows of each complete shard: its manifest's images less its dead letters.
+    rows: Vec<u64>,
     /// Shards without them that `--failed-shards` names: dead-lettered whole.
     failed: Vec<u32>,
     /// Dead letters of the complete shards.
@@ -234,6 +236,7 @@ fn census(
 ) -> Result<Census, Permanent> {
     let mut census = Census {
         complete: Vec::new(),
+        rows: Vec::new(),
         failed: Vec::new(),
         dead_letters: 0,
         named_but_complete: Vec::new(),
@@ -246,6 +249,9 @@ fn census(
                 census.dead_letters += dead_letters;
                 census.reused += o.reused;
                 census.complete.push(o.shard);
+                census
+                    .rows
+                    .push(plan.shard_len(o.shard).saturating_sub(dead_letters));
                 if named.contains(&o.shard) {
                     census.named_but_complete.push(o.shard);
                 }
@@ -384,18 +390,19 @@ fn labelled_agreement(sample: &[(String, Vec<f32>)], k: usize) -> Option<f64> {
     agreement::loo_1nn_accuracy(&rows, k, &labels).map(|a| (a * 1e6).round() / 1e6)
 }
 
-/// Checks, before any work, that the PCA at `uri` can be read and applies to `dim`-value
-/// features.
-pub async fn check_pca_source(uri: &str, s3: &S3Config, dim: usize) -> anyhow::Result<()> {
-    let (pca, _) = read_pca(uri, s3).await?;
-    if pca.dim() != dim {
-        return Err(Permanent(format!(
-            "the PCA {uri} applies to {}-value features, the model gives {dim}",
-            pca.dim()
-        ))
-        .into());
-    }
-    Ok(())
+/// Reads the PCA at `uri` for features of `dim` values made as `origin` says (model and
+/// preprocessing), refusing one fitted on others: the PCA `pomona run` and the extract pods
+/// project through as they go when it is reused. Returns it with its file's sha256.
+pub async fn reusable_pca(
+    uri: &str,
+    s3: &S3Config,
+    dim: usize,
+    origin: &pca::Origin,
+) -> anyhow::Result<(Pca, String)> {
+    let (pca, bytes) = read_pca(uri, s3).await?;
+    pca.check_applies_to(dim, origin)
+        .map_err(|e| Permanent(format!("cannot reuse the PCA {uri}: {e}")))?;
+    Ok((pca, sha256_hex(&bytes)))
 }
 
 fn permanent(e: PcaError) -> anyhow::Error {
@@ -501,17 +508,20 @@ struct Projected {
 /// Project: every complete shard's features through `pca` into `reduced/part-NNNNN.parquet`,
 /// and with `csv` into one `reduced.csv` streamed through a scratch file. `first` is the first
 /// complete shard's feature file, already read; every other must come from the same model and
-/// preprocessing.
+/// preprocessing. A shard whose reduced file this PCA already made (its extract step
+/// projected it, with a reused PCA, or an earlier reduce did) is read, not projected again:
+/// the extract step deletes the reduced file of a shard it extracts without projecting, so
+/// one made by this PCA always belongs to the shard's current features.
 async fn project_shards(
     out: &Storage,
     layout: &OutputLayout,
-    complete: &[u32],
+    complete: &[(u32, u64)],
     first: FeatureFile,
     pca: &Pca,
     pca_sha256: &str,
     csv: bool,
 ) -> anyhow::Result<Projected> {
-    let (k, dim, origin) = (pca.k(), first.dim, first.origin.clone());
+    let (k, origin) = (pca.k(), first.origin.clone());
     let mut scatter = Scatter::new();
     let mut agreement_sample = Reservoir::new(agreement::MAX_SAMPLE, agreement::SEED);
     let mut csv_file = if csv {
@@ -523,9 +533,32 @@ async fn project_shards(
     } else {
         None
     };
-    let mut processed = 0u64;
+    let (mut processed, mut read) = (0u64, 0u64);
+    let mut each = |rows: &FeatureRows, reduced: &[f32]| -> anyhow::Result<()> {
+        for (i, row) in reduced.chunks_exact(k).enumerate() {
+            let label = rows.labels.value(i);
+            scatter.push(label, row[0], row.get(1).copied().unwrap_or(0.0));
+            if !label.is_empty() {
+                agreement_sample.offer_with(|| (label.to_string(), row.to_vec()));
+            }
+        }
+        if let Some(w) = &mut csv_file {
+            project::csv_rows(w, &rows.paths, &rows.labels, reduced, k)?;
+        }
+        processed += (reduced.len() / k) as u64;
+        Ok(())
+    };
     let mut first = Some(first);
-    for &shard in complete {
+    for &(shard, rows) in complete {
+        if let Some(made) = already_projected(out, layout, shard, rows, pca_sha256, k).await? {
+            first = None;
+            for batch in made.batches()? {
+                let batch = batch.with_context(|| layout.reduced(shard))?;
+                each(&batch, &batch.values)?;
+            }
+            read += rows;
+            continue;
+        }
         let uri = layout.features(shard);
         let features = match first.take() {
             Some(file) => file,
@@ -537,28 +570,19 @@ async fn project_shards(
             return Err(Permanent(format!(
                 "{uri} was extracted with another model or preprocessing than shard {} (model \
                  sha256 {} vs {}): one run must use one model",
-                complete[0], features.origin.model_sha256, origin.model_sha256
+                complete[0].0, features.origin.model_sha256, origin.model_sha256
             ))
             .into());
         }
-        let mut writer = ReducedWriter::new(k, &origin, pca_sha256)?;
-        for rows in features.batches()? {
-            let rows = rows.with_context(|| uri.clone())?;
-            let reduced = pca.project(&rows.values);
-            for (i, row) in reduced.chunks_exact(k).enumerate() {
-                let label = rows.labels.value(i);
-                scatter.push(label, row[0], row.get(1).copied().unwrap_or(0.0));
-                if !label.is_empty() {
-                    agreement_sample.offer_with(|| (label.to_string(), row.to_vec()));
-                }
-            }
-            if let Some(w) = &mut csv_file {
-                project::csv_rows(w, &rows.paths, &rows.labels, &reduced, k)?;
-            }
-            processed += (rows.values.len() / dim) as u64;
-            writer.push(&rows.paths, &rows.labels, reduced)?;
-        }
-        put(out, &layout.reduced(shard), writer.finish()?).await?;
+        let reduced = project::project_file(features, pca, pca_sha256, &mut each)
+            .with_context(|| uri.clone())?;
+        put(out, &layout.reduced(shard), reduced).await?;
+    }
+    if read > 0 {
+        crate::say!(
+            "pomona: reduce: {read} of the images were already projected by this PCA (reduced \
+             files read, not made again)"
+        );
     }
     if let Some(w) = csv_file {
         let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -572,6 +596,26 @@ async fn project_shards(
         scatter,
         agreement_sample,
     })
+}
+
+/// The reduced file of `shard`, when the PCA of sha256 `pca_sha256` made it for the shard's
+/// `rows` feature rows (`k` values each); `None` when there is none, or another.
+async fn already_projected(
+    out: &Storage,
+    layout: &OutputLayout,
+    shard: u32,
+    rows: u64,
+    pca_sha256: &str,
+    k: usize,
+) -> anyhow::Result<Option<FeatureFile>> {
+    let uri = layout.reduced(shard);
+    if !out.exists(&out.relative(&uri)?).await? {
+        return Ok(None);
+    }
+    let made = FeatureFile::open_vectors(get(out, &uri).await?, "pca");
+    Ok(made
+        .ok()
+        .filter(|m| m.pca_sha256 == pca_sha256 && m.dim == k && m.rows == rows))
 }
 
 /// Checks that the run's images are all accounted for: the PCA, when fitted here, was fitted
@@ -742,8 +786,13 @@ pub async fn reduce(
 
     // Project.
     let t = Instant::now();
-    let projected =
-        project_shards(out, &layout, &census.complete, first, pca, &pca_sha256, csv).await?;
+    let complete: Vec<(u32, u64)> = census
+        .complete
+        .iter()
+        .copied()
+        .zip(census.rows.clone())
+        .collect();
+    let projected = project_shards(out, &layout, &complete, first, pca, &pca_sha256, csv).await?;
     let processed = projected.processed;
     timings.project = secs(t);
     crate::say!(
@@ -869,6 +918,11 @@ mod tests {
         )
         .expect("every shard accounted for");
         assert_eq!(c.complete, [0, 2, 3]);
+        assert_eq!(
+            c.rows,
+            [8, 10, 9],
+            "10 images a shard, less the dead letters"
+        );
         assert_eq!(c.failed, [1]);
         assert_eq!(c.dead_letters, 3);
         assert_eq!(c.reused, 15);

@@ -42,6 +42,9 @@ pub struct FeatureFile {
     pub rows: u64,
     /// The `pomona.*` provenance of its key-value metadata.
     pub origin: Origin,
+    /// For a reduced file, the sha256 of the PCA that made it (`pomona.pca_sha256`); empty for
+    /// a feature file.
+    pub pca_sha256: String,
     column: &'static str,
     builder: ParquetRecordBatchReaderBuilder<Bytes>,
 }
@@ -89,6 +92,7 @@ impl FeatureFile {
             dim,
             rows,
             origin,
+            pca_sha256: get("pomona.pca_sha256"),
             column,
             builder,
         })
@@ -205,6 +209,26 @@ impl ReducedWriter {
     pub fn finish(self) -> Result<Vec<u8>, ParquetError> {
         self.writer.into_inner()
     }
+}
+
+/// Projects a shard's `features` through `pca` (whose file has sha256 `pca_sha256`) into its
+/// `reduced/part-NNNNN.parquet` bytes, a batch of rows at a time, handing each batch and its
+/// `k` values per row to `each`. The extract step (with a reused PCA) and the reduce step both
+/// make reduced files here, so the two give the same bytes.
+pub fn project_file(
+    features: FeatureFile,
+    pca: &super::pca::Pca,
+    pca_sha256: &str,
+    mut each: impl FnMut(&FeatureRows, &[f32]) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut writer = ReducedWriter::new(pca.k(), &features.origin, pca_sha256)?;
+    for rows in features.batches()? {
+        let rows = rows?;
+        let reduced = pca.project(&rows.values);
+        each(&rows, &reduced)?;
+        writer.push(&rows.paths, &rows.labels, reduced)?;
+    }
+    Ok(writer.finish()?)
 }
 
 /// Quotes a CSV field when it needs it (RFC 4180).
