@@ -495,6 +495,17 @@ pub fn pick_images(dir: &Path, varieties: usize, per_variety: usize) -> Vec<(Str
 /// Asserts that `fx` succeeded with every one of `images` accounted for, `bad` of them
 /// dead-lettered, in `shards` shards, with a PCA of 8 components.
 pub fn assert_succeeded(fx: &FeatureExtraction, images: usize, bad: usize, shards: u32) {
+    assert_succeeded_with(fx, images, bad, shards, false);
+}
+
+/// [`assert_succeeded`], for a run whose PCA was fitted (`pca_reused` false) or reused.
+pub fn assert_succeeded_with(
+    fx: &FeatureExtraction,
+    images: usize,
+    bad: usize,
+    shards: u32,
+    pca_reused: bool,
+) {
     let name = fx.metadata.name.as_deref().unwrap_or_default();
     let status = fx.status.clone().unwrap_or_default();
     let shown = serde_json::to_string_pretty(&status).unwrap_or_default();
@@ -525,7 +536,7 @@ pub fn assert_succeeded(fx: &FeatureExtraction, images: usize, bad: usize, shard
     );
     let pca = status.pca.expect("status.pca");
     assert_eq!(pca.components, 8, "{name}: {shown}");
-    assert!(!pca.reused, "{name}: {shown}");
+    assert_eq!(pca.reused, pca_reused, "{name}: {shown}");
     assert!(
         pca.explained_variance > 0.0 && pca.explained_variance <= 1.0,
         "{name}: explained variance: {shown}"

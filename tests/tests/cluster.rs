@@ -16,11 +16,13 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pomona_crds::{FeatureExtraction, Phase};
+use pomona_storage::Storage;
 use pomona_tests::cluster::{
     Run, assert_no_forbidden, assert_operator_holds_no_data_access, assert_outputs,
-    assert_outputs_of, assert_succeeded, cluster, feature_rows, pick_images, shards, storage,
-    upload_all,
+    assert_outputs_of, assert_succeeded, assert_succeeded_with, cluster, feature_rows, pick_images,
+    shards, storage, upload_all,
 };
 use serde_json::json;
 
@@ -296,8 +298,9 @@ async fn cluster_bad_images_are_dead_lettered() {
 }
 
 /// The weekly case: a second run over the same photos and a few new ones names the first
-/// run's output in `spec.source.reuseFrom`. Its extract pods read the first run (under the
-/// run's own identity), copy the rows of the photos that did not change, and extract the rest.
+/// run's output in `spec.source.reuseFrom` and its PCA in `spec.pca.from`. Its extract pods
+/// read the first run (under the run's own identity), copy the rows of the photos that did not
+/// change, extract the rest, and project every shard through the reused PCA as they write it.
 /// A photo can only be matched when the store listed it with an ETag both times: S3 and MinIO
 /// do, s3s-fs (the local cluster's store) does not, and there every photo is extracted again,
 /// which the pods say. Either way the rows are the first run's, bit for bit. A run whose
@@ -323,12 +326,35 @@ async fn cluster_a_rerun_reuses_the_features_of_the_previous_run() {
     )
     .await;
     let n = old + 4;
+    // This week reuses last week's PCA too: the extract pods project each shard through it.
     let mut second = run.resource("week-2", sharding.clone());
     second.spec.source.reuse_from = vec![run.output_uri()];
     second.spec.output.uri = format!("{}week-2/", run.root);
+    second.spec.pca.components = None;
+    second.spec.pca.from = Some(format!("{}pca/", run.output_uri()));
     let done = run.wait_finished(&run.apply(&second).await, "week-2").await;
-    assert_succeeded(&done, n, 0, shards(n, 20));
+    assert_succeeded_with(&done, n, 0, shards(n, 20), true);
     let week_2 = storage(&run.settings, &second.spec.output.uri).await;
+    let summary = |out: Storage| async move {
+        let json = out.get("report/summary.json").await.expect("a summary");
+        serde_json::from_slice::<serde_json::Value>(&json).expect("JSON")
+    };
+    let pca_sha256 = summary(run.output().await).await["pcaSha256"].clone();
+    assert_eq!(summary(week_2.clone()).await["pcaSha256"], pca_sha256);
+    for shard in 0..shards(n, 20) {
+        let reduced = week_2
+            .get(&format!("reduced/part-{shard:05}.parquet"))
+            .await
+            .expect("a reduced file");
+        let made_by = ParquetRecordBatchReaderBuilder::try_new(reduced)
+            .expect("a Parquet file")
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == "pomona.pca_sha256").cloned())
+            .and_then(|k| k.value);
+        assert_eq!(made_by.as_deref(), pca_sha256.as_str(), "shard {shard}");
+    }
     // The old photos this run listed with an ETag: those are copied.
     let mut matchable = 0;
     for shard in 0..shards(n, 20) {
