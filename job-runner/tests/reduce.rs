@@ -482,11 +482,12 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
     let layout = OutputLayout::new(&output);
     assert_eq!(read_json(&layout.plan())["shards"], 3);
     let exists = |p: &str| Path::new(p).exists();
-    let reduce = |extra: &[&str]| {
+    let reduce_with = |extra: &[&str], envs: &[(&str, &str)]| {
         let mut args = vec!["reduce", "--output", &output, "--components", "4"];
         args.extend_from_slice(extra);
-        pomona(&args, &[])
+        pomona(&args, envs)
     };
+    let reduce = |extra: &[&str]| reduce_with(extra, &[]);
 
     // Shard 1 failed for good before writing anything; shard 2 died during its uploads (its
     // features are there, not its statistics).
@@ -594,15 +595,8 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
     };
     let so_far = serde_json::to_string(&so_far).unwrap();
     let started = std::time::Instant::now();
-    let out = pomona(
-        &[
-            "reduce",
-            "--output",
-            &output,
-            "--components",
-            "4",
-            "--failed-shards=1-2",
-        ],
+    let out = reduce_with(
+        &["--failed-shards=1-2"],
         &[(env::COST_SO_FAR, so_far.as_str())],
     );
     let wall = started.elapsed().as_secs_f64();
@@ -625,17 +619,7 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
         "{cost:?}"
     );
     // Something else in the variable is said and left out; the run goes on.
-    let out = pomona(
-        &[
-            "reduce",
-            "--output",
-            &output,
-            "--components",
-            "4",
-            "--failed-shards=1-2",
-        ],
-        &[(env::COST_SO_FAR, "{}")],
-    );
+    let out = reduce_with(&["--failed-shards=1-2"], &[(env::COST_SO_FAR, "{}")]);
     check(&out);
     assert_eq!(report().get("cost"), None);
     assert!(

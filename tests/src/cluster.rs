@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -614,20 +614,30 @@ pub async fn assert_outputs_of(out: &Storage, shards: u32, complete: u32) -> Vec
 
     let mut dead = Vec::new();
     for key in keys.iter().filter(|k| k.starts_with("deadletter/")) {
-        let data = out.get(key).await.expect("read a dead-letter file");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-            .and_then(|b| b.build())
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        for batch in reader {
-            let batch = batch.unwrap_or_else(|e| panic!("{key}: {e}"));
-            let paths = batch
-                .column_by_name("path")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .unwrap_or_else(|| panic!("{key}: a string column `path`"));
+        for batch in parquet_batches(out, key).await {
+            let paths = paths_of(&batch, key);
             dead.extend((0..paths.len()).map(|i| paths.value(i).to_string()));
         }
     }
     dead
+}
+
+/// Every record batch of the Parquet object `key`.
+async fn parquet_batches(out: &Storage, key: &str) -> Vec<RecordBatch> {
+    let data = out.get(key).await.expect("read a Parquet object");
+    ParquetRecordBatchReaderBuilder::try_new(data)
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+        .map(|batch| batch.unwrap_or_else(|e| panic!("{key}: {e}")))
+        .collect()
+}
+
+/// The `path` column of a batch of the Parquet object `key`.
+fn paths_of<'a>(batch: &'a RecordBatch, key: &str) -> &'a StringArray {
+    batch
+        .column_by_name("path")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .unwrap_or_else(|| panic!("{key}: a string column `path`"))
 }
 
 /// Every feature row under a run's output, by image path: its vector's bits, so that rows can
@@ -636,16 +646,8 @@ pub async fn feature_rows(out: &Storage) -> BTreeMap<String, Vec<u32>> {
     let mut rows = BTreeMap::new();
     let listed = out.list("features/").await.expect("list the features");
     for key in listed.into_iter().map(|o| o.key) {
-        let data = out.get(&key).await.expect("read a feature file");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-            .and_then(|b| b.build())
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        for batch in reader {
-            let batch = batch.unwrap_or_else(|e| panic!("{key}: {e}"));
-            let paths = batch
-                .column_by_name("path")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .unwrap_or_else(|| panic!("{key}: a string column `path`"));
+        for batch in parquet_batches(out, &key).await {
+            let paths = paths_of(&batch, &key);
             let vectors = batch
                 .column_by_name("features")
                 .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
