@@ -700,3 +700,42 @@ fn progress_has_a_rate_and_an_end_while_extracting_and_none_while_suspended() {
         })
     );
 }
+
+#[test]
+fn the_status_stays_small_however_many_shards_failed() {
+    // 100,000 shards, every other one failed for good, within the tolerance: the status names
+    // a few and counts them all.
+    let mut spec = spec();
+    spec.sharding.max_failed_shards = 100_000;
+    let every_other = |first: u32| -> String {
+        let shards: Vec<String> = (first..100_000).step_by(2).map(|i| i.to_string()).collect();
+        shards.join(",")
+    };
+    let extract = job(
+        Some(("Failed", "FailedIndexes")),
+        &every_other(1),
+        &every_other(0),
+        0,
+    );
+    let plan = PlanTotals {
+        images: 200_000_000,
+        bytes: 0,
+        shards: 100_000,
+        images_per_shard: 2_000,
+    };
+    let obs = Observed {
+        plan: PlanState::Ready(plan),
+        ..extracting(&spec, &extract, &[])
+    };
+    let s = compute(&obs, &at(10));
+    assert_eq!(s.phase, Some(Phase::Reducing));
+    let shards = s.shards.unwrap();
+    assert_eq!((shards.succeeded, shards.failed), (50_000, 50_000));
+    let message = s.message.clone().unwrap();
+    assert!(
+        message.contains("shards 0, 2, 4, 6, 8 and 49995 more failed"),
+        "{message}"
+    );
+    let size = serde_json::to_string(&s).unwrap().len();
+    assert!(size < 8 * 1024, "{size} bytes of status");
+}
