@@ -8,6 +8,8 @@
 #                                                 ratio to the folder, client CPU/image, peak RSS
 #   ./scripts/bench.sh merge [-- --files N]       the reduce step's statistics merge from s3s-fs,
 #                                                 direct and behind 30 ms, 1 and 8 files at once
+#                                                 (--distinct K --in-flight 8: 5,000 files as hard
+#                                                 links of K, 8 at a time)
 #   ./scripts/bench.sh incremental [-- --new N]   the weekly case: a fresh run of the sample plus N
 #                                                 new images beside the run reusing last week's
 #   ./scripts/bench.sh plan [-- --keys N]         a streamed plan of 10^7 synthetic keys (S3 pages

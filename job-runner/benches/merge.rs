@@ -7,6 +7,11 @@
 //!     [-- --files N]        statistics files (default 200: 2.6 GB at 1280 values)
 //!     [-- --dim D]          values per feature vector (default 1280, MobileNetV2's)
 //!     [-- --latency-ms L]   latency the proxy adds (default 30)
+//!     [-- --distinct K]     write K distinct files and make the others hard links of them in
+//!                           the server's folder (5,000 files of 13 MB would take 65 GB; links
+//!                           take none): the server still reads and sends every file, but from
+//!                           the page cache (default: every file distinct)
+//!     [-- --in-flight N]    only this many files at a time (default: 1, then 8)
 //! ```
 //!
 //! Each line gives the merge's wall time, files/s and MB/s, and the time of 5,000 files at that
@@ -27,6 +32,8 @@ struct Options {
     files: u32,
     dim: usize,
     latency: Duration,
+    distinct: Option<u32>,
+    in_flight: Option<usize>,
 }
 
 fn options() -> Options {
@@ -34,6 +41,8 @@ fn options() -> Options {
         files: 200,
         dim: 1280,
         latency: Duration::from_millis(30),
+        distinct: None,
+        in_flight: None,
     };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {
@@ -44,6 +53,8 @@ fn options() -> Options {
             "--latency-ms" => {
                 o.latency = Duration::from_millis(value().parse().expect("--latency-ms L"));
             }
+            "--distinct" => o.distinct = Some(value().parse().expect("--distinct K")),
+            "--in-flight" => o.in_flight = Some(value().parse().expect("--in-flight N")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -76,6 +87,61 @@ fn peak_rss_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
+/// Makes statistics files `distinct..files` hard links of the first `distinct` (file `i` of
+/// file `i % distinct`) in the s3s-fs folder `root`, with a copy of the server's record of
+/// each (its ETag), so that it serves them as objects of their own.
+fn link_copies(
+    root: &std::path::Path,
+    layout: &OutputLayout,
+    distinct: u32,
+    files: u32,
+) -> anyhow::Result<()> {
+    let bucket = pomona_storage::testing::BUCKET;
+    let key_of = |shard: u32| {
+        let uri = layout.stats(shard);
+        uri.split_once(&format!("s3://{bucket}/"))
+            .map(|(_, key)| key.to_string())
+            .expect("a key in the bucket")
+    };
+    // s3s-fs keeps an object's ETag beside it, in `.bucket-B.object-K.internal.json` (B and K
+    // in URL-safe base64 without padding); a file without one gets its MD5 computed on every
+    // read.
+    let record = |key: &str| {
+        root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            base64_url(bucket),
+            base64_url(key)
+        ))
+    };
+    for shard in distinct..files {
+        let (from, to) = (key_of(shard % distinct), key_of(shard));
+        std::fs::hard_link(root.join(bucket).join(&from), root.join(bucket).join(&to))?;
+        anyhow::ensure!(
+            record(&from).is_file(),
+            "s3s-fs keeps no record of {from} at {}: its layout changed",
+            record(&from).display()
+        );
+        std::fs::copy(record(&from), record(&to))?;
+    }
+    Ok(())
+}
+
+/// `text` in URL-safe base64 without padding (RFC 4648 §5), as s3s-fs names its records.
+fn base64_url(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = options();
@@ -96,16 +162,19 @@ async fn main() -> anyhow::Result<()> {
 
     let t = Instant::now();
     let mut file_bytes = 0;
-    for shard in 0..o.files {
+    let distinct = o.distinct.unwrap_or(o.files).clamp(1, o.files);
+    for shard in 0..distinct {
         let bytes = shard_moments(shard, o.dim).to_bytes();
         file_bytes = bytes.len();
         direct
             .put(&direct.relative(&layout.stats(shard))?, Bytes::from(bytes))
             .await?;
     }
+    link_copies(server.root(), &layout, distinct, o.files)?;
     let mb = file_bytes as f64 / 1e6;
     println!(
-        "merge: {} statistics files of {} values ({mb:.1} MB each, {:.2} GB) written to s3s-fs in {:.1} s",
+        "merge: {} statistics files of {} values ({mb:.1} MB each, {:.2} GB; {distinct} distinct, \
+         the others hard links of them) written to s3s-fs in {:.1} s",
         o.files,
         o.dim,
         mb * f64::from(o.files) / 1e3,
@@ -116,7 +185,11 @@ async fn main() -> anyhow::Result<()> {
     let mut reference: Option<Vec<u8>> = None;
     let latency = format!("s3s-fs + {} ms", o.latency.as_millis());
     for (source, storage) in [("s3s-fs", &direct), (latency.as_str(), &far)] {
-        for in_flight in [1, STATS_IN_FLIGHT] {
+        let widths = match o.in_flight {
+            Some(n) => vec![n],
+            None => vec![1, STATS_IN_FLIGHT],
+        };
+        for in_flight in widths {
             let t = Instant::now();
             let merged = merged_moments(storage, &layout, &shards, in_flight).await?;
             let seconds = t.elapsed().as_secs_f64();
