@@ -212,6 +212,8 @@ pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
 pub const FAILED_SHARDS_DIR: &str = "/etc/pomona/failed-shards";
 /// The key of the list in it (and so the file's name).
 pub const FAILED_SHARDS_KEY: &str = "shards";
+/// The reduce pod's volume of it.
+const FAILED_SHARDS_VOLUME: &str = "failed-shards";
 
 /// The ConfigMap that hands the reduce pod the extract indexes that failed for good (within
 /// `spec.sharding.maxFailedShards`), as a [`ShardList`]: a file, since tens of thousands of
@@ -263,14 +265,14 @@ pub fn reduce_job(fx: &FeatureExtraction, images: u64, earlier: Usage, settings:
                 .volume_mounts
                 .get_or_insert_with(Vec::new)
                 .push(VolumeMount {
-                    name: "failed-shards".into(),
+                    name: FAILED_SHARDS_VOLUME.into(),
                     mount_path: FAILED_SHARDS_DIR.into(),
                     read_only: Some(true),
                     ..VolumeMount::default()
                 });
         }
         pod.volumes.get_or_insert_with(Vec::new).push(Volume {
-            name: "failed-shards".into(),
+            name: FAILED_SHARDS_VOLUME.into(),
             config_map: Some(ConfigMapVolumeSource {
                 name: failed_shards_name(name),
                 ..ConfigMapVolumeSource::default()
