@@ -1,6 +1,7 @@
 //! `pomona extract`: one shard of a plan to its feature, dead-letter and statistics files.
 //!
-//! The model is read once per process ([`Extractor::load`]); each shard then streams through the
+//! The model is read once per process ([`Extractor::load`]), and an ONNX Runtime session, once
+//! opened, serves shard after shard; each shard streams through the
 //! [`pipeline`](crate::pipeline) into scratch files, which are uploaded to their final keys only
 //! when complete: features, then dead letters, then the PCA statistics, last, so that a shard
 //! whose statistics exist is complete and is not redone by a rerun.
@@ -90,8 +91,9 @@ pub struct ModelFile<'a> {
 /// The model and preprocessing of a run, loaded once per process.
 pub struct Extractor {
     model_bytes: Bytes,
-    /// The session opened by `load`, kept for the first shard (opening one takes a while).
-    spare: std::sync::Mutex<Option<Model>>,
+    /// Sessions not in use: the one opened by `load`, then those of finished shards, each kept
+    /// for the next shard (opening a session and its first batches take a while).
+    spare: std::sync::Mutex<Vec<Model>>,
     options: ModelOptions,
     preprocess: Arc<Preprocess>,
     provenance: Provenance,
@@ -169,7 +171,7 @@ impl Extractor {
         };
         Ok(Self {
             dim: model.feature_dim(),
-            spare: std::sync::Mutex::new(Some(model)),
+            spare: std::sync::Mutex::new(vec![model]),
             model_bytes,
             options,
             preprocess: Arc::new(preprocess),
@@ -319,7 +321,7 @@ impl Extractor {
         sink: ShardSink,
         done: Arc<AtomicU64>,
     ) -> anyhow::Result<(Counts, ShardSink)> {
-        let spare = self.spare.lock().expect("not poisoned").take();
+        let spare = self.spare.lock().expect("not poisoned").pop();
         let model = match spare {
             Some(model) => model,
             None => Model::load(&self.model_bytes[..], self.options.clone())?,
@@ -338,7 +340,10 @@ impl Extractor {
                 max_bytes: self.tuning.max_image_bytes,
             }),
         };
-        pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await
+        let (counts, sink, model) =
+            pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await?;
+        self.spare.lock().expect("not poisoned").push(model);
+        Ok((counts, sink))
     }
 }
 

@@ -146,7 +146,7 @@ pub struct Input<S> {
 }
 
 /// Runs the pipeline over the input's images, feeding `sink`. `done` counts images as they are
-/// written, for progress reports.
+/// written, for progress reports. Gives the sink and the model back, for the next shard.
 pub async fn run<S: ImageSource, K: Sink + 'static>(
     input: Input<S>,
     preprocess: Arc<Preprocess>,
@@ -154,7 +154,7 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
     mut sink: K,
     options: PipelineOptions,
     done: Arc<AtomicU64>,
-) -> anyhow::Result<(Counts, K)> {
+) -> anyhow::Result<(Counts, K, Model)> {
     let batch_size = options.batch_size.max(1);
     let per_image = preprocess.tensor_len();
     // One batch waits while the model runs another and a third is being filled: enough to keep
@@ -164,7 +164,7 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
 
     let infer = std::thread::Builder::new()
         .name("pomona-infer".into())
-        .spawn(move || -> anyhow::Result<()> {
+        .spawn(move || -> anyhow::Result<Model> {
             while let Some(mut batch) = batch_rx.blocking_recv() {
                 let mut features = model.run(&batch.tensor, batch.ok)?.to_vec();
                 let dim = features.len() / batch.ok.max(1);
@@ -178,7 +178,7 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
                     break; // the writer stopped; its error is reported
                 }
             }
-            Ok(())
+            Ok(model)
         })?;
 
     let writer_done = done.clone();
@@ -291,6 +291,7 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
     if let Some(e) = feed_error {
         return Err(e);
     }
-    infer_result?;
-    write_result
+    let model = infer_result?;
+    let (counts, sink) = write_result?;
+    Ok((counts, sink, model))
 }
