@@ -226,7 +226,8 @@ pub struct TuningArgs {
     /// Images per inference batch (default 16).
     #[arg(long, value_parser = at_least_one())]
     pub batch_size: Option<usize>,
-    /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
+    /// Inference threads, each running its own single-threaded ONNX Runtime session. Default:
+    /// the CPUs available to the process (cgroup limits included).
     #[arg(long, env = "POMONA_THREADS", value_parser = at_least_one())]
     pub threads: Option<usize>,
     /// Images decoded at once. Default: the CPUs available.
@@ -336,10 +337,9 @@ impl ModelArgs {
             .with_normalization(self.scale as f32, self.offset as f32)
             .with_filter(self.resize_filter);
         let options = ModelOptions {
-            intra_threads: threads.inference,
             input_name: self.input_name.clone(),
             output_name: self.output_name.clone(),
-            input_size: None,
+            ..ModelOptions::default()
         };
         let file = ModelFile {
             storage: &storage,

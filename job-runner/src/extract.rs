@@ -144,8 +144,12 @@ impl Extractor {
             ))
             .into());
         }
+        // One ONNX Runtime thread per session, and a session per inference thread: the decode
+        // threads share the CPUs with inference, and a session of several threads then spends
+        // its time spinning and waiting for a thread of its own that is descheduled (see the
+        // README's Performance section).
         let options = ModelOptions {
-            intra_threads: threads.inference,
+            intra_threads: 1,
             input_size: Some((preprocess.height(), preprocess.width())),
             ..options
         };
@@ -321,11 +325,14 @@ impl Extractor {
         sink: ShardSink,
         done: Arc<AtomicU64>,
     ) -> anyhow::Result<(Counts, ShardSink)> {
-        let spare = self.spare.lock().expect("not poisoned").pop();
-        let model = match spare {
-            Some(model) => model,
-            None => Model::load(&self.model_bytes[..], self.options.clone())?,
-        };
+        let mut models = Vec::with_capacity(self.threads.inference);
+        while models.len() < self.threads.inference {
+            let spare = self.spare.lock().expect("not poisoned").pop();
+            models.push(match spare {
+                Some(model) => model,
+                None => Model::load(&self.model_bytes[..], self.options.clone())?,
+            });
+        }
         let options = PipelineOptions {
             batch_size: self.tuning.batch_size,
             fetch: self.tuning.fetch,
@@ -340,9 +347,9 @@ impl Extractor {
                 max_bytes: self.tuning.max_image_bytes,
             }),
         };
-        let (counts, sink, model) =
-            pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await?;
-        self.spare.lock().expect("not poisoned").push(model);
+        let (counts, sink, models) =
+            pipeline::run(input, self.preprocess.clone(), models, sink, options, done).await?;
+        self.spare.lock().expect("not poisoned").extend(models);
         Ok((counts, sink))
     }
 }
