@@ -4,16 +4,18 @@
 //!  fetch tasks (in manifest order; as many in flight as the adaptive window allows, see
 //!  `window`, within a byte budget; images listed above the size cap are not fetched)
 //!    └─ decode + resize + normalise on blocking threads (at most `decode_threads` at once)
-//!         └─ batches of `batch_size` ──chan(1)──► inference thread (ONNX Runtime; vectors with
-//!                                                   NaN or infinity become dead letters)
-//!                                                   └──chan(2)──► writer thread
-//!                                                        (Parquet, dead letters, PCA statistics)
+//!         └─ batches of `batch_size`, dealt in turn ──chan(1) each──► inference threads (one
+//!              single-threaded ONNX Runtime session each; vectors with NaN or infinity become
+//!              dead letters)
+//!              └──chan(1) each, taken in the same turn──► writer thread
+//!                                                   (Parquet, dead letters, PCA statistics)
 //! ```
 //!
 //! Every stage is bounded, so a slow stage holds back the ones before it (backpressure) and memory
 //! stays flat whatever the shard size: the fetched bodies within the byte budget, twice
-//! `decode_threads` decoded images, and three batches exist at once. The model, the slowest
-//! stage, always has the next batch ready. Rows keep their manifest order. An image that cannot
+//! `decode_threads` decoded images, and two batches per inference thread and one more being
+//! filled exist at once. The model, the slowest stage, always has the next batch ready. Rows keep
+//! their manifest order. An image that cannot
 //! be fetched as an image (missing, changed since planning, too large, corrupt or absurd file)
 //! becomes a dead letter with its reason and never stops the shard; a failure of the pipeline
 //! itself (the model, the writer, storage after its retries) stops it with an error.
