@@ -30,7 +30,7 @@ use crate::{Permanent, Threads};
 pub const DEFAULT_MODEL: &str = "../shared/models/mobilenetv2_features.onnx";
 
 /// Images per inference batch unless `--batch-size` says otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 16;
+pub const DEFAULT_BATCH_SIZE: usize = 8;
 
 /// S3 connection options (each also read from the usual AWS environment variable).
 #[derive(Args, Clone, Debug)]
@@ -223,7 +223,7 @@ pub struct ModelArgs {
 /// How the extractor uses the machine: batches, threads, fetches, and the runtime it loads.
 #[derive(Args, Clone, Debug)]
 pub struct TuningArgs {
-    /// Images per inference batch (default 16).
+    /// Images per inference batch (default 8), in each inference thread.
     #[arg(long, value_parser = at_least_one())]
     pub batch_size: Option<usize>,
     /// Inference threads, each running its own single-threaded ONNX Runtime session. Default:
