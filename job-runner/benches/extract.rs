@@ -39,7 +39,8 @@ fn pomona(args: &[&str], envs: &[(&str, &str)]) -> (Option<PodSummary>, f64) {
     pomona_with("mobilenetv2_features.onnx", 224, args, envs)
 }
 
-/// Runs the `pomona` binary; `run` and `extract` get the shared `model` at `size`.
+/// Runs the `pomona` binary; `plan`, `run` and `extract` get the shared `model` at `size`, and
+/// `run` and `extract` the batch size.
 fn pomona_with(
     model: &str,
     size: u32,
@@ -51,11 +52,13 @@ fn pomona_with(
     cmd.args(args)
         .env_remove("AWS_ENDPOINT_URL")
         .env("POMONA_TERMINATION_LOG", "/nonexistent");
-    if matches!(args[0], "run" | "extract") {
+    if matches!(args[0], "plan" | "run" | "extract") {
         cmd.arg("--model")
             .arg(&model)
-            .args(["--batch-size", &BATCH.to_string()])
             .args(["--size", &size.to_string()]);
+    }
+    if matches!(args[0], "run" | "extract") {
+        cmd.args(["--batch-size", &BATCH.to_string()]);
     }
     for (k, v) in envs {
         cmd.env(k, v);
