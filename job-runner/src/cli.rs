@@ -30,7 +30,7 @@ use crate::{Permanent, Threads};
 pub const DEFAULT_MODEL: &str = "../shared/models/mobilenetv2_features.onnx";
 
 /// Images per inference batch unless `--batch-size` says otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 16;
+pub const DEFAULT_BATCH_SIZE: usize = 8;
 
 /// S3 connection options (each also read from the usual AWS environment variable).
 #[derive(Args, Clone, Debug)]
@@ -223,10 +223,11 @@ pub struct ModelArgs {
 /// How the extractor uses the machine: batches, threads, fetches, and the runtime it loads.
 #[derive(Args, Clone, Debug)]
 pub struct TuningArgs {
-    /// Images per inference batch (default 16).
+    /// Images per inference batch (default 8), in each inference thread.
     #[arg(long, value_parser = at_least_one())]
     pub batch_size: Option<usize>,
-    /// ONNX Runtime threads. Default: the CPUs available to the process (cgroup limits included).
+    /// Inference threads, each running its own single-threaded ONNX Runtime session. Default:
+    /// the CPUs available to the process (cgroup limits included).
     #[arg(long, env = "POMONA_THREADS", value_parser = at_least_one())]
     pub threads: Option<usize>,
     /// Images decoded at once. Default: the CPUs available.
@@ -336,10 +337,9 @@ impl ModelArgs {
             .with_normalization(self.scale as f32, self.offset as f32)
             .with_filter(self.resize_filter);
         let options = ModelOptions {
-            intra_threads: threads.inference,
             input_name: self.input_name.clone(),
             output_name: self.output_name.clone(),
-            input_size: None,
+            ..ModelOptions::default()
         };
         let file = ModelFile {
             storage: &storage,

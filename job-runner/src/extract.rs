@@ -1,6 +1,7 @@
 //! `pomona extract`: one shard of a plan to its feature, dead-letter and statistics files.
 //!
-//! The model is read once per process ([`Extractor::load`]); each shard then streams through the
+//! The model is read once per process ([`Extractor::load`]), and an ONNX Runtime session, once
+//! opened, serves shard after shard; each shard streams through the
 //! [`pipeline`](crate::pipeline) into scratch files, which are uploaded to their final keys only
 //! when complete: features, then (with a reused PCA, [`Extractor::project_through`]) the
 //! reduced vectors, then dead letters, then the PCA statistics, last, so that a shard whose
@@ -95,8 +96,9 @@ pub struct ModelFile<'a> {
 /// The model and preprocessing of a run, loaded once per process.
 pub struct Extractor {
     model_bytes: Bytes,
-    /// The session opened by `load`, kept for the first shard (opening one takes a while).
-    spare: std::sync::Mutex<Option<Model>>,
+    /// Sessions not in use: the one opened by `load`, then those of finished shards, each kept
+    /// for the next shard (opening a session and its first batches take a while).
+    spare: std::sync::Mutex<Vec<Model>>,
     options: ModelOptions,
     preprocess: Arc<Preprocess>,
     provenance: Provenance,
@@ -149,8 +151,12 @@ impl Extractor {
             ))
             .into());
         }
+        // One ONNX Runtime thread per session, and a session per inference thread: the decode
+        // threads share the CPUs with inference, and a session of several threads then spends
+        // its time spinning and waiting for a thread of its own that is descheduled (see the
+        // README's Performance section).
         let options = ModelOptions {
-            intra_threads: threads.inference,
+            intra_threads: 1,
             input_size: Some((preprocess.height(), preprocess.width())),
             ..options
         };
@@ -176,7 +182,7 @@ impl Extractor {
         };
         Ok(Self {
             dim: model.feature_dim(),
-            spare: std::sync::Mutex::new(Some(model)),
+            spare: std::sync::Mutex::new(vec![model]),
             model_bytes,
             options,
             preprocess: Arc::new(preprocess),
@@ -378,11 +384,14 @@ impl Extractor {
         sink: ShardSink,
         done: Arc<AtomicU64>,
     ) -> anyhow::Result<(Counts, ShardSink)> {
-        let spare = self.spare.lock().expect("not poisoned").take();
-        let model = match spare {
-            Some(model) => model,
-            None => Model::load(&self.model_bytes[..], self.options.clone())?,
-        };
+        let mut models = Vec::with_capacity(self.threads.inference);
+        while models.len() < self.threads.inference {
+            let spare = self.spare.lock().expect("not poisoned").pop();
+            models.push(match spare {
+                Some(model) => model,
+                None => Model::load(&self.model_bytes[..], self.options.clone())?,
+            });
+        }
         let options = PipelineOptions {
             batch_size: self.tuning.batch_size,
             fetch: self.tuning.fetch,
@@ -397,7 +406,10 @@ impl Extractor {
                 max_bytes: self.tuning.max_image_bytes,
             }),
         };
-        pipeline::run(input, self.preprocess.clone(), model, sink, options, done).await
+        let (counts, sink, models) =
+            pipeline::run(input, self.preprocess.clone(), models, sink, options, done).await?;
+        self.spare.lock().expect("not poisoned").extend(models);
+        Ok((counts, sink))
     }
 }
 

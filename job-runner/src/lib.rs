@@ -76,7 +76,7 @@ pub const EXIT_TERMINATED: i32 = 143;
 /// How the work of one process is spread over the CPUs it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Threads {
-    /// ONNX Runtime intra-op threads.
+    /// Inference threads, each with its own single-threaded ONNX Runtime session.
     pub inference: usize,
     /// Images decoded at once.
     pub decode: usize,

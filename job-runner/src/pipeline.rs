@@ -4,16 +4,18 @@
 //!  fetch tasks (in manifest order; as many in flight as the adaptive window allows, see
 //!  `window`, within a byte budget; images listed above the size cap are not fetched)
 //!    └─ decode + resize + normalise on blocking threads (at most `decode_threads` at once)
-//!         └─ batches of `batch_size` ──chan(1)──► inference thread (ONNX Runtime; vectors with
-//!                                                   NaN or infinity become dead letters)
-//!                                                   └──chan(2)──► writer thread
-//!                                                        (Parquet, dead letters, PCA statistics)
+//!         └─ batches of `batch_size`, dealt in turn ──chan(1) each──► inference threads (one
+//!              single-threaded ONNX Runtime session each; vectors with NaN or infinity become
+//!              dead letters)
+//!              └──chan(1) each, taken in the same turn──► writer thread
+//!                                                   (Parquet, dead letters, PCA statistics)
 //! ```
 //!
 //! Every stage is bounded, so a slow stage holds back the ones before it (backpressure) and memory
 //! stays flat whatever the shard size: the fetched bodies within the byte budget, twice
-//! `decode_threads` decoded images, and three batches exist at once. The model, the slowest
-//! stage, always has the next batch ready. Rows keep their manifest order. An image that cannot
+//! `decode_threads` decoded images, and two batches per inference thread and one more being
+//! filled exist at once. The model, the slowest stage, always has the next batch ready. Rows keep
+//! their manifest order. An image that cannot
 //! be fetched as an image (missing, changed since planning, too large, corrupt or absurd file)
 //! becomes a dead letter with its reason and never stops the shard; a failure of the pipeline
 //! itself (the model, the writer, storage after its retries) stops it with an error.
@@ -145,48 +147,64 @@ pub struct Input<S> {
     pub source: Arc<S>,
 }
 
-/// Runs the pipeline over the input's images, feeding `sink`. `done` counts images as they are
-/// written, for progress reports.
+/// Runs the pipeline over the input's images, feeding `sink`, with one inference thread per
+/// model (at least one). `done` counts images as they are written, for progress reports. Gives
+/// the sink and the models back, for the next shard.
 pub async fn run<S: ImageSource, K: Sink + 'static>(
     input: Input<S>,
     preprocess: Arc<Preprocess>,
-    mut model: Model,
+    models: Vec<Model>,
     mut sink: K,
     options: PipelineOptions,
     done: Arc<AtomicU64>,
-) -> anyhow::Result<(Counts, K)> {
+) -> anyhow::Result<(Counts, K, Vec<Model>)> {
+    anyhow::ensure!(!models.is_empty(), "the pipeline needs a model");
     let batch_size = options.batch_size.max(1);
     let per_image = preprocess.tensor_len();
-    // One batch waits while the model runs another and a third is being filled: enough to keep
-    // the model busy; every extra slot would only cost a batch of memory (19 MiB at 32×224²).
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
-    let (out_tx, mut out_rx) = mpsc::channel::<Inferred>(2);
-
-    let infer = std::thread::Builder::new()
-        .name("pomona-infer".into())
-        .spawn(move || -> anyhow::Result<()> {
-            while let Some(mut batch) = batch_rx.blocking_recv() {
-                let mut features = model.run(&batch.tensor, batch.ok)?.to_vec();
-                let dim = features.len() / batch.ok.max(1);
-                finite::screen(&mut batch.failures, &mut features, dim);
-                let message = Inferred {
-                    rows: batch.rows,
-                    failures: batch.failures,
-                    features,
-                };
-                if out_tx.blocking_send(message).is_err() {
-                    break; // the writer stopped; its error is reported
-                }
-            }
-            Ok(())
-        })?;
+    // Batch k goes to inference thread k mod n and the writer takes its result from there, so
+    // rows keep their order. Per thread, one batch waits while the model runs another: enough
+    // to keep it busy; every extra slot would only cost a batch of memory (19 MiB at 32×224²).
+    let mut batch_txs = Vec::with_capacity(models.len());
+    let mut out_rxs = Vec::with_capacity(models.len());
+    let mut infers = Vec::with_capacity(models.len());
+    for (i, mut model) in models.into_iter().enumerate() {
+        let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(1);
+        let (out_tx, out_rx) = mpsc::channel::<Inferred>(1);
+        batch_txs.push(batch_tx);
+        out_rxs.push(out_rx);
+        infers.push(
+            std::thread::Builder::new()
+                .name(format!("pomona-infer-{i}"))
+                .spawn(move || -> anyhow::Result<Model> {
+                    while let Some(mut batch) = batch_rx.blocking_recv() {
+                        let mut features = model.run(&batch.tensor, batch.ok)?.to_vec();
+                        let dim = features.len() / batch.ok.max(1);
+                        finite::screen(&mut batch.failures, &mut features, dim);
+                        let message = Inferred {
+                            rows: batch.rows,
+                            failures: batch.failures,
+                            features,
+                        };
+                        if out_tx.blocking_send(message).is_err() {
+                            break; // the writer stopped; its error is reported
+                        }
+                    }
+                    Ok(model)
+                })?,
+        );
+    }
 
     let writer_done = done.clone();
     let writer = std::thread::Builder::new()
         .name("pomona-write".into())
         .spawn(move || -> anyhow::Result<(Counts, K)> {
             let mut counts = Counts::default();
-            while let Some(out) = out_rx.blocking_recv() {
+            // The batches' turn; a thread that has no next batch (the input is done, or the
+            // thread stopped on an error, reported) ends the output.
+            for turn in (0..out_rxs.len()).cycle() {
+                let Some(out) = out_rxs[turn].blocking_recv() else {
+                    break;
+                };
                 let failed = out.failures.iter().filter(|f| f.is_some()).count() as u64;
                 sink.write(Written {
                     rows: &out.rows,
@@ -252,6 +270,7 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
         ok: 0,
     };
     let mut batch = new_batch();
+    let mut batches = 0;
     let mut feed_error = None;
     while let Some(item) = images.next().await {
         let (row, outcome) = match item {
@@ -272,25 +291,33 @@ pub async fn run<S: ImageSource, K: Sink + 'static>(
         }
         if batch.rows.len() == batch_size {
             let full = std::mem::replace(&mut batch, new_batch());
-            if batch_tx.send(full).await.is_err() {
+            let turn = batches % batch_txs.len();
+            batches += 1;
+            if batch_txs[turn].send(full).await.is_err() {
                 break; // inference stopped; its error is reported below
             }
         }
     }
     if feed_error.is_none() && !batch.rows.is_empty() {
-        let _ = batch_tx.send(batch).await;
+        let _ = batch_txs[batches % batch_txs.len()].send(batch).await;
     }
-    drop(batch_tx);
+    drop(batch_txs);
 
-    let infer_result = tokio::task::spawn_blocking(move || infer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    let infer_results = tokio::task::spawn_blocking(move || {
+        infers
+            .into_iter()
+            .map(|infer| infer.join())
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?
+    .map_err(|_| anyhow::anyhow!("an inference thread panicked"))?;
     let write_result = tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
     if let Some(e) = feed_error {
         return Err(e);
     }
-    infer_result?;
-    write_result
+    let models = infer_results.into_iter().collect::<anyhow::Result<_>>()?;
+    let (counts, sink) = write_result?;
+    Ok((counts, sink, models))
 }

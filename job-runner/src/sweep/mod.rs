@@ -62,7 +62,8 @@ pub struct SweepArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    /// ONNX Runtime threads. Default: the CPUs available to the process.
+    /// Inference threads, each running its own single-threaded ONNX Runtime session. Default:
+    /// the CPUs available to the process.
     #[arg(long, env = "POMONA_THREADS")]
     pub threads: Option<usize>,
     /// The ONNX Runtime shared library. Default: $ORT_DYLIB_PATH.
