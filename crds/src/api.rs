@@ -492,7 +492,7 @@ pub struct RunnerSpec {
     #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
 
-    /// Images per inference batch.
+    /// Images per inference batch, per inference thread (the runner's default: 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub batch_size: Option<u32>,
