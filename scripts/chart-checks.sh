@@ -104,12 +104,13 @@ def rules(docs, kind, name):
 
 def operator_rules():
     # No Secrets: the operator never reads one (a run's credentials reach its pods through
-    # secretKeyRef).
+    # secretKeyRef). ConfigMaps only written: the reduce Job's list of failed shards.
     return sorted([
         ("pomona.dev", "featureextractions", ("get", "list", "watch")),
         ("pomona.dev", "featureextractions/status", ("get", "patch")),
         ("pomona.dev", "featureextractions/finalizers", ("update",)),
         ("batch", "jobs", ("create", "delete", "get", "list", "patch", "watch")),
+        ("", "configmaps", ("create", "patch")),
         ("", "pods", ("list", "watch")),
         ("events.k8s.io", "events", ("create", "patch")),
     ])
