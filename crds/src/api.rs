@@ -408,6 +408,14 @@ pub struct ShardingSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 100_000))]
     pub max_failed_shards: u32,
+
+    /// Shards one projection pod projects through a PCA fitted by the run. A run of more shards
+    /// than this projects them in a Job of its own, one pod per this many shards, between the
+    /// fit pod and the reduce pod; a smaller run (or one that reuses a PCA, which its extract
+    /// pods apply) has its reduce pod do it.
+    #[serde(default = "default_shards_per_projection_pod")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub shards_per_projection_pod: u32,
 }
 
 impl Default for ShardingSpec {
@@ -417,6 +425,7 @@ impl Default for ShardingSpec {
             parallelism: default_parallelism(),
             retries_per_shard: default_retries_per_shard(),
             max_failed_shards: 0,
+            shards_per_projection_pod: default_shards_per_projection_pod(),
         }
     }
 }
@@ -804,6 +813,9 @@ fn default_images_per_shard() -> u32 {
 }
 fn default_parallelism() -> u32 {
     4
+}
+fn default_shards_per_projection_pod() -> u32 {
+    crate::contract::DEFAULT_SHARDS_PER_PROJECTION_POD
 }
 fn default_retries_per_shard() -> u32 {
     3

@@ -34,6 +34,9 @@ pub enum Command {
     /// Fit a PCA on every shard's statistics (or reuse one), project the features, write the
     /// report, and mark the run complete (_SUCCESS) when every image is accounted for.
     Reduce(ReduceCommand),
+    /// Project one group of a run's shards through the PCA its fit pod wrote (a pod of the
+    /// projection Job, between `reduce --fit-only` and `reduce --after-projection`).
+    Project(ProjectCommand),
     /// Run the whole pipeline on this machine: plan, extract every shard not yet done, then
     /// reduce (a PCA of 50 components unless told otherwise).
     Run(RunCommand),
@@ -138,9 +141,45 @@ pub struct ReduceCommand {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub clusters: ClusterArgs,
+    /// Stop once the PCA is written (pca/pca.safetensors), after the census and the failed
+    /// shards' dead letters: the first pod of a run whose projection Job projects the shards.
+    #[arg(long, conflicts_with = "after_projection")]
+    pub fit_only: bool,
+    /// Run after the projection Job: read the PCA `--fit-only` wrote instead of fitting it
+    /// again, and the reduced files the Job made.
+    #[arg(long, conflicts_with = "pca_from")]
+    pub after_projection: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub s3: S3Args,
+}
+
+/// `pomona project`.
+#[derive(Args, Debug)]
+pub struct ProjectCommand {
+    /// The run's output prefix (s3://bucket/prefix/ or a folder), with its PCA written by
+    /// `pomona reduce --fit-only`.
+    #[arg(long)]
+    pub output: String,
+    /// Shards a group (the projection Job's pod).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards_per_pod: u32,
+    /// The group to project. Default: $JOB_COMPLETION_INDEX (set by an Indexed Job).
+    #[arg(long, env = env::SHARD)]
+    pub group: Option<u32>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: S3Args,
+}
+
+impl From<&ProjectCommand> for steps::ProjectArgs {
+    fn from(c: &ProjectCommand) -> Self {
+        Self {
+            output: c.output.clone(),
+            shards_per_pod: c.shards_per_pod,
+            storage: (&c.s3).into(),
+        }
+    }
 }
 
 /// `pomona run`.
@@ -255,6 +294,15 @@ impl ReduceCommand {
             .map_err(|e| crate::Usage(format!("--failed-shards-file {path}: {e}")))
     }
 
+    /// The part of the step asked for.
+    pub fn stage(&self) -> steps::ReduceStage {
+        match (self.fit_only, self.after_projection) {
+            (true, _) => steps::ReduceStage::Fit,
+            (false, true) => steps::ReduceStage::AfterProjection,
+            (false, false) => steps::ReduceStage::Whole,
+        }
+    }
+
     /// The contract's arguments of a reduce step; `None` without a PCA mode.
     pub fn contract(&self) -> Option<steps::ReduceArgs> {
         let pca = &self.pca;
@@ -273,6 +321,7 @@ impl ReduceCommand {
                 Some(path) => steps::FailedShards::File(path.clone()),
                 None => steps::FailedShards::Listed(self.failed_shards.clone()),
             },
+            stage: self.stage(),
             storage: (&self.s3).into(),
         })
     }
@@ -340,10 +389,25 @@ mod tests {
         };
         assert_eq!(steps::ExtractArgs::from(&parsed), extract);
 
-        for pca in [
-            steps::PcaMode::Components(50),
-            steps::PcaMode::VarianceToKeep(0.95),
-            steps::PcaMode::From("s3://b/runs/0/pca/".into()),
+        for (pca, stage) in [
+            (steps::PcaMode::Components(50), steps::ReduceStage::Whole),
+            (
+                steps::PcaMode::VarianceToKeep(0.95),
+                steps::ReduceStage::Whole,
+            ),
+            (
+                steps::PcaMode::From("s3://b/runs/0/pca/".into()),
+                steps::ReduceStage::Whole,
+            ),
+            (steps::PcaMode::Components(50), steps::ReduceStage::Fit),
+            (
+                steps::PcaMode::From("s3://b/runs/0/pca/".into()),
+                steps::ReduceStage::Fit,
+            ),
+            (
+                steps::PcaMode::VarianceToKeep(0.95),
+                steps::ReduceStage::AfterProjection,
+            ),
         ] {
             let reduce = steps::ReduceArgs {
                 output: "s3://b/runs/1/".into(),
@@ -351,6 +415,7 @@ mod tests {
                 csv: true,
                 clusters: Some(steps::ClusterCount::Auto),
                 failed_shards: steps::FailedShards::Listed("1,3-5".parse().unwrap()),
+                stage,
                 storage: storage.clone(),
             };
             let Command::Reduce(parsed) = parse(&reduce.to_args()) else {
@@ -366,5 +431,15 @@ mod tests {
             };
             assert_eq!(parsed.contract(), Some(in_file));
         }
+
+        let project = steps::ProjectArgs {
+            output: "s3://b/runs/1/".into(),
+            shards_per_pod: 3,
+            storage,
+        };
+        let Command::Project(parsed) = parse(&project.to_args()) else {
+            panic!("not a project")
+        };
+        assert_eq!(steps::ProjectArgs::from(&parsed), project);
     }
 }

@@ -11,9 +11,9 @@ use pomona_crds::PcaResult;
 use pomona_crds::contract::{PlanTotals, PodSummary, Step};
 use pomona_runner::cli;
 use pomona_runner::command::{
-    Cli, Command, ExtractCommand, PlanCommand, ReduceCommand, RunCommand,
+    Cli, Command, ExtractCommand, PlanCommand, ProjectCommand, ReduceCommand, RunCommand,
 };
-use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, ShardList};
+use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, ReduceOutcome, ReduceRequest, ShardList};
 use pomona_runner::report::ReduceSummary;
 use pomona_runner::reuse::Reuse;
 use pomona_runner::{Permanent, Threads, Usage, exit_code, failure_reason};
@@ -104,6 +104,22 @@ struct Outcome {
 }
 
 impl Outcome {
+    fn reduce_step(&mut self, outcome: &ReduceOutcome) {
+        match outcome {
+            ReduceOutcome::Reduced(summary) => self.reduced(summary),
+            ReduceOutcome::Fitted(fit) => {
+                self.images = fit.images;
+                self.processed = fit.fitted_on;
+                self.failed = fit.dead_lettered;
+                self.pca = Some(PcaResult {
+                    components: fit.components as u32,
+                    explained_variance: fit.explained_variance,
+                    reused: fit.reused,
+                });
+            }
+        }
+    }
+
     fn reduced(&mut self, summary: &ReduceSummary) {
         self.images = summary.images;
         self.processed = summary.processed;
@@ -124,6 +140,7 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
         Command::Plan(c) => plan(c, outcome).await,
         Command::Extract(c) => extract(c, outcome).await,
         Command::Run(c) => run(c, outcome).await,
+        Command::Project(c) => project(c, outcome).await,
         Command::Sweep(args) => {
             pomona_runner::sweep::sweep(&args).await?;
             Ok(())
@@ -143,22 +160,38 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
                     so_far.with_reduce_pod(cli::cpu_seconds(), run_seconds, processed)
                 }
             });
-            let reduced = reduce::reduce(
-                &out,
-                &config,
-                &mode,
-                c.pca.csv,
-                &failed_shards,
-                c.clusters.clusters,
-                cost_of
-                    .as_ref()
-                    .map(|f| f as &dyn Fn(u64) -> pomona_crds::Cost),
-            )
-            .await?;
-            outcome.reduced(&reduced.summary);
+            let request = ReduceRequest {
+                mode: &mode,
+                stage: c.stage(),
+                csv: c.pca.csv,
+                failed_shards: &failed_shards,
+                clusters: c.clusters.clusters,
+            };
+            let cost_of = cost_of
+                .as_ref()
+                .map(|f| f as &dyn Fn(u64) -> pomona_crds::Cost);
+            let reduced = reduce::reduce(&out, &config, &request, cost_of).await?;
+            outcome.reduce_step(&reduced);
             Ok(())
         }
     }
+}
+
+/// `pomona project`: one group of shards through the run's fitted PCA.
+async fn project(c: ProjectCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
+    outcome.step = Some(Step::Project);
+    let group = c.group.ok_or_else(|| {
+        Usage(
+            "no group: pass --group N, or run as an Indexed Job pod (JOB_COMPLETION_INDEX)".into(),
+        )
+    })?;
+    let config = c.s3.config();
+    let out = Storage::open(&c.output, &config).await?;
+    outcome.storages = vec![out.clone()];
+    let projected = reduce::projection::project_group(&out, group, c.shards_per_pod).await?;
+    outcome.images = projected.images;
+    outcome.processed = projected.images;
+    Ok(())
 }
 
 /// `pomona plan`: with `--output`, the plan of this run written there (or found there, when
@@ -357,18 +390,19 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     outcome.shard = totals.failed_shard;
     extracted?;
     outcome.step = Some(Step::Reduce);
-    let reduced = reduce::reduce(
-        &out,
-        &config,
-        &mode,
-        c.pca.csv,
-        &ShardList::default(),
-        c.clusters.clusters,
-        Some(&cli::process_cost),
-    )
-    .await?;
-    outcome.reduced(&reduced.summary);
-    if let Some(cost) = &reduced.summary.cost {
+    let request = ReduceRequest {
+        mode: &mode,
+        stage: reduce::ReduceStage::Whole,
+        csv: c.pca.csv,
+        failed_shards: &ShardList::default(),
+        clusters: c.clusters.clusters,
+    };
+    let reduced = reduce::reduce(&out, &config, &request, Some(&cli::process_cost)).await?;
+    let ReduceOutcome::Reduced(summary) = reduced else {
+        unreachable!("the whole step ends with its summary")
+    };
+    outcome.reduced(&summary);
+    if let Some(cost) = &summary.cost {
         cli::print_cost(cost, started.elapsed().as_secs_f64(), cli::peak_rss_mib());
     }
     Ok(())

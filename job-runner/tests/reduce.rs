@@ -674,3 +674,189 @@ fn shards_that_failed_for_good_are_dead_lettered_when_named() {
     let report = read_json(&layout.success());
     assert!(report.get("failedShards").is_none(), "{report}");
 }
+
+/// Every file under `dir`, by its path relative to it, with its bytes.
+fn files_under(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                files.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_reduce_split_around_a_projection_job_writes_the_bytes_of_one_pod() {
+    common::init_ort();
+    let dir = TempDir::new("reduce-projection-job");
+    let (output, n) = run(
+        dir.path(),
+        "run",
+        &["Pineapple 1", "Tomato 1"],
+        &[
+            "--images-per-shard",
+            "30",
+            "--variance-to-keep",
+            "0.8",
+            "--csv",
+        ],
+    );
+    let layout = OutputLayout::new(&output);
+    assert_eq!(read_json(&layout.plan())["shards"], 4);
+    let root = Path::new(&output);
+    let one_pod = files_under(root);
+    let reduce = |extra: &[&str]| {
+        let mut args = vec!["reduce", "--output", &output, "--variance-to-keep", "0.8"];
+        args.extend_from_slice(&["--csv"]);
+        args.extend_from_slice(extra);
+        pomona(&args, &[])
+    };
+    let project = |extra: &[&str], envs: &[(&str, &str)]| {
+        let mut args = vec!["project", "--output", &output, "--shards-per-pod", "3"];
+        args.extend_from_slice(extra);
+        pomona(&args, envs)
+    };
+    let clear = || {
+        for d in ["pca", "reduced", "report"] {
+            std::fs::remove_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["reduced.csv", "_SUCCESS"] {
+            std::fs::remove_file(root.join(f)).unwrap();
+        }
+    };
+    clear();
+
+    // The projection before the fit has no PCA to project through.
+    let early = project(&["--group", "0"], &[]);
+    assert!(!early.status.success());
+    assert!(
+        summary(&early)
+            .error
+            .unwrap()
+            .contains("fit pod writes its PCA")
+    );
+
+    // The fit pod: the PCA, nothing else.
+    let fit = reduce(&["--fit-only"]);
+    assert!(
+        fit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fit.stderr)
+    );
+    let s = summary(&fit);
+    assert_eq!((s.images, s.processed, s.failed), (n, n, 0));
+    assert!(s.pca.is_some(), "the fit pod reports its PCA");
+    let pca_file = format!("{}pca.safetensors", layout.pca_dir());
+    assert!(Path::new(&pca_file).exists());
+    for made_later in [layout.reduced(0), layout.success(), layout.csv()] {
+        assert!(!Path::new(&made_later).exists(), "{made_later}");
+    }
+
+    // The projection Job: two groups of 3 and 1 shards, the group from the Job's index.
+    for (group, shards) in [("0", 3), ("1", 1)] {
+        let out = project(&[], &[(env::SHARD, group)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = summary(&out);
+        assert_eq!(s.step, pomona_crds::contract::Step::Project);
+        assert!(s.processed > 0);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!("of {shards} shard(s) projected")),
+            "{said}"
+        );
+    }
+    let past = project(&["--group", "2"], &[]);
+    assert_eq!(past.status.code(), Some(exit::USAGE));
+    assert!(
+        summary(&past)
+            .error
+            .unwrap()
+            .contains("past the last of the 2 groups")
+    );
+
+    // The reduce pod after it reads the PCA and the reduced files, and writes what one pod
+    // wrote, byte for byte (the summary but for its timings).
+    let last = reduce(&["--after-projection"]);
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let said = String::from_utf8_lossy(&last.stderr);
+    assert!(said.contains("read the PCA the fit pod wrote"), "{said}");
+    assert!(
+        said.contains(&format!("{n} of the images were already projected")),
+        "{said}"
+    );
+    let split = files_under(root);
+    assert_eq!(
+        split.keys().collect::<Vec<_>>(),
+        one_pod.keys().collect::<Vec<_>>()
+    );
+    let without_timings = |bytes: &[u8]| {
+        let mut v: Value = serde_json::from_slice(bytes).unwrap();
+        v.as_object_mut().unwrap().remove("seconds");
+        v.as_object_mut().unwrap().remove("cost");
+        v
+    };
+    for (path, bytes) in &one_pod {
+        if path.ends_with("summary.json") || path == "_SUCCESS" {
+            assert_eq!(
+                without_timings(&split[path]),
+                without_timings(bytes),
+                "{path}"
+            );
+        } else {
+            assert!(split[path] == *bytes, "{path} differs");
+        }
+    }
+    let report = read_json(&format!("{}summary.json", layout.report_dir()));
+    assert_eq!(report["pcaMode"], "fit");
+    assert_eq!(report["varianceToKeep"], 0.8);
+
+    // A shard that failed for good: the fit pod dead-letters it, the projection skips it, and
+    // the run still closes.
+    clear();
+    for uri in [layout.features(1), layout.deadletter(1), layout.stats(1)] {
+        std::fs::remove_file(uri).unwrap();
+    }
+    let lost = manifest(&layout, 1).len() as u64;
+    assert!(
+        reduce(&["--fit-only", "--failed-shards", "1"])
+            .status
+            .success()
+    );
+    let first = project(&["--group", "0"], &[]);
+    assert!(first.status.success());
+    assert!(
+        String::from_utf8_lossy(&first.stderr)
+            .contains("shard 1 has no features (dead-lettered): skipped")
+    );
+    assert!(project(&["--group", "1"], &[]).status.success());
+    let last = reduce(&["--after-projection", "--failed-shards", "1"]);
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let s = summary(&last);
+    assert_eq!((s.images, s.processed, s.failed), (n, n - lost, lost));
+    assert!(!Path::new(&layout.reduced(1)).exists());
+}

@@ -89,6 +89,49 @@ pub fn shard_plan(images: u64, asked: u32) -> Result<ShardPlan, ShardPlanError> 
     })
 }
 
+/// Shards one projection pod projects unless the resource says otherwise
+/// (`spec.sharding.shardsPerProjectionPod`): about 10 MB of features a shard of 2,000 images,
+/// so 640 MB read a pod.
+pub const DEFAULT_SHARDS_PER_PROJECTION_POD: u32 = 64;
+
+/// How the projection of a run's shards splits over the pods of its projection Job: group `g`
+/// projects the shards `g·shards_per_pod` up to the next group's first (the last takes the
+/// rest). The only definition of the grouping: the operator sizes the Job with it, and each
+/// `pomona project` pod finds its shards with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProjectionGroups {
+    /// Shards of the run.
+    pub shards: u32,
+    /// Shards a group (a pod).
+    pub shards_per_pod: u32,
+}
+
+impl ProjectionGroups {
+    /// The projection of a run of `shards` shards at `shards_per_pod` a pod, when it needs a
+    /// Job of its own: `None` when the PCA is reused (the extract pods projected each shard as
+    /// they wrote it) or when one pod projects everything (the reduce pod does, as it reads
+    /// the reduced vectors anyway).
+    pub fn of_run(shards: u32, shards_per_pod: u32, pca_reused: bool) -> Option<Self> {
+        let groups = Self {
+            shards,
+            shards_per_pod: shards_per_pod.max(1),
+        };
+        (!pca_reused && groups.groups() > 1).then_some(groups)
+    }
+
+    /// Groups (the Job's completions).
+    pub fn groups(&self) -> u32 {
+        self.shards.div_ceil(self.shards_per_pod.max(1))
+    }
+
+    /// The shards of `group`; empty past the last group.
+    pub fn shards_of(&self, group: u32) -> std::ops::Range<u32> {
+        let per = self.shards_per_pod.max(1);
+        let start = group.saturating_mul(per).min(self.shards);
+        start..start.saturating_add(per).min(self.shards)
+    }
+}
+
 /// Where the runner writes the one-line summary for Kubernetes to pick up as the container's
 /// termination message.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -113,7 +156,7 @@ pub mod env {
     pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
     /// Static credentials: a session token (optional).
     pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
-    /// The shard of an extract pod, set by the Indexed Job.
+    /// The index of an Indexed Job's pod: an extract pod's shard, a projection pod's group.
     pub const SHARD: &str = "JOB_COMPLETION_INDEX";
     /// Scratch space for a shard's files before upload.
     pub const SCRATCH: &str = "POMONA_SCRATCH";
@@ -361,7 +404,8 @@ pub struct PodSummary {
     pub reason: Option<String>,
 }
 
-/// The steps of a run: the operator runs each as pods, and `pomona run` does all three.
+/// The steps of a run: the operator runs each as pods, and `pomona run` does the plan, the
+/// extraction and the reduce step (which projects every shard itself).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
@@ -369,8 +413,11 @@ pub enum Step {
     Plan,
     /// `pomona extract`: one shard's images to features.
     Extract,
-    /// `pomona reduce`: the PCA over all shards.
+    /// `pomona reduce`: the PCA over all shards (or, in two pods around a projection Job, its
+    /// fit and then the rest).
     Reduce,
+    /// `pomona project`: one group of shards projected through the run's fitted PCA.
+    Project,
 }
 
 /// What a step's requests to storage went through, added to its summary line as `"storage"`
@@ -903,5 +950,38 @@ mod tests {
             r#"{"key":"Training/Banana 1/3_100.jpg","size":3673,"etag":"\"0ec64a\"","label":"Banana 1"}"#
         );
         assert_eq!(serde_json::from_str::<ManifestEntry>(&line).unwrap(), entry);
+    }
+
+    #[test]
+    fn projection_groups_cover_every_shard_once() {
+        assert_eq!(
+            ProjectionGroups::of_run(64, 64, false),
+            None,
+            "one group: the reduce pod projects"
+        );
+        assert_eq!(ProjectionGroups::of_run(65, 64, true), None, "a reused PCA");
+        let g = ProjectionGroups::of_run(130, 64, false).expect("three groups");
+        assert_eq!(g.groups(), 3);
+        assert_eq!(
+            [
+                g.shards_of(0),
+                g.shards_of(1),
+                g.shards_of(2),
+                g.shards_of(3)
+            ],
+            [0..64, 64..128, 128..130, 130..130]
+        );
+        for (shards, per) in [(1, 1), (7, 2), (100_000, 64), (99_999, 1), (5, 0)] {
+            let g = ProjectionGroups {
+                shards,
+                shards_per_pod: per,
+            };
+            let covered: Vec<u32> = (0..g.groups()).flat_map(|i| g.shards_of(i)).collect();
+            assert_eq!(
+                covered,
+                (0..shards).collect::<Vec<_>>(),
+                "{shards} at {per}"
+            );
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! The command line of each step the operator runs as a pod, as typed values.
 //!
 //! The operator builds every runner container's arguments through [`PlanArgs`],
-//! [`ExtractArgs`] and [`ReduceArgs`] (`to_args()`), and the runner's own parser converts its
-//! parsed command back into them. A test renders the Jobs of every example and parses each
-//! container's arguments with the runner's parser, so a renamed or dropped flag fails there, not
-//! on a cluster.
+//! [`ExtractArgs`], [`ReduceArgs`] and [`ProjectArgs`] (`to_args()`), and the runner's own
+//! parser converts its parsed command back into them. A test renders the Jobs of every example
+//! and parses each container's arguments with the runner's parser, so a renamed or dropped flag
+//! fails there, not on a cluster.
 //!
 //! What is not on the command line reaches the pod through the environment ([`super::env`]):
 //! the region, endpoint and credentials of the storage, the scratch folder, and the shard of an
-//! extract pod (`JOB_COMPLETION_INDEX`, set by the Indexed Job).
+//! extract pod or the group of a projection pod (`JOB_COMPLETION_INDEX`, set by the Indexed
+//! Job).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -218,8 +219,51 @@ pub struct ReduceArgs {
     /// Shards that failed for good, within the run's tolerance: their images are
     /// dead-lettered.
     pub failed_shards: FailedShards,
+    /// The whole step, or the part before or after a projection Job.
+    pub stage: ReduceStage,
     /// Storage options.
     pub storage: StorageArgs,
+}
+
+/// Which part of the reduce step a pod runs. A run with a projection Job
+/// ([`super::ProjectionGroups`]) runs it in two pods around that Job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReduceStage {
+    /// Census, fit (or reuse), projection, report and `_SUCCESS`, in one pod.
+    #[default]
+    Whole,
+    /// The census (failed shards dead-lettered) and the fit, ending once
+    /// `pca/pca.safetensors` is written (`--fit-only`).
+    Fit,
+    /// The rest, once the projection Job projected every shard: the PCA is the one the fit
+    /// pod wrote, read back (`--after-projection`); the reduced files are read, not made.
+    AfterProjection,
+}
+
+/// `pomona project`: one group of shards projected through the PCA the run's fit pod wrote
+/// (the group comes from `JOB_COMPLETION_INDEX`; its shards from
+/// [`super::ProjectionGroups`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectArgs {
+    /// The run's output prefix.
+    pub output: String,
+    /// Shards a group.
+    pub shards_per_pod: u32,
+    /// Storage options.
+    pub storage: StorageArgs,
+}
+
+impl ProjectArgs {
+    /// The arguments after the program name.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "project".to_string(),
+            format!("--output={}", self.output),
+            format!("--shards-per-pod={}", self.shards_per_pod),
+        ];
+        self.storage.push(&mut args);
+        args
+    }
 }
 
 /// Where `pomona reduce` learns which shards failed for good.
@@ -258,6 +302,11 @@ impl ReduceArgs {
             FailedShards::Listed(list) if list.0.is_empty() => {}
             FailedShards::Listed(list) => args.push(format!("--failed-shards={list}")),
             FailedShards::File(path) => args.push(format!("--failed-shards-file={path}")),
+        }
+        match self.stage {
+            ReduceStage::Whole => {}
+            ReduceStage::Fit => args.push("--fit-only".into()),
+            ReduceStage::AfterProjection => args.push("--after-projection".into()),
         }
         self.storage.push(&mut args);
         args
@@ -419,6 +468,7 @@ mod tests {
             csv: true,
             clusters: None,
             failed_shards: FailedShards::Listed("2,3,9".parse().unwrap()),
+            stage: ReduceStage::Whole,
             storage: StorageArgs::default(),
         };
         assert_eq!(
@@ -438,6 +488,32 @@ mod tests {
         assert_eq!(
             from_file.to_args().last().map(String::as_str),
             Some("--failed-shards-file=/etc/failed/shards")
+        );
+        for (stage, flag) in [
+            (ReduceStage::Fit, "--fit-only"),
+            (ReduceStage::AfterProjection, "--after-projection"),
+        ] {
+            let staged = ReduceArgs {
+                stage,
+                ..from_file.clone()
+            };
+            assert_eq!(staged.to_args().last().map(String::as_str), Some(flag));
+        }
+        let project = ProjectArgs {
+            output: "s3://b/out/".into(),
+            shards_per_pod: 16,
+            storage: StorageArgs {
+                path_style: Some(false),
+            },
+        };
+        assert_eq!(
+            project.to_args(),
+            [
+                "project",
+                "--output=s3://b/out/",
+                "--shards-per-pod=16",
+                "--path-style=false"
+            ]
         );
     }
 }

@@ -25,12 +25,19 @@
 //!    vectors ([`grouping`]): `clusters/` and `report/clusters.png`.
 //! 6. Summary (the pure `summarize`): `report/summary.json`, then the pure `accounting` check,
 //!    and `_SUCCESS` (the same summary) last, only when listed = processed + dead-lettered.
+//!
+//! On Kubernetes a run of many shards splits the step around a projection Job
+//! ([`ReduceStage`]): a fit pod (`--fit-only`) runs steps 1 and 2 and ends with the PCA
+//! written; the Job's pods ([`projection`]) project groups of shards through it; then a reduce
+//! pod (`--after-projection`) reads that PCA back instead of fitting it again, and in step 3
+//! reads the reduced files the Job made.
 
 pub mod agreement;
 pub mod grouping;
 pub mod kmeans;
 pub mod pca;
 pub mod project;
+pub mod projection;
 pub mod sample;
 pub mod scores;
 pub mod spark;
@@ -139,11 +146,58 @@ pub fn failed_shard_reason(shard: u32) -> String {
     )
 }
 
+pub use pomona_crds::contract::steps::ReduceStage;
+
+/// What the reduce step is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct ReduceRequest<'a> {
+    /// Fit a PCA, or reuse one.
+    pub mode: &'a Mode,
+    /// The whole step, or its part before or after a projection Job.
+    pub stage: ReduceStage,
+    /// Also write `reduced.csv`.
+    pub csv: bool,
+    /// The shards whose extract pods failed for good: those without complete outputs are
+    /// dead-lettered whole.
+    pub failed_shards: &'a ShardList,
+    /// Group the reduced vectors by k-means.
+    pub clusters: Option<ClusterCount>,
+}
+
+/// What the fit pod (`--fit-only`) did.
+#[derive(Clone, Debug)]
+pub struct FitSummary {
+    /// Images the plan lists.
+    pub images: u64,
+    /// Images dead-lettered (bad images, and every image of a failed shard).
+    pub dead_lettered: u64,
+    /// Images the PCA was fitted on (or, reused, its own count).
+    pub fitted_on: u64,
+    /// Its components.
+    pub components: usize,
+    /// The fraction of the variance they explain.
+    pub explained_variance: f64,
+    /// Whether the PCA was reused rather than fitted.
+    pub reused: bool,
+}
+
 /// What the reduce step did.
 #[derive(Clone, Debug)]
-pub struct ReduceOutcome {
+pub enum ReduceOutcome {
+    /// `--fit-only`: the PCA is written, for the projection Job.
+    Fitted(FitSummary),
     /// The summary written to `report/summary.json` and `_SUCCESS`.
-    pub summary: ReduceSummary,
+    Reduced(ReduceSummary),
+}
+
+impl ReduceOutcome {
+    /// The summary of a reduce step that went to the end.
+    pub fn summary(&self) -> Option<&ReduceSummary> {
+        match self {
+            Self::Fitted(_) => None,
+            Self::Reduced(summary) => Some(summary),
+        }
+    }
 }
 
 fn secs(since: Instant) -> f64 {
@@ -420,17 +474,38 @@ struct Fitted {
 
 /// Fit: merges the complete shards' statistics and fits the PCA (`Mode::Fit`), or reads and
 /// checks the saved one (`Mode::Reuse`), for features of `dim` values made as `origin` says.
+/// After a projection Job, the PCA this run's fit pod wrote is read back instead of fitted
+/// again.
 async fn fit(
     out: &Storage,
     s3: &S3Config,
     layout: &OutputLayout,
-    mode: &Mode,
+    (mode, stage): (&Mode, ReduceStage),
     complete: &[u32],
     (dim, origin): (usize, &pca::Origin),
     timings: &mut Timings,
 ) -> anyhow::Result<Fitted> {
     let t = Instant::now();
     let fitted = match mode {
+        Mode::Fit { keep, .. } if stage == ReduceStage::AfterProjection => {
+            let uri = format!("{}{}", layout.pca_dir(), pca::FILE_NAME);
+            let bytes = get(out, &uri)
+                .await
+                .context("the run's fit pod writes its PCA before the projection Job")?;
+            let pca = Pca::from_bytes(&bytes).map_err(|e| Permanent(format!("{uri}: {e}")))?;
+            pca.check_applies_to(dim, origin)
+                .map_err(|e| Permanent(format!("{uri}: {e}")))?;
+            timings.fit = secs(t);
+            crate::say!("pomona: reduce: read the PCA the fit pod wrote, {uri}");
+            Fitted {
+                pca,
+                bytes: bytes.to_vec(),
+                target: match keep {
+                    Keep::Variance(f) => Some(*f),
+                    Keep::Components(_) => None,
+                },
+            }
+        }
         Mode::Fit { keep, default } => {
             let moments = merged_moments(out, layout, complete, STATS_IN_FLIGHT).await?;
             timings.statistics = secs(t);
@@ -703,20 +778,25 @@ fn summarize(f: Findings<'_>) -> ReduceSummary {
 }
 
 /// Runs the reduce step on the run at `out` (see the module docs) and returns its summary:
-/// census, fit, project, label agreement, report and clusters, summary. `failed_shards` are
-/// the shards whose extract pods failed for good: those without complete outputs are
-/// dead-lettered whole. `cost_of`, when the run's cost is known (`pomona run`: this process; a
-/// reduce pod: what the operator handed it, and itself), gives it for the images processed,
-/// for the summary's `cost`.
+/// census, fit, project, label agreement, report and clusters, summary. With
+/// [`ReduceStage::Fit`] it stops once the PCA is written; with
+/// [`ReduceStage::AfterProjection`] it reads that PCA back and the reduced files the projection
+/// Job made. `cost_of`, when the run's cost is known (`pomona run`: this process; a reduce
+/// pod: what the operator handed it, and itself), gives it for the images processed, for the
+/// summary's `cost`.
 pub async fn reduce(
     out: &Storage,
     s3: &S3Config,
-    mode: &Mode,
-    csv: bool,
-    failed_shards: &ShardList,
-    clusters: Option<ClusterCount>,
+    request: &ReduceRequest<'_>,
     cost_of: Option<&dyn Fn(u64) -> pomona_crds::Cost>,
 ) -> anyhow::Result<ReduceOutcome> {
+    let ReduceRequest {
+        mode,
+        stage,
+        csv,
+        failed_shards,
+        clusters,
+    } = *request;
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
     let plan = pomona_storage::plan::read_plan(out).await?;
@@ -769,7 +849,7 @@ pub async fn reduce(
         out,
         s3,
         &layout,
-        mode,
+        (mode, stage),
         &census.complete,
         (dim, &origin),
         &mut timings,
@@ -777,12 +857,30 @@ pub async fn reduce(
     .await?;
     let (pca, k) = (&fitted.pca, fitted.pca.k());
     let pca_sha256 = sha256_hex(&fitted.bytes);
-    put(
-        out,
-        &format!("{}{}", layout.pca_dir(), pca::FILE_NAME),
-        fitted.bytes.clone(),
-    )
-    .await?;
+    if stage != ReduceStage::AfterProjection {
+        put(
+            out,
+            &format!("{}{}", layout.pca_dir(), pca::FILE_NAME),
+            fitted.bytes.clone(),
+        )
+        .await?;
+    }
+    if stage == ReduceStage::Fit {
+        crate::say!(
+            "pomona: reduce: the PCA is written ({}{}); the projection Job projects the \
+             shards through it",
+            layout.pca_dir(),
+            pca::FILE_NAME
+        );
+        return Ok(ReduceOutcome::Fitted(FitSummary {
+            images: plan.images,
+            dead_lettered,
+            fitted_on: pca.n_samples,
+            components: k,
+            explained_variance: pca.explained_variance_ratio.sum(),
+            reused: matches!(mode, Mode::Reuse(_)),
+        }));
+    }
 
     // Project.
     let t = Instant::now();
@@ -869,7 +967,7 @@ pub async fn reduce(
     let fitted_on = matches!(mode, Mode::Fit { .. }).then_some(summary.fitted_on);
     accounting(summary.images, processed, summary.failed, fitted_on)?;
     put(out, &layout.success(), json).await?;
-    Ok(ReduceOutcome { summary })
+    Ok(ReduceOutcome::Reduced(summary))
 }
 
 #[cfg(test)]

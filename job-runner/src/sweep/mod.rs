@@ -253,17 +253,16 @@ async fn run_setting(
         keep: Keep::Components(args.components),
         default: true,
     };
-    let reduced = reduce::reduce(
-        &out,
-        &config,
-        &mode,
-        false,
-        &ShardList::default(),
-        None,
-        None,
-    )
-    .await
-    .with_context(|| format!("{name}: reduce"))?;
+    let request = reduce::ReduceRequest {
+        mode: &mode,
+        stage: reduce::ReduceStage::Whole,
+        csv: false,
+        failed_shards: &ShardList::default(),
+        clusters: None,
+    };
+    let reduced = reduce::reduce(&out, &config, &request, None)
+        .await
+        .with_context(|| format!("{name}: reduce"))?;
     let sample = feature_sample(&out, plan.shards).await?;
     let result = SettingResult {
         name,
@@ -273,7 +272,7 @@ async fn run_setting(
         extract_seconds: (seconds * 1000.0).round() / 1000.0,
         images_per_second: (processed as f64 / seconds * 10.0).round() / 10.0,
         agreement_features: sample_agreement(&sample),
-        agreement_pca: reduced.summary.label_agreement,
+        agreement_pca: reduced.summary().and_then(|s| s.label_agreement),
         cosine_to_reference: None,
     };
     crate::say!(
