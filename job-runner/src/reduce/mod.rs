@@ -187,7 +187,7 @@ pub enum ReduceOutcome {
     /// `--fit-only`: the PCA is written, for the projection Job.
     Fitted(FitSummary),
     /// The summary written to `report/summary.json` and `_SUCCESS`.
-    Reduced(ReduceSummary),
+    Reduced(Box<ReduceSummary>),
 }
 
 impl ReduceOutcome {
@@ -967,7 +967,7 @@ pub async fn reduce(
     let fitted_on = matches!(mode, Mode::Fit { .. }).then_some(summary.fitted_on);
     accounting(summary.images, processed, summary.failed, fitted_on)?;
     put(out, &layout.success(), json).await?;
-    Ok(ReduceOutcome::Reduced(summary))
+    Ok(ReduceOutcome::Reduced(Box::new(summary)))
 }
 
 #[cfg(test)]
