@@ -28,15 +28,18 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use pomona_crds::contract::cost::{PodUsage, Usage};
-use pomona_crds::contract::{MAX_SHARDS, ShardPlan, shard_plan};
+use pomona_crds::contract::steps::ReduceStage;
+use pomona_crds::contract::{MAX_SHARDS, ProjectionGroups, ShardPlan, shard_plan};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
-use crate::jobs::{extract_job, failed_shards_config_map, plan_job, reduce_job};
+use crate::jobs::{
+    self, extract_job, failed_shards_config_map, fit_job, plan_job, project_job, reduce_job,
+};
 use crate::leader::Leadership;
 use crate::lifecycle::{self, Expiry, MissingSummary};
 use crate::metrics::{ErrorCategory, Metrics};
 use crate::names::{Component, INSTANCE_LABEL, MANAGED_BY_SELECTOR, bounded, job_name};
-use crate::observe::{PodObservation, PodPhase, job_indexes};
+use crate::observe::{PodObservation, PodPhase, job_condition, job_indexes};
 use crate::planning::{Planning, planning};
 use crate::settings::Settings;
 use crate::status::{self, Observed, PlanState, PlanTotals};
@@ -264,10 +267,42 @@ struct Run<'a> {
 struct Jobs {
     plan: Option<Job>,
     extract: Option<Job>,
+    fit: Option<Job>,
+    project: Option<Job>,
     reduce: Option<Job>,
     plan_pods: Vec<PodObservation>,
     extract_pods: Vec<PodObservation>,
+    fit_pods: Vec<PodObservation>,
+    project_pods: Vec<PodObservation>,
     reduce_pods: Vec<PodObservation>,
+}
+
+impl Jobs {
+    /// The Job of `component`, and its pods.
+    fn of(&mut self, component: Component) -> (&mut Option<Job>, &mut Vec<PodObservation>) {
+        match component {
+            Component::Plan => (&mut self.plan, &mut self.plan_pods),
+            Component::Extract => (&mut self.extract, &mut self.extract_pods),
+            Component::Fit => (&mut self.fit, &mut self.fit_pods),
+            Component::Project => (&mut self.project, &mut self.project_pods),
+            Component::Reduce => (&mut self.reduce, &mut self.reduce_pods),
+        }
+    }
+
+    /// What the run's pods used before the reduce pod: plan, extract, fit and projection.
+    fn usage_before_reduce(&self) -> Usage {
+        let pods: Vec<PodUsage> = [
+            &self.plan_pods,
+            &self.extract_pods,
+            &self.fit_pods,
+            &self.project_pods,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(PodObservation::usage)
+        .collect();
+        Usage::of(&pods)
+    }
 }
 
 /// What a reconcile does about the plan Job.
@@ -394,6 +429,10 @@ impl<'a> Run<'a> {
                     extract: jobs.extract.as_ref().and_then(|j| j.status.as_ref()),
                     plan_pods: &jobs.plan_pods,
                     extract_pods: &jobs.extract_pods,
+                    fit: jobs.fit.as_ref().and_then(|j| j.status.as_ref()),
+                    fit_pods: &jobs.fit_pods,
+                    project: jobs.project.as_ref().and_then(|j| j.status.as_ref()),
+                    project_pods: &jobs.project_pods,
                     reduce: jobs.reduce.as_ref().and_then(|j| j.status.as_ref()),
                     reduce_pods: &jobs.reduce_pods,
                     pca: reduce_summary(&jobs.reduce_pods).and_then(|s| s.pca.as_ref()),
@@ -487,32 +526,22 @@ impl<'a> Run<'a> {
 
     /// The run's Jobs and their pods.
     async fn observe(&self) -> Result<Jobs, Error> {
-        let plan_name = job_name(&self.name, Component::Plan);
-        let extract_name = job_name(&self.name, Component::Extract);
-        let reduce_name = job_name(&self.name, Component::Reduce);
-        // All three, always: the extract Job may be gone (deleted by hand) while the reduce Job
+        // Every Job, always: the extract Job may be gone (deleted by hand) while the reduce Job
         // runs.
-        let mut jobs = Jobs {
-            plan: self.own_job(&plan_name).await?,
-            extract: self.own_job(&extract_name).await?,
-            reduce: self.own_job(&reduce_name).await?,
-            ..Jobs::default()
-        };
-        if jobs.plan.is_none() && jobs.extract.is_none() && jobs.reduce.is_none() {
+        let mut jobs = Jobs::default();
+        let mut names = Vec::new();
+        for component in Component::ALL {
+            let name = job_name(&self.name, component);
+            *jobs.of(component).0 = self.own_job(&name).await?;
+            names.push((name, component));
+        }
+        if Component::ALL.iter().all(|&c| jobs.of(c).0.is_none()) {
             return Ok(jobs);
         }
         for pod in self.pods().await? {
-            let job = pod
-                .labels()
-                .get(JOB_NAME_LABEL)
-                .cloned()
-                .unwrap_or_default();
-            if job == plan_name {
-                jobs.plan_pods.push(PodObservation::from_pod(&pod));
-            } else if job == extract_name {
-                jobs.extract_pods.push(PodObservation::from_pod(&pod));
-            } else if job == reduce_name {
-                jobs.reduce_pods.push(PodObservation::from_pod(&pod));
+            let job = pod.labels().get(JOB_NAME_LABEL);
+            if let Some((_, component)) = names.iter().find(|(name, _)| Some(name) == job) {
+                jobs.of(*component).1.push(PodObservation::from_pod(&pod));
             }
         }
         Ok(jobs)
@@ -617,7 +646,9 @@ impl<'a> Run<'a> {
                 wrote = true;
             }
         }
-        if phase == Phase::Reducing || jobs.reduce.is_some() {
+        let reduce_step_started =
+            jobs.fit.is_some() || jobs.project.is_some() || jobs.reduce.is_some();
+        if phase == Phase::Reducing || reduce_step_started {
             let reported = reduce_summary(&jobs.reduce_pods).is_some_and(|s| s.pca.is_some());
             let recorded = status.pca.is_some();
             let missing = jobs.reduce.as_ref().and_then(|job| {
@@ -638,9 +669,9 @@ impl<'a> Run<'a> {
                 }
                 None => {}
             }
-            if jobs.reduce.is_none() {
-                // The failed shards go into the ConfigMap the reduce pod reads them from,
-                // before the Job that mounts it.
+            if !reduce_step_started {
+                // The failed shards go into the ConfigMap the fit and reduce pods read them
+                // from, before the first Job that mounts it.
                 let failed = match jobs.extract.as_ref() {
                     Some(job) => job
                         .status
@@ -659,13 +690,36 @@ impl<'a> Run<'a> {
                     .patch(&name, &params, &Patch::Apply(&list))
                     .await?;
             }
-            let earlier: Vec<PodUsage> = (jobs.plan_pods.iter())
-                .chain(&jobs.extract_pods)
-                .filter_map(PodObservation::usage)
-                .collect();
-            let desired = reduce_job(self.fx, plan.images, Usage::of(&earlier), settings);
-            if let Some(applied) = self.sync(jobs.reduce.as_ref(), &desired).await? {
-                jobs.reduce = Some(applied);
+            let (component, desired) = match next_reduce_job(self.fx, plan, jobs) {
+                ReduceJob::Whole => (
+                    Component::Reduce,
+                    reduce_job(
+                        self.fx,
+                        plan.images,
+                        jobs.usage_before_reduce(),
+                        settings,
+                        ReduceStage::Whole,
+                    ),
+                ),
+                ReduceJob::Fit => (Component::Fit, fit_job(self.fx, plan.images, settings)),
+                ReduceJob::Project(groups) => (
+                    Component::Project,
+                    project_job(self.fx, groups, plan.images_per_shard, settings),
+                ),
+                ReduceJob::AfterProjection => (
+                    Component::Reduce,
+                    reduce_job(
+                        self.fx,
+                        plan.images,
+                        jobs.usage_before_reduce(),
+                        settings,
+                        ReduceStage::AfterProjection,
+                    ),
+                ),
+            };
+            let current = jobs.of(component).0;
+            if let Some(applied) = self.sync(current.as_ref(), &desired).await? {
+                *current = Some(applied);
                 wrote = true;
             }
         }
@@ -739,7 +793,7 @@ impl<'a> Run<'a> {
     /// has passed; Jobs this resource does not own are left alone.
     async fn remove_jobs(&self, ttl: i32) -> Result<(), Error> {
         let mut removed = Vec::new();
-        for component in [Component::Plan, Component::Extract, Component::Reduce] {
+        for component in Component::ALL {
             let name = job_name(&self.name, component);
             match self.own_job(&name).await {
                 Ok(Some(_)) => {
@@ -821,6 +875,41 @@ impl<'a> Run<'a> {
             }
             tracing::warn!(fx = %self.name, error = %e, "publishing an Event failed");
         }
+    }
+}
+
+/// The Job of the reduce step a reconcile brings in line (creating it if missing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReduceJob {
+    /// The reduce Job doing the whole step (no projection Job).
+    Whole,
+    /// The fit Job, first of a run with a projection Job.
+    Fit,
+    /// The projection Job of these groups, once the fit Job completed.
+    Project(ProjectionGroups),
+    /// The reduce Job after the projection Job completed.
+    AfterProjection,
+}
+
+/// Which Job of the reduce step comes next for a run planned as `plan`: a step is taken once
+/// the Job before it completed, and a Job that exists is the one kept in line (a failed one is
+/// left alone, and fails the run). A run that already has its reduce Job keeps it, whatever its
+/// projection now says.
+fn next_reduce_job(fx: &FeatureExtraction, plan: PlanTotals, jobs: &Jobs) -> ReduceJob {
+    let complete = |job: &Option<Job>| {
+        job.as_ref()
+            .and_then(|j| j.status.as_ref())
+            .is_some_and(|s| job_condition(s, "Complete").is_some())
+    };
+    let Some(groups) = jobs::projection(&fx.spec, plan.shards) else {
+        return ReduceJob::Whole;
+    };
+    if jobs.reduce.is_some() || complete(&jobs.project) {
+        ReduceJob::AfterProjection
+    } else if jobs.project.is_some() || complete(&jobs.fit) {
+        ReduceJob::Project(groups)
+    } else {
+        ReduceJob::Fit
     }
 }
 

@@ -1,11 +1,13 @@
 //! The Jobs of a run, built by pure functions from the resource and the operator's settings.
 //!
 //! The plan Job runs one pod that lists the source and writes the plan; the extract Job is an
-//! Indexed Job with one index per shard; the reduce Job runs one pod. Each pod's arguments are
-//! the job contract's typed step arguments ([`pomona_crds::contract::steps`]). All three run
-//! the `pomona` runner under the run's service account with a restricted security context, and
-//! their pod failure policy ignores node disruptions and fails at once on the runner's permanent
-//! exit codes.
+//! Indexed Job with one index per shard; the reduce Job runs one pod. A run of more shards than
+//! `spec.sharding.shardsPerProjectionPod` (fitting its own PCA) splits the reduce step: a fit
+//! Job of one pod, a projection Job with one index per group of shards, then the reduce Job.
+//! Each pod's arguments are the job contract's typed step arguments
+//! ([`pomona_crds::contract::steps`]). All of them run the `pomona` runner under the run's
+//! service account with a restricted security context, and their pod failure policy ignores
+//! node disruptions and fails at once on the runner's permanent exit codes.
 
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
@@ -17,15 +19,15 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::cost::{CostSoFar, Usage};
 use pomona_crds::contract::steps::{
-    self, DEFAULT_COMPONENTS, ExtractArgs, FailedShards, PcaMode, PlanArgs, ReduceArgs, ShardList,
-    StorageArgs,
+    self, DEFAULT_COMPONENTS, ExtractArgs, FailedShards, PcaMode, PlanArgs, ProjectArgs,
+    ReduceArgs, ReduceStage, ShardList, StorageArgs,
 };
 use pomona_crds::contract::{
-    DEFAULT_MAX_IMAGE_BYTES, Preprocessing, ShardPlan, TERMINATION_LOG, env, exit,
+    DEFAULT_MAX_IMAGE_BYTES, Preprocessing, ProjectionGroups, ShardPlan, TERMINATION_LOG, env, exit,
 };
+use pomona_crds::{FeatureExtraction, FeatureExtractionSpec};
 
 use crate::names::{
     Component, RUN_NAME_ANNOTATION, failed_shards_name, job_name, labels, owner_reference,
@@ -33,7 +35,7 @@ use crate::names::{
 use crate::observe::Requests;
 use crate::settings::Settings;
 
-/// Name of the runner container in both Jobs.
+/// Name of the runner container in every Job.
 pub const CONTAINER: &str = "pomona";
 /// Where the scratch emptyDir is mounted (`POMONA_SCRATCH`, and `TMPDIR`: the root filesystem
 /// is read-only).
@@ -101,8 +103,13 @@ pub fn extract_args(fx: &FeatureExtraction) -> ExtractArgs {
     }
 }
 
-/// The reduce step of a resource, told where the shards that failed for good are.
-pub fn reduce_args(fx: &FeatureExtraction, failed_shards: FailedShards) -> ReduceArgs {
+/// The reduce step of a resource (whole, or its part before or after the projection Job), told
+/// where the shards that failed for good are.
+pub fn reduce_args(
+    fx: &FeatureExtraction,
+    failed_shards: FailedShards,
+    stage: ReduceStage,
+) -> ReduceArgs {
     let spec = &fx.spec;
     let pca = &spec.pca;
     let mode = match (&pca.from, pca.components, pca.variance_to_keep) {
@@ -120,6 +127,27 @@ pub fn reduce_args(fx: &FeatureExtraction, failed_shards: FailedShards) -> Reduc
         // The schema admits only counts the runner takes.
         clusters: spec.clustering.as_ref().and_then(|c| c.count().ok()),
         failed_shards,
+        stage,
+        storage: storage_args(fx),
+    }
+}
+
+/// How the projection of a run of `shards` shards splits over the pods of a projection Job, when
+/// the run has one: it fits its own PCA and has more shards than
+/// `spec.sharding.shardsPerProjectionPod`.
+pub fn projection(spec: &FeatureExtractionSpec, shards: u32) -> Option<ProjectionGroups> {
+    ProjectionGroups::of_run(
+        shards,
+        spec.sharding.shards_per_projection_pod,
+        spec.pca.from.is_some(),
+    )
+}
+
+/// The projection step of a resource (each pod's group comes from its Job index).
+pub fn project_args(fx: &FeatureExtraction) -> ProjectArgs {
+    ProjectArgs {
+        output: fx.spec.output.uri.clone(),
+        shards_per_pod: fx.spec.sharding.shards_per_projection_pod,
         storage: storage_args(fx),
     }
 }
@@ -138,7 +166,7 @@ pub const REDUCE_IMAGES_PER_SECOND: u64 = 100;
 
 /// The `activeDeadlineSeconds` of a step's pods: `spec.runner.activeDeadlineSeconds`, else
 /// derived from the pod's work: `images` is a shard's (as planned, raised or not) for an
-/// extract pod, the whole run's for the reduce pod.
+/// extract pod, a group's for a projection pod, the whole run's for the fit and reduce pods.
 pub fn pod_deadline(fx: &FeatureExtraction, component: Component, images: u64) -> i64 {
     if let Some(seconds) = fx.spec.runner.active_deadline_seconds {
         return i64::from(seconds);
@@ -148,7 +176,7 @@ pub fn pod_deadline(fx: &FeatureExtraction, component: Component, images: u64) -
         Component::Extract => {
             u64::from(EXTRACT_BASE_SECONDS) + images * u64::from(EXTRACT_SECONDS_PER_IMAGE)
         }
-        Component::Reduce => {
+        Component::Fit | Component::Project | Component::Reduce => {
             u64::from(REDUCE_BASE_SECONDS) + images.div_ceil(REDUCE_IMAGES_PER_SECOND)
         }
     };
@@ -208,6 +236,29 @@ pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
     max_failed_shards.min(shards)
 }
 
+/// The projection Job of a run's `groups` of shards of `images_per_shard` images: one index per
+/// group, each running `pomona project` on the group `$JOB_COMPLETION_INDEX`. A group that
+/// fails for good fails the Job at once (`maxFailedIndexes` 0): no image may go unprojected.
+pub fn project_job(
+    fx: &FeatureExtraction,
+    groups: ProjectionGroups,
+    images_per_shard: u32,
+    settings: &Settings,
+) -> Job {
+    let sharding = &fx.spec.sharding;
+    let images = u64::from(groups.shards_per_pod) * u64::from(images_per_shard);
+    let args = project_args(fx).to_args();
+    let mut job = job(fx, Component::Project, args, settings, images);
+    let job_spec = job.spec.as_mut().expect("job() sets a spec");
+    job_spec.completion_mode = Some("Indexed".into());
+    job_spec.completions = Some(to_i32(groups.groups()));
+    job_spec.parallelism = Some(to_i32(sharding.parallelism.min(groups.groups())));
+    job_spec.backoff_limit_per_index = Some(to_i32(sharding.retries_per_shard));
+    job_spec.max_failed_indexes = Some(0);
+    job_spec.pod_failure_policy = Some(failure_policy("FailIndex"));
+    job
+}
+
 /// Where the reduce pod finds the [`failed_shards_config_map`].
 pub const FAILED_SHARDS_DIR: &str = "/etc/pomona/failed-shards";
 /// The key of the list in it (and so the file's name).
@@ -237,15 +288,20 @@ pub fn failed_shards_config_map(fx: &FeatureExtraction, failed_shards: &[u32]) -
 /// The reduce Job: one pod running `pomona reduce` with the resource's PCA mode, over the run's
 /// `images`. The extract indexes that failed for good reach it in a file, from the
 /// [`failed_shards_config_map`]: the reduce step dead-letters their images, so that every
-/// listed image is still accounted for. `earlier` is what the run's plan and extract pods
-/// used: with the pod's own requests and the admin's prices it reaches the pod in
-/// [`env::COST_SO_FAR`], for the run's cost in `report/summary.json`. (The environment is no
-/// part of what makes a runner edit, so a later reconcile's other figure changes nothing.)
-pub fn reduce_job(fx: &FeatureExtraction, images: u64, earlier: Usage, settings: &Settings) -> Job {
-    let name = fx.metadata.name.as_deref().unwrap_or_default();
-    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
-    let args = reduce_args(fx, FailedShards::File(file)).to_args();
-    let mut job = one_pod(fx, job(fx, Component::Reduce, args, settings, images));
+/// listed image is still accounted for. `earlier` is what the run's earlier pods used (plan,
+/// extract, and fit and projection if any): with the pod's own requests and the admin's prices
+/// it reaches the pod in [`env::COST_SO_FAR`], for the run's cost in `report/summary.json`.
+/// (The environment is no part of what makes a runner edit, so a later reconcile's other figure
+/// changes nothing.) `stage` is [`ReduceStage::Whole`], or [`ReduceStage::AfterProjection`]
+/// after a projection Job.
+pub fn reduce_job(
+    fx: &FeatureExtraction,
+    images: u64,
+    earlier: Usage,
+    settings: &Settings,
+    stage: ReduceStage,
+) -> Job {
+    let mut job = reduce_step_job(fx, Component::Reduce, stage, images, settings);
     if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         let requests = Requests::of_spec(pod);
         let so_far = CostSoFar {
@@ -261,6 +317,33 @@ pub fn reduce_job(fx: &FeatureExtraction, images: u64, earlier: Usage, settings:
                 value: Some(value.clone()),
                 value_from: None,
             });
+        }
+    }
+    job
+}
+
+/// The fit Job of a run with a projection Job: one pod running `pomona reduce --fit-only` over
+/// the run's `images`, which dead-letters the failed shards (from the
+/// [`failed_shards_config_map`]) and writes the PCA the projection pods project through.
+pub fn fit_job(fx: &FeatureExtraction, images: u64, settings: &Settings) -> Job {
+    reduce_step_job(fx, Component::Fit, ReduceStage::Fit, images, settings)
+}
+
+/// A one-pod Job running `stage` of `pomona reduce` over the run's `images`, reading the failed
+/// shards from the [`failed_shards_config_map`], mounted at [`FAILED_SHARDS_DIR`].
+fn reduce_step_job(
+    fx: &FeatureExtraction,
+    component: Component,
+    stage: ReduceStage,
+    images: u64,
+    settings: &Settings,
+) -> Job {
+    let name = fx.metadata.name.as_deref().unwrap_or_default();
+    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
+    let args = reduce_args(fx, FailedShards::File(file), stage).to_args();
+    let mut job = one_pod(fx, job(fx, component, args, settings, images));
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        for container in &mut pod.containers {
             container
                 .volume_mounts
                 .get_or_insert_with(Vec::new)
@@ -309,7 +392,7 @@ fn failure_policy(permanent_action: &str) -> PodFailurePolicy {
     }
 }
 
-/// What the three Jobs share: metadata, the pod template (with its deadline, from the run's
+/// What the Jobs share: metadata, the pod template (with its deadline, from the run's
 /// `images` where it depends on them) and the run-wide Job fields.
 fn job(
     fx: &FeatureExtraction,
@@ -540,7 +623,7 @@ mod tests {
             gib_seconds: Some(200.0),
         };
         let so_far = |fx: &FeatureExtraction, settings: &Settings| -> CostSoFar {
-            let job = reduce_job(fx, 1000, earlier, settings);
+            let job = reduce_job(fx, 1000, earlier, settings, ReduceStage::Whole);
             let pod = job.spec.unwrap().template.spec.unwrap();
             let env = pod.containers[0].env.clone().unwrap();
             let var = env.iter().find(|v| v.name == env::COST_SO_FAR).unwrap();

@@ -10,14 +10,20 @@ use pomona_crds::FeatureExtraction;
 /// label.
 pub const MAX_JOB_NAME: usize = 63;
 
-/// The three Jobs of a run.
+/// The Jobs of a run: plan, extract and reduce; between the last two, a run of many shards
+/// also has a fit Job and a projection Job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     /// The one-pod Job that lists the source and writes the plan.
     Plan,
     /// The Indexed Job of extractor pods, one index per shard.
     Extract,
-    /// The one-pod Job that fits or applies the PCA.
+    /// The one-pod Job that fits the PCA of a run whose shards a projection Job projects.
+    Fit,
+    /// The Indexed Job that projects groups of shards through the fitted PCA.
+    Project,
+    /// The one-pod Job that fits or applies the PCA (or, after a projection Job, reads the
+    /// reduced files) and writes the report.
     Reduce,
 }
 
@@ -39,12 +45,19 @@ pub const RUN_NAME_ANNOTATION: &str = "pomona.dev/run-name";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 
 impl Component {
+    /// Every component, in the order a run's Jobs run.
+    pub const ALL: [Component; 5] = [
+        Component::Plan,
+        Component::Extract,
+        Component::Fit,
+        Component::Project,
+        Component::Reduce,
+    ];
+
     /// The component of a Job the operator made, from its label.
     pub fn of(job: &k8s_openapi::api::batch::v1::Job) -> Option<Self> {
         let label = job.metadata.labels.as_ref()?.get(COMPONENT_LABEL)?;
-        [Component::Plan, Component::Extract, Component::Reduce]
-            .into_iter()
-            .find(|c| c.as_str() == label)
+        Self::ALL.into_iter().find(|c| c.as_str() == label)
     }
 
     /// The action of the Event that tells this Job was created: one per component, since
@@ -53,6 +66,8 @@ impl Component {
         match self {
             Component::Plan => "CreatePlanJob",
             Component::Extract => "CreateExtractJob",
+            Component::Fit => "CreateFitJob",
+            Component::Project => "CreateProjectJob",
             Component::Reduce => "CreateReduceJob",
         }
     }
@@ -62,14 +77,16 @@ impl Component {
         match self {
             Component::Plan => "plan",
             Component::Extract => "extract",
+            Component::Fit => "fit",
+            Component::Project => "project",
             Component::Reduce => "reduce",
         }
     }
 }
 
-/// The name of a run's Job: `<name>-plan`, `<name>-extract` or `<name>-reduce`. A resource name too long for
-/// a Job, or not a DNS label, is cut and given a stable hash of the full name, so that two
-/// resources never share a Job name.
+/// The name of a run's Job: `<name>-plan`, `<name>-extract`, `<name>-fit`, `<name>-project` or
+/// `<name>-reduce`. A resource name too long for a Job, or not a DNS label, is cut and given a
+/// stable hash of the full name, so that two resources never share a Job name.
 pub fn job_name(fx_name: &str, component: Component) -> String {
     let suffix = component.as_str();
     bounded(fx_name, MAX_JOB_NAME - suffix.len() - 1) + "-" + suffix
@@ -174,7 +191,7 @@ mod tests {
         let long_a = "a".repeat(200);
         let long_b = format!("{}b", "a".repeat(199));
         for name in [long_a.as_str(), &long_b, "x.y.z", "-odd-", "Ünïcode.run"] {
-            for c in [Component::Extract, Component::Reduce] {
+            for c in Component::ALL {
                 let job = job_name(name, c);
                 assert!(job.len() <= MAX_JOB_NAME, "{job}");
                 assert!(job.ends_with(c.as_str()));

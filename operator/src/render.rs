@@ -1,4 +1,4 @@
-//! `pomona-operator render`: the Jobs (and the reduce Job's ConfigMap) the operator would
+//! `pomona-operator render`: the Jobs (and the reduce step's ConfigMap) the operator would
 //! create for a resource, without a cluster, so users see what will run and tests can check
 //! it.
 
@@ -6,9 +6,12 @@ use anyhow::Context;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::cost::Usage;
 
-use crate::jobs::{extract_job, failed_shards_config_map, plan_job, reduce_job};
+use crate::jobs::{
+    extract_job, failed_shards_config_map, fit_job, plan_job, project_job, projection, reduce_job,
+};
 use crate::settings::Settings;
 use pomona_crds::contract::shard_plan;
+use pomona_crds::contract::steps::ReduceStage;
 
 use crate::validate::{Invalid, validate};
 
@@ -17,9 +20,10 @@ pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 /// The namespace of rendered Jobs when the resource names none.
 pub const PLACEHOLDER_NAMESPACE: &str = "default";
 
-/// The plan, extract and reduce Jobs of the resource in `yaml` (with the ConfigMap of the
-/// reduce Job's failed shards, before it), as a multi-document YAML
-/// stream, for a listing of `images` images (and `images_per_shard` overriding the resource's, if given).
+/// The Jobs of the resource in `yaml` (plan, extract, then reduce, or fit, projection and
+/// reduce when the run has a projection Job), with the ConfigMap of the failed shards before
+/// the reduce step's, as a multi-document YAML stream, for a listing of `images` images (and
+/// `images_per_shard` overriding the resource's, if given).
 pub fn render(
     yaml: &str,
     images: u64,
@@ -56,16 +60,22 @@ pub fn render(
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&job)?);
     }
-    // The reduce Job reads the failed shards from a ConfigMap made just before it: here, none
-    // failed (and no pod has run, so its cost so far is nothing).
+    // The fit and reduce Jobs read the failed shards from a ConfigMap made just before the
+    // first of them: here, none failed (and no pod has run, so the cost so far is nothing).
     out.push_str("---\n");
     out.push_str(&serde_yaml::to_string(&failed_shards_config_map(&fx, &[]))?);
-    out.push_str("---\n");
-    out.push_str(&serde_yaml::to_string(&reduce_job(
-        &fx,
-        images,
-        Usage::default(),
-        settings,
-    ))?);
+    let reduce = |stage| reduce_job(&fx, images, Usage::default(), settings, stage);
+    let reduce_step = match projection(&fx.spec, shards) {
+        None => vec![reduce(ReduceStage::Whole)],
+        Some(groups) => vec![
+            fit_job(&fx, images, settings),
+            project_job(&fx, groups, sharding.images_per_shard, settings),
+            reduce(ReduceStage::AfterProjection),
+        ],
+    };
+    for job in reduce_step {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&job)?);
+    }
     Ok(out)
 }

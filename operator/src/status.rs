@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::JobStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use pomona_crds::contract::OutputLayout;
 pub use pomona_crds::contract::PlanTotals;
 use pomona_crds::contract::cost::{self, CostRates, PodUsage};
+use pomona_crds::contract::{OutputLayout, ProjectionGroups};
 use pomona_crds::{
     Cost, FeatureExtractionSpec, FeatureExtractionStatus, ImageCounts, Outputs, PcaResult, Phase,
     ShardCounts,
@@ -56,6 +56,14 @@ pub struct Observed<'a> {
     pub plan_pods: &'a [PodObservation],
     /// Pods of the extract Job (every attempt of every index still present).
     pub extract_pods: &'a [PodObservation],
+    /// Status of the fit Job, if it exists (a run with a projection Job).
+    pub fit: Option<&'a JobStatus>,
+    /// Pods of the fit Job.
+    pub fit_pods: &'a [PodObservation],
+    /// Status of the projection Job, if it exists.
+    pub project: Option<&'a JobStatus>,
+    /// Pods of the projection Job (every attempt of every group still present).
+    pub project_pods: &'a [PodObservation],
     /// Status of the reduce Job, if it exists.
     pub reduce: Option<&'a JobStatus>,
     /// Pods of the reduce Job.
@@ -177,7 +185,71 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
         if suspend {
             return suspended();
         }
-        return verdict(Phase::Reducing, "Reducing", "fitting or applying the PCA");
+        let doing = if obs.project.is_some() {
+            "reading the projected shards and writing the report"
+        } else {
+            "fitting or applying the PCA"
+        };
+        return verdict(Phase::Reducing, "Reducing", doing);
+    }
+    if let Some(project) = obs.project {
+        if job_condition(project, "Complete").is_some() {
+            return verdict(
+                Phase::Reducing,
+                "Projected",
+                "every shard is projected; the reduce pod writes the report",
+            );
+        }
+        if let Some(reason) = job_condition(project, "Failed") {
+            return verdict(
+                Phase::Failed,
+                "ReduceFailed",
+                format!(
+                    "reduce failed: {}",
+                    projection_failure(obs, project, reason)
+                ),
+            );
+        }
+        if suspend {
+            return suspended();
+        }
+        let groups = projection(obs).map_or(0, |g| g.groups());
+        let (done, _) = job_indexes(project);
+        return verdict(
+            Phase::Reducing,
+            "Projecting",
+            format!(
+                "{} of {groups} groups of shards projected through the PCA, {} running",
+                done.len(),
+                project.active.unwrap_or(0)
+            ),
+        );
+    }
+    if let Some(fit) = obs.fit {
+        if job_condition(fit, "Complete").is_some() {
+            return verdict(
+                Phase::Reducing,
+                "Fitted",
+                "the PCA is fitted; the projection Job projects the shards through it",
+            );
+        }
+        if let Some(reason) = job_condition(fit, "Failed") {
+            let why = latest_failure(obs.fit_pods, None)
+                .map_or_else(|| format!("the fit Job failed ({reason})"), |p| p.explain());
+            return verdict(
+                Phase::Failed,
+                "ReduceFailed",
+                format!("reduce failed: fitting the PCA: {why}"),
+            );
+        }
+        if suspend {
+            return suspended();
+        }
+        return verdict(
+            Phase::Reducing,
+            "Fitting",
+            "merging the shards' statistics and fitting the PCA",
+        );
     }
     if let Some(extract) = obs.extract {
         let (_, failed) = job_indexes(extract);
@@ -311,6 +383,37 @@ fn shard_failures(obs: &Observed<'_>, failed: &[u32], reason: &str) -> String {
     out
 }
 
+/// The projection of the run, when it has a projection Job.
+fn projection(obs: &Observed<'_>) -> Option<ProjectionGroups> {
+    match obs.plan {
+        PlanState::Ready(plan) => crate::jobs::projection(obs.spec, plan.shards),
+        PlanState::NotStarted | PlanState::Running => None,
+    }
+}
+
+/// "projecting group 3 (shards 192 to 255): …" of a failed projection Job.
+fn projection_failure(obs: &Observed<'_>, project: &JobStatus, reason: &str) -> String {
+    let (_, failed) = job_indexes(project);
+    let Some(&group) = failed.first() else {
+        return format!("the projection Job failed ({reason})");
+    };
+    let shards = projection(obs).map(|g| g.shards_of(group));
+    let mut out = match shards {
+        Some(s) if !s.is_empty() => format!(
+            "projecting group {group} (shards {} to {})",
+            s.start,
+            s.end - 1
+        ),
+        _ => format!("projecting group {group}"),
+    };
+    if let Some(pod) = latest_failure(obs.project_pods, Some(group)) {
+        out.push_str(&format!(": {}", pod.explain()));
+    } else {
+        out.push_str(&format!(" ({reason})"));
+    }
+    out
+}
+
 /// The last failed pod (of `index`, if given).
 fn latest_failure(pods: &[PodObservation], index: Option<u32>) -> Option<&PodObservation> {
     pods.iter()
@@ -408,7 +511,7 @@ fn pod_counts(obs: &Observed<'_>) -> (Option<ImageCounts>, Option<ShardCounts>) 
     (Some(images), Some(shards))
 }
 
-/// What the run's ended pods used (plan, extract and reduce, every attempt), priced at the
+/// What the run's ended pods used (every Job's, every attempt), priced at the
 /// admin's rates. The cost never goes down: once pods are garbage-collected, what was counted
 /// with them stays.
 fn cost(obs: &Observed<'_>, processed: u64, old: Option<&Cost>) -> Option<Cost> {
@@ -416,6 +519,8 @@ fn cost(obs: &Observed<'_>, processed: u64, old: Option<&Cost>) -> Option<Cost> 
         .plan_pods
         .iter()
         .chain(obs.extract_pods)
+        .chain(obs.fit_pods)
+        .chain(obs.project_pods)
         .chain(obs.reduce_pods)
         .filter_map(PodObservation::usage)
         .collect();

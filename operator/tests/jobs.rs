@@ -4,9 +4,12 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pomona_crds::FeatureExtraction;
-use pomona_crds::contract::ShardPlan;
 use pomona_crds::contract::cost::Usage;
-use pomona_operator::jobs::{CONTAINER, SCRATCH_DIR, extract_job, plan_job, reduce_job};
+use pomona_crds::contract::steps::ReduceStage;
+use pomona_crds::contract::{ProjectionGroups, ShardPlan};
+use pomona_operator::jobs::{
+    CONTAINER, SCRATCH_DIR, extract_job, fit_job, plan_job, project_job, projection, reduce_job,
+};
 use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
 
 fn fx(yaml_patch: impl FnOnce(&mut FeatureExtraction)) -> FeatureExtraction {
@@ -105,11 +108,23 @@ fn extract_job_is_an_indexed_job_with_the_failure_policy() {
 #[test]
 fn every_job_shares_metadata_pod_security_env_and_scheduling() {
     let fx = fx(|fx| fx.spec.runner.active_deadline_seconds = None);
-    for (job, component) in [
-        (plan_job(&fx, &Settings::default()), "plan"),
-        (extract_job(&fx, shards(3), &Settings::default()), "extract"),
+    let groups = ProjectionGroups {
+        shards: 130,
+        shards_per_pod: 64,
+    };
+    let settings = Settings::default();
+    for (job, component, step) in [
+        (plan_job(&fx, &settings), "plan", "plan"),
+        (extract_job(&fx, shards(3), &settings), "extract", "extract"),
+        (fit_job(&fx, 1260, &settings), "fit", "reduce"),
         (
-            reduce_job(&fx, 1260, Usage::default(), &Settings::default()),
+            project_job(&fx, groups, 500, &settings),
+            "project",
+            "project",
+        ),
+        (
+            reduce_job(&fx, 1260, Usage::default(), &settings, ReduceStage::Whole),
+            "reduce",
             "reduce",
         ),
     ] {
@@ -139,10 +154,12 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
         let p = &v["spec"]["template"]["spec"];
         assert_eq!(p["restartPolicy"], "Never");
         // Each step's pods end at a deadline derived from their work: 1 h to plan, 15 min +
-        // 1 s per image of a 500-image shard, 30 min + 1 s per 100 of the 1,260 images.
+        // 1 s per image of a 500-image shard, 30 min + 1 s per 100 of the 1,260 images (or of
+        // a projection group's 64 shards of 500).
         let deadline = match component {
             "plan" => 3600,
             "extract" => 900 + 500,
+            "project" => 1800 + 320,
             _ => 1800 + 13,
         };
         assert_eq!(p["activeDeadlineSeconds"], deadline, "{component}");
@@ -160,7 +177,7 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
         assert_eq!(c["name"], CONTAINER);
         assert_eq!(c["image"], "ghcr.io/pomona-dev/pomona:0.1.0");
         assert_eq!(c["command"][0], "pomona");
-        assert_eq!(c["args"][0], component);
+        assert_eq!(c["args"][0], step);
         assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
         assert_eq!(c["resources"]["limits"]["cpu"], "2");
         let sc = &c["securityContext"];
@@ -231,7 +248,13 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
         ),
     ];
     for (patch, mode) in cases {
-        let job = reduce_job(&fx(patch), 1260, Usage::default(), &Settings::default());
+        let job = reduce_job(
+            &fx(patch),
+            1260,
+            Usage::default(),
+            &Settings::default(),
+            ReduceStage::Whole,
+        );
         let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
         want.extend(mode);
         want.push("--failed-shards-file=/etc/pomona/failed-shards/shards");
@@ -244,6 +267,77 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
         let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
         assert_eq!(rules[1].action, "FailJob");
     }
+}
+
+#[test]
+fn a_run_of_many_shards_splits_its_reduce_step_around_a_projection_job() {
+    let settings = Settings::default();
+    // More shards than a projection pod takes: fit, project in groups, then reduce.
+    let many = fx(|fx| fx.spec.sharding.shards_per_projection_pod = 4);
+    assert_eq!(
+        projection(&many.spec, 4),
+        None,
+        "one group: the reduce pod projects"
+    );
+    let groups = projection(&many.spec, 10).expect("three groups");
+    assert_eq!((groups.groups(), groups.shards_of(2)), (3, 8..10));
+    let reused = fx(|fx| {
+        fx.spec.sharding.shards_per_projection_pod = 4;
+        fx.spec.pca.variance_to_keep = None;
+        fx.spec.pca.from = Some("s3://fruits/runs/old/pca/".into());
+    });
+    assert_eq!(
+        projection(&reused.spec, 10),
+        None,
+        "a reused PCA is applied by the extract pods"
+    );
+
+    let file = "--failed-shards-file=/etc/pomona/failed-shards/shards";
+    let fit = fit_job(&many, 5000, &settings);
+    let args = container(&fit).args.clone().unwrap();
+    assert_eq!(args[0], "reduce");
+    assert!(args.contains(&"--fit-only".to_string()), "{args:?}");
+    assert!(args.contains(&file.to_string()), "{args:?}");
+    assert_eq!(pod(&fit).volumes.as_ref().unwrap()[1].name, "failed-shards");
+    assert!(
+        env(&fit, "POMONA_COST_SO_FAR").is_none(),
+        "only the last pod reports the cost"
+    );
+
+    let project = project_job(&many, groups, 500, &settings);
+    assert_eq!(
+        container(&project).args.clone().unwrap(),
+        [
+            "project",
+            "--output=s3://fruits/runs/fruits-360/",
+            "--shards-per-pod=4",
+            "--path-style=true"
+        ]
+    );
+    let spec = project.spec.as_ref().unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!(spec.completions, Some(3));
+    assert_eq!(spec.parallelism, Some(3), "at most the groups");
+    assert_eq!(
+        spec.max_failed_indexes,
+        Some(0),
+        "no image left unprojected"
+    );
+    assert_eq!(spec.backoff_limit_per_index, Some(3));
+    let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+    assert_eq!(rules[1].action, "FailIndex");
+
+    let last = reduce_job(
+        &many,
+        5000,
+        Usage::default(),
+        &settings,
+        ReduceStage::AfterProjection,
+    );
+    let args = container(&last).args.clone().unwrap();
+    assert!(args.contains(&"--after-projection".to_string()), "{args:?}");
+    assert!(args.contains(&file.to_string()), "{args:?}");
+    assert!(env(&last, "POMONA_COST_SO_FAR").is_some());
 }
 
 #[test]
@@ -289,7 +383,13 @@ fn the_spec_overrides_every_pod_deadline() {
     for job in [
         plan_job(&fx, &Settings::default()),
         extract_job(&fx, shards(3), &Settings::default()),
-        reduce_job(&fx, 1260, Usage::default(), &Settings::default()),
+        reduce_job(
+            &fx,
+            1260,
+            Usage::default(),
+            &Settings::default(),
+            ReduceStage::Whole,
+        ),
     ] {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.active_deadline_seconds, Some(600));

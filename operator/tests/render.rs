@@ -1,6 +1,7 @@
-//! `render` of the complete Fruits-360 example gives Jobs (and a ConfigMap) that pass `kubernetes-validate
-//! --strict` for Kubernetes 1.33 (the binary comes from scripts/tools.sh), and refuses what the
-//! operator refuses.
+//! `render` of the complete Fruits-360 example gives Jobs (and a ConfigMap) that pass
+//! `kubernetes-validate --strict` for Kubernetes 1.33 (the binary comes from
+//! scripts/tools.sh), with and without a projection Job, and refuses what the operator
+//! refuses.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,24 +26,40 @@ fn settings() -> Settings {
 
 #[test]
 fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
-    let yaml = render(&example(), 1260, None, &settings()).unwrap();
-    // Three Jobs, and the reduce Job's ConfigMap of failed shards.
-    assert_eq!(yaml.matches("\n---\n").count() + 1, 4 + 1, "{yaml}");
-    assert!(yaml.starts_with("# Rendered by pomona-operator without a cluster"));
-    assert!(yaml.contains(PLACEHOLDER_UID));
-    for job in [
+    // Three Jobs and the reduce Job's ConfigMap of failed shards; in 126 shards of 10, more
+    // than a projection pod takes, a fit Job and a projection Job of two groups too.
+    let one_pod_reduce = [
         "fruits-360-plan",
         "fruits-360-extract",
         "fruits-360-reduce-failed-shards",
         "fruits-360-reduce",
+    ];
+    let split_reduce = [
+        "fruits-360-plan",
+        "fruits-360-extract",
+        "fruits-360-reduce-failed-shards",
+        "fruits-360-fit",
+        "fruits-360-project",
+        "fruits-360-reduce",
+    ];
+    for (per_shard, objects, completions) in [
+        (None, &one_pod_reduce[..], "completions: 3"),
+        (Some(10), &split_reduce[..], "completions: 2"),
     ] {
-        assert!(yaml.contains(&format!("name: {job}")), "{job}");
+        let yaml = render(&example(), 1260, per_shard, &settings()).unwrap();
+        assert_eq!(yaml.matches("\n---\n").count(), objects.len(), "{yaml}");
+        assert!(yaml.starts_with("# Rendered by pomona-operator without a cluster"));
+        assert!(yaml.contains(PLACEHOLDER_UID));
+        for name in objects {
+            assert!(yaml.contains(&format!("name: {name}\n")), "{name}");
+        }
+        assert!(yaml.contains(completions), "{completions}: {yaml}");
+        validate_strictly(&yaml, objects.len());
     }
-    assert!(
-        yaml.contains("completions: 3"),
-        "1,260 images in shards of 500"
-    );
+}
 
+/// Runs `kubernetes-validate --strict` for Kubernetes 1.33 on the `objects` in `yaml`.
+fn validate_strictly(yaml: &str, objects: usize) {
     let validator = std::env::var("POMONA_KUBERNETES_VALIDATE").unwrap_or_default();
     assert!(
         !validator.is_empty() && Path::new(&validator).is_file(),
@@ -52,7 +69,7 @@ fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
     );
     let dir = tempdir();
     let file = dir.join("fruits-360-jobs.yaml");
-    std::fs::write(&file, &yaml).unwrap();
+    std::fs::write(&file, yaml).unwrap();
     let out = Command::new(&validator)
         .args(["--strict", "-k", "1.33.0"])
         .arg(&file)
@@ -62,7 +79,7 @@ fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}\n{yaml}");
     let text = format!("{stdout}{stderr}");
-    assert_eq!(text.matches("passed").count(), 4, "{text}");
+    assert_eq!(text.matches("passed").count(), objects, "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

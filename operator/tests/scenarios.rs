@@ -453,6 +453,198 @@ async fn a_failed_index_within_max_failed_shards_is_dead_lettered_by_reduce() {
     );
 }
 
+/// Plays the extract pods and the Job controller: shards 0 and 2 done, shard 1 failed for good
+/// within the tolerance of one.
+async fn extracted_with_shard_1_failed(h: &Harness) {
+    h.start().await;
+    h.extracted(0, 0, 4, 0);
+    h.pod(EXTRACT, 1, 0, "Failed", 3, "");
+    h.extracted(2, 0, 2, 0);
+    h.job_status(
+        EXTRACT,
+        json!({
+            "active": 0, "succeeded": 2, "failed": 1,
+            "completedIndexes": "0,2", "failedIndexes": "1",
+            "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]
+        }),
+    );
+}
+
+#[tokio::test]
+async fn a_run_of_many_shards_fits_then_projects_in_groups_then_reduces() {
+    let h = Harness::new(|fx| {
+        fx.spec.sharding.max_failed_shards = 1;
+        fx.spec.sharding.shards_per_projection_pod = 2;
+    });
+    extracted_with_shard_1_failed(&h).await;
+
+    // 1. The fit Job first, with the failed shard in the ConfigMap it mounts.
+    h.api.clear_calls();
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Reducing));
+    let args = h.args(FIT);
+    assert_eq!(args[0], "reduce");
+    for arg in [
+        "--fit-only",
+        "--variance-to-keep=0.95",
+        "--failed-shards-file=/etc/pomona/failed-shards/shards",
+    ] {
+        assert!(args.contains(&arg.to_string()), "{arg} in {args:?}");
+    }
+    let list = h
+        .api
+        .object("/api/v1/namespaces/fruits/configmaps/fruits-360-reduce-failed-shards")
+        .expect("the ConfigMap of failed shards");
+    assert_eq!(list["data"]["shards"], "1");
+    for later in [PROJECT, REDUCE] {
+        assert!(h.api.object(later).is_none(), "{later} before the fit");
+    }
+    assert_eq!(h.event_reasons(), ["JobCreated", "Reducing"]);
+    h.job_status(FIT, json!({"active": 1}));
+    h.step().await;
+    assert_eq!(h.condition("Progressing").1, "Fitting");
+    h.api.clear_calls();
+    h.step().await;
+    assert!(h.api.writes().is_empty(), "{:?}", h.api.writes());
+
+    // 2. The fit pod wrote the PCA: the projection Job, one index per group of two shards.
+    let fit = PodSummary {
+        images: 10,
+        processed: 6,
+        failed: 4,
+        seconds: 1.0,
+        pca: Some(PcaResult {
+            components: 5,
+            explained_variance: 0.95,
+            reused: false,
+        }),
+        ..PodSummary::new(Step::Reduce)
+    };
+    h.pod(FIT, 0, 0, "Succeeded", 0, &fit.to_line());
+    h.job_status(FIT, complete(json!({"succeeded": 1})));
+    h.api.clear_calls();
+    h.step().await;
+    let job = h.job(PROJECT);
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 2);
+    assert_eq!(job["spec"]["maxFailedIndexes"], 0);
+    assert_eq!(
+        h.args(PROJECT),
+        [
+            "project",
+            "--output=s3://fruits/runs/fruits-360/",
+            "--shards-per-pod=2",
+            "--path-style=true"
+        ]
+    );
+    assert!(
+        h.api.object(REDUCE).is_none(),
+        "no reduce before the projection"
+    );
+    assert_eq!(h.writes_to(FIT).len(), 0, "a finished Job is left alone");
+    assert_eq!(h.condition("Progressing").1, "Fitted");
+    h.job_status(PROJECT, json!({"active": 2}));
+    h.step().await;
+    let status = h.status();
+    assert!(
+        status.pca.is_none(),
+        "the run's PCA is the reduce pod's to report"
+    );
+    assert_eq!(
+        status.message.as_deref(),
+        Some("0 of 2 groups of shards projected through the PCA, 2 running")
+    );
+
+    // 3. Suspended while it projects, then resumed.
+    h.job_status(PROJECT, json!({"active": 1, "completedIndexes": "0"}));
+    h.step().await;
+    assert_eq!(
+        h.status().message.as_deref(),
+        Some("1 of 2 groups of shards projected through the PCA, 1 running")
+    );
+    h.api.edit(FX, json!({"spec": {"suspend": true}}));
+    h.step().await;
+    assert_eq!(h.job(PROJECT)["spec"]["suspend"], true);
+    assert_eq!(h.status().phase, Some(Phase::Suspended));
+    h.api.edit(FX, json!({"spec": {"suspend": false}}));
+    h.step().await;
+    assert_eq!(h.job(PROJECT)["spec"]["suspend"], false);
+
+    // 4. Every group projected: the reduce Job reads the fit pod's PCA and the reduced files.
+    h.job_status(
+        PROJECT,
+        complete(json!({"succeeded": 2, "completedIndexes": "0-1"})),
+    );
+    h.step().await;
+    let args = h.args(REDUCE);
+    for arg in [
+        "--after-projection",
+        "--variance-to-keep=0.95",
+        "--failed-shards-file=/etc/pomona/failed-shards/shards",
+    ] {
+        assert!(args.contains(&arg.to_string()), "{arg} in {args:?}");
+    }
+    assert_eq!(h.status().phase, Some(Phase::Reducing));
+
+    // 5. The reduce pod reports: Succeeded; the TTL removes all five Jobs.
+    let pca = PcaResult {
+        components: 5,
+        explained_variance: 0.95,
+        reused: false,
+    };
+    h.reduced(4, pca.clone());
+    h.job_status(REDUCE, complete(json!({"succeeded": 1})));
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(status.pca, Some(pca));
+    h.api
+        .edit(FX, json!({"spec": {"ttlSecondsAfterFinished": 0}}));
+    h.step().await;
+    for job in [PLAN, EXTRACT, FIT, PROJECT, REDUCE] {
+        assert!(h.api.object(job).is_none(), "{job} removed");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_projection_group_fails_the_run_with_its_shards() {
+    let h = Harness::new(|fx| {
+        fx.spec.sharding.max_failed_shards = 1;
+        fx.spec.sharding.shards_per_projection_pod = 2;
+    });
+    extracted_with_shard_1_failed(&h).await;
+    h.step().await;
+    h.pod(FIT, 0, 0, "Succeeded", 0, "");
+    h.job_status(FIT, complete(json!({"succeeded": 1})));
+    h.step().await;
+    let broke = PodSummary {
+        error: Some("s3://fruits/runs/fruits-360/features/part-00002.parquet: truncated".into()),
+        ..PodSummary::new(Step::Project)
+    };
+    h.pod(PROJECT, 1, 0, "Failed", 3, &broke.to_line());
+    h.job_status(
+        PROJECT,
+        json!({
+            "completedIndexes": "0", "failedIndexes": "1",
+            "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]
+        }),
+    );
+    h.step().await;
+    let status = h.status();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert_eq!(h.condition("Failed").1, "ReduceFailed");
+    let message = status.message.unwrap();
+    assert!(
+        message.starts_with("reduce failed: projecting group 1 (shards 2 to 2): "),
+        "{message}"
+    );
+    assert!(message.contains("truncated"), "{message}");
+    assert!(
+        h.api.object(REDUCE).is_none(),
+        "no reduce after a failed projection"
+    );
+}
+
 #[tokio::test]
 async fn suspend_pauses_and_resume_continues() {
     // Suspended from the start: nothing is listed or created.

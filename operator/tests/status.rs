@@ -80,6 +80,9 @@ struct Case {
     plan: PlanState,
     extract: Option<JobStatus>,
     pods: Vec<PodObservation>,
+    fit: Option<JobStatus>,
+    project: Option<JobStatus>,
+    project_pods: Vec<PodObservation>,
     reduce: Option<JobStatus>,
     phase: Phase,
     images: Option<(u64, u64, u64)>,
@@ -99,6 +102,9 @@ fn base(name: &'static str, phase: Phase) -> Case {
         plan: PlanState::Ready(PLAN),
         extract: None,
         pods: vec![],
+        fit: None,
+        project: None,
+        project_pods: vec![],
         reduce: None,
         phase,
         images: None,
@@ -261,6 +267,77 @@ fn cases() -> Vec<Case> {
             message: "reduce failed: the reduce Job failed (PodFailurePolicy)",
             ..base("reduce failed", Phase::Failed)
         },
+        // A run with a projection Job (one shard a group here): fit, project, reduce.
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(None, "", "", 1)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "merging the shards' statistics and fitting the PCA",
+            ..base("fitting", Phase::Reducing)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(Some(("Failed", "PodFailurePolicy")), "", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "reduce failed: fitting the PCA: the fit Job failed (PodFailurePolicy)",
+            ..base("fit failed", Phase::Failed)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            project: Some(job(None, "0", "", 2)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "1 of 3 groups of shards projected through the PCA, 2 running",
+            ..base("projecting", Phase::Reducing)
+        },
+        Case {
+            suspend: true,
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            project: Some(job(None, "0", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            ..base("projection suspended", Phase::Suspended)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            project: Some(job(Some(("Failed", "FailedIndexes")), "0", "1", 0)),
+            project_pods: vec![pod(1, PodPhase::Failed, 0, 0, 9)],
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "reduce failed: projecting group 1 (shards 1 to 1): ",
+            ..base("projection failed", Phase::Failed)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            project: Some(job(Some(("Complete", "CompletionsReached")), "0-2", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "every shard is projected; the reduce pod writes the report",
+            ..base("projected", Phase::Reducing)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            fit: Some(job(Some(("Complete", "CompletionsReached")), "", "", 0)),
+            project: Some(job(Some(("Complete", "CompletionsReached")), "0-2", "", 0)),
+            reduce: Some(job(None, "", "", 1)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "reading the projected shards and writing the report",
+            ..base("reducing after the projection", Phase::Reducing)
+        },
     ]
 }
 
@@ -274,6 +351,10 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         extract: c.extract.as_ref(),
         plan_pods: &[],
         extract_pods: &c.pods,
+        fit: c.fit.as_ref(),
+        fit_pods: &[],
+        project: c.project.as_ref(),
+        project_pods: &c.project_pods,
         reduce: c.reduce.as_ref(),
         reduce_pods: &[],
         pca: c.pca.as_ref(),
@@ -290,6 +371,7 @@ fn job_and_pod_states_give_phase_conditions_and_counts() {
         let mut spec = spec();
         spec.suspend = c.suspend;
         spec.sharding.max_failed_shards = c.max_failed;
+        spec.sharding.shards_per_projection_pod = 1;
         let s = observe(&c, &spec);
         let name = c.name;
         assert_eq!(s.phase, Some(c.phase), "{name}: {s:?}");
@@ -363,6 +445,10 @@ fn extracting<'a>(
         extract: Some(extract),
         plan_pods: &[],
         extract_pods: pods,
+        fit: None,
+        fit_pods: &[],
+        project: None,
+        project_pods: &[],
         reduce: None,
         reduce_pods: &[],
         pca: None,
@@ -448,6 +534,10 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
         extract: None,
         plan_pods: &[],
         extract_pods: &[],
+        fit: None,
+        fit_pods: &[],
+        project: None,
+        project_pods: &[],
         reduce: None,
         reduce_pods: &[],
         pca: None,

@@ -9,9 +9,12 @@ use clap::Parser;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use pomona_crds::FeatureExtraction;
-use pomona_crds::contract::steps::{self, ExtractArgs, FailedShards, ShardList};
+use pomona_crds::contract::steps::{
+    self, ExtractArgs, FailedShards, ProjectArgs, ReduceStage, ShardList,
+};
 use pomona_operator::jobs::{
-    CONTAINER, FAILED_SHARDS_DIR, FAILED_SHARDS_KEY, extract_args, plan_args, reduce_args,
+    CONTAINER, FAILED_SHARDS_DIR, FAILED_SHARDS_KEY, extract_args, plan_args, project_args,
+    projection, reduce_args,
 };
 use pomona_operator::render::render;
 use pomona_operator::settings::{List, Settings};
@@ -49,49 +52,78 @@ fn every_rendered_job_parses_with_the_runner_s_parser_into_its_contract() {
         }
         examples += 1;
         let yaml = std::fs::read_to_string(&path).unwrap();
-        let rendered = render(&yaml, 1260, None, &settings())
-            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        let docs: Vec<serde_yaml::Value> = rendered
-            .split("\n---\n")
-            .skip(1)
-            .map(|doc| serde_yaml::from_str(doc).unwrap())
-            .collect();
-        let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"] == kind).cloned();
-        let jobs: Vec<Job> = of_kind("Job")
-            .map(|d| serde_yaml::from_value(d).unwrap())
-            .collect();
-        assert_eq!(jobs.len(), 3, "{}", path.display());
-        // The reduce pod's file of failed shards, as the runner reads it: none here.
-        let lists: Vec<ConfigMap> = of_kind("ConfigMap")
-            .map(|d| serde_yaml::from_value(d).unwrap())
-            .collect();
-        let data = lists[0].data.as_ref().unwrap();
-        assert_eq!(
-            data[FAILED_SHARDS_KEY].parse::<ShardList>(),
-            Ok(ShardList::default())
-        );
-        // What the operator built each Job from (render stamps a placeholder uid).
-        let mut fx: FeatureExtraction = serde_yaml::from_str(&yaml).unwrap();
-        fx.metadata.uid = Some(pomona_operator::render::PLACEHOLDER_UID.into());
-        for job in &jobs {
-            let argv = command_line(job);
-            assert_eq!(argv[0], steps::PROGRAM);
-            let parsed = Cli::try_parse_from(&argv)
-                .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()))
-                .command;
-            match parsed {
-                Command::Plan(c) => assert_eq!(c.contract(), Some(plan_args(&fx))),
-                Command::Extract(c) => assert_eq!(ExtractArgs::from(&c), extract_args(&fx)),
-                Command::Reduce(c) => {
-                    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
-                    let expected = reduce_args(&fx, FailedShards::File(file));
-                    assert_eq!(c.contract(), Some(expected))
-                }
-                Command::Run(_) | Command::Sweep(_) => {
-                    panic!("the operator runs only plan, extract and reduce")
-                }
-            }
+        // The run as written, and split into 126 shards: more than a projection pod takes,
+        // so a run that fits its PCA has a fit Job and a projection Job too.
+        for images_per_shard in [None, Some(10)] {
+            check_rendered(&path, &yaml, images_per_shard);
         }
     }
     assert!(examples >= 3, "the examples in {}", dir.display());
+}
+
+/// Checks the Jobs `render` makes of the example at `path` for 1,260 images.
+fn check_rendered(path: &Path, yaml: &str, images_per_shard: Option<u32>) {
+    let rendered = render(yaml, 1260, images_per_shard, &settings())
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let docs: Vec<serde_yaml::Value> = rendered
+        .split("\n---\n")
+        .skip(1)
+        .map(|doc| serde_yaml::from_str(doc).unwrap())
+        .collect();
+    let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"] == kind).cloned();
+    let jobs: Vec<Job> = of_kind("Job")
+        .map(|d| serde_yaml::from_value(d).unwrap())
+        .collect();
+    let mut fx: FeatureExtraction = serde_yaml::from_str(yaml).unwrap();
+    fx.metadata.uid = Some(pomona_operator::render::PLACEHOLDER_UID.into());
+    if let Some(per_shard) = images_per_shard {
+        fx.spec.sharding.images_per_shard = per_shard;
+    }
+    let shards = 1260u32.div_ceil(fx.spec.sharding.images_per_shard);
+    let split = projection(&fx.spec, shards).is_some();
+    assert_eq!(
+        split,
+        images_per_shard.is_some() && fx.spec.pca.from.is_none(),
+        "{}",
+        path.display()
+    );
+    assert_eq!(jobs.len(), if split { 5 } else { 3 }, "{}", path.display());
+    // The reduce pod's file of failed shards, as the runner reads it: none here.
+    let lists: Vec<ConfigMap> = of_kind("ConfigMap")
+        .map(|d| serde_yaml::from_value(d).unwrap())
+        .collect();
+    let data = lists[0].data.as_ref().unwrap();
+    assert_eq!(
+        data[FAILED_SHARDS_KEY].parse::<ShardList>(),
+        Ok(ShardList::default())
+    );
+    // What the operator built each Job from (render stamps a placeholder uid).
+    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
+    for job in &jobs {
+        let argv = command_line(job);
+        assert_eq!(argv[0], steps::PROGRAM);
+        let parsed = Cli::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()))
+            .command;
+        match parsed {
+            Command::Plan(c) => assert_eq!(c.contract(), Some(plan_args(&fx))),
+            Command::Extract(c) => assert_eq!(ExtractArgs::from(&c), extract_args(&fx)),
+            Command::Reduce(c) => {
+                let stage = match (split, job.metadata.name.as_deref()) {
+                    (false, _) => ReduceStage::Whole,
+                    (true, Some(name)) if name.ends_with("-fit") => ReduceStage::Fit,
+                    (true, _) => ReduceStage::AfterProjection,
+                };
+                let expected = reduce_args(&fx, FailedShards::File(file.clone()), stage);
+                assert_eq!(c.contract(), Some(expected))
+            }
+            Command::Project(c) => {
+                assert!(split);
+                assert_eq!(ProjectArgs::from(&c), project_args(&fx))
+            }
+            Command::Run(_) | Command::Sweep(_) => {
+                panic!("the operator runs only plan, extract, project and reduce")
+            }
+        }
+    }
 }
