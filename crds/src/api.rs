@@ -383,7 +383,7 @@ fn from_arg<T: Copy>(all: &[T], name: fn(T) -> &'static str, s: &str) -> Result<
 /// Sharding and failure tolerance.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.imagesPerShard == oldSelf.imagesPerShard && self.retriesPerShard == oldSelf.retriesPerShard && self.maxFailedShards == oldSelf.maxFailedShards").message("only sharding.parallelism can change after creation: the plan and the Job's failure policy are fixed when the run starts"))]
+#[x_kube(validation = Rule::new("self.imagesPerShard == oldSelf.imagesPerShard && self.retriesPerShard == oldSelf.retriesPerShard && self.maxFailedShards == oldSelf.maxFailedShards && self.shardsPerProjectionPod == oldSelf.shardsPerProjectionPod").message("only sharding.parallelism can change after creation: the plan, the Jobs and their failure policy are fixed when the run starts"))]
 pub struct ShardingSpec {
     /// Images per shard (the last shard takes the rest). One extractor pod processes one
     /// shard; a retry redoes one shard only.

@@ -777,14 +777,19 @@ impl<'a> Run<'a> {
     /// The `JobCreated` Event of a new Job.
     async fn job_created(&self, name: &str, desired: &Job) {
         let spec = desired.spec.as_ref();
+        let component = Component::of(desired);
         let what = match spec.and_then(|s| s.completions) {
             Some(n) if spec.and_then(|s| s.completion_mode.as_deref()) == Some("Indexed") => {
                 let plural = if n == 1 { "" } else { "s" };
-                format!("created Job {name}: {n} shard{plural}")
+                let unit = match component {
+                    Some(Component::Project) => "group",
+                    _ => "shard",
+                };
+                format!("created Job {name}: {n} {unit}{plural}")
             }
             _ => format!("created Job {name}"),
         };
-        let action = Component::of(desired).map_or("CreateJob", Component::create_action);
+        let action = component.map_or("CreateJob", Component::create_action);
         self.event(EventType::Normal, "JobCreated", action, &what)
             .await;
     }

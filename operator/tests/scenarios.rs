@@ -528,6 +528,15 @@ async fn a_run_of_many_shards_fits_then_projects_in_groups_then_reduces() {
     assert_eq!(job["spec"]["completionMode"], "Indexed");
     assert_eq!(job["spec"]["completions"], 2);
     assert_eq!(job["spec"]["maxFailedIndexes"], 0);
+    let created = h
+        .api
+        .writes()
+        .into_iter()
+        .find(|c| c.path.starts_with(EVENTS))
+        .and_then(|c| c.body)
+        .unwrap();
+    assert_eq!(created["note"], "created Job fruits-360-project: 2 groups");
+    assert_eq!(created["action"], "CreateProjectJob");
     assert_eq!(
         h.args(PROJECT),
         [

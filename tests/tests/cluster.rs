@@ -176,6 +176,102 @@ async fn cluster_run_succeeds_and_writes_every_output() {
     assert_no_forbidden(&run.client, &run.settings).await;
 }
 
+/// A run of more shards than `shardsPerProjectionPod` reduces in three Jobs: the fit pod, a
+/// projection Job of one index per group of shards, then the reduce pod, which reads the
+/// PCA and the reduced files they wrote. Every reduced file comes from the one PCA, every image
+/// is accounted for, and the cost counts every pod of the five Jobs.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_a_run_of_many_shards_projects_in_a_job_of_its_own() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 3, 20);
+    let run = Run::new(cluster, "project", images).await;
+    let n = run.images.len();
+    let per_shard = n.div_ceil(5);
+    let expected_shards = shards(n, per_shard);
+    let fx = run.resource(
+        "many",
+        json!({ "imagesPerShard": per_shard, "parallelism": 2, "shardsPerProjectionPod": 2 }),
+    );
+    let api = run.apply(&fx).await;
+    let done = run.wait_finished(&api, "many").await;
+    assert_succeeded(&done, n, 0, expected_shards);
+
+    let groups = expected_shards.div_ceil(2);
+    let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
+    let job = |name: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.get(&format!("many-{name}"))
+                .await
+                .unwrap_or_else(|e| panic!("the {name} Job: {e}"))
+        }
+    };
+    let project = job("project").await;
+    let spec = project.spec.clone().expect("a spec");
+    assert_eq!(spec.completions, Some(groups as i32));
+    let status = project.status.clone().expect("a status");
+    assert_eq!(status.succeeded, Some(groups as i32), "{status:?}");
+    let args = |job: &Job| -> Vec<String> {
+        let pod = job
+            .spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .expect("a pod");
+        pod.containers[0].args.clone().unwrap_or_default()
+    };
+    assert!(args(&job("fit").await).contains(&"--fit-only".to_string()));
+    assert!(args(&job("reduce").await).contains(&"--after-projection".to_string()));
+    assert_eq!(run.pods("many", "project").await.len(), groups as usize);
+    run.assert_event(
+        "many",
+        "Normal",
+        "JobCreated",
+        &format!("created Job many-project: {groups} groups"),
+    )
+    .await;
+
+    let out = run.output().await;
+    let dead = assert_outputs(&out, expected_shards).await;
+    assert!(dead.is_empty(), "{dead:?}");
+    let report: serde_json::Value = serde_json::from_slice(
+        &out.get("report/summary.json")
+            .await
+            .expect("report/summary.json"),
+    )
+    .expect("a JSON summary");
+    assert_eq!(report["pcaMode"], "fit");
+    assert_eq!(report["fittedOn"].as_u64(), Some(n as u64));
+    assert_eq!(report["processed"].as_u64(), Some(n as u64));
+    let pca_sha256 = report["pcaSha256"].as_str().expect("pcaSha256").to_string();
+    for shard in 0..expected_shards {
+        let key = format!("reduced/part-{shard:05}.parquet");
+        let data = out.get(&key).await.expect("a reduced file");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data).expect("Parquet");
+        let kv = reader.metadata().file_metadata().key_value_metadata();
+        let made_by = kv
+            .into_iter()
+            .flatten()
+            .find(|k| k.key == "pomona.pca_sha256")
+            .and_then(|k| k.value.clone());
+        assert_eq!(made_by.as_deref(), Some(pca_sha256.as_str()), "{key}");
+    }
+    // Every pod of the five Jobs is counted, and the report's cost is the status's.
+    let cost = done
+        .status
+        .as_ref()
+        .and_then(|s| s.cost.clone())
+        .expect("status.cost");
+    assert!(
+        cost.pods >= 1 + expected_shards + 1 + groups + 1,
+        "{cost:?}"
+    );
+    let reported: pomona_crds::Cost =
+        serde_json::from_value(report["cost"].clone()).expect("a cost in report/summary.json");
+    assert_eq!(reported.pods, cost.pods, "{reported:?} against {cost:?}");
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
 /// A bucket the run's identity cannot read fails the run at planning, with `AccessDenied` in
 /// its status and a Warning Event; a runner image outside the admin's allow-list is refused
 /// before any Job exists.
