@@ -109,6 +109,7 @@ fn client_alone(server: &S3Server, n: usize) -> (f64, f64) {
         let options = GetOptions {
             if_match: None,
             max_bytes: Some(50 << 20),
+            range: None,
         };
         let total: usize = futures::stream::iter(&keys)
             .map(|k| {

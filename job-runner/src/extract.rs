@@ -47,6 +47,7 @@ impl ImageSource for StorageSource {
         let options = GetOptions {
             if_match: etag,
             max_bytes: Some(self.max_bytes),
+            range: None,
         };
         match self.storage.get_with(key, &options).await {
             Ok(bytes) => Ok(bytes),
@@ -344,16 +345,13 @@ impl Extractor {
         output
             .delete_prefix(&output.relative(&layout.reduced(shard))?)
             .await?;
-        let features = tokio::fs::read(&features)
-            .await
-            .with_context(|| format!("cannot read back {}", features.display()))?;
-        let features = Bytes::from(features);
         output
-            .put(&output.relative(&layout.features(shard))?, features.clone())
+            .put_file(&output.relative(&layout.features(shard))?, &features)
             .await?;
         if let Some((pca, sha256)) = &self.projection {
-            let file = FeatureFile::open(features).context("cannot read back the features")?;
-            let reduced = project_file(file, pca, sha256, |_, _| Ok(()))?;
+            let file =
+                FeatureFile::open_local(&features).context("cannot read back the features")?;
+            let reduced = project_file(file, pca, sha256, |_, _| Ok(())).await?;
             output
                 .put(
                     &output.relative(&layout.reduced(shard))?,

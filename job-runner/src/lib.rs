@@ -44,6 +44,7 @@ pub mod report;
 pub mod resize;
 pub mod reuse;
 pub mod stats;
+pub mod stored_parquet;
 pub mod sweep;
 pub mod window;
 

@@ -285,15 +285,17 @@ impl Reuse {
         for ((run, shard), paths) in wanted {
             let previous = &self.previous[run];
             let uri = OutputLayout::new(&previous.storage.uri()).features(shard);
-            let data = get_if_present(&previous.storage, &uri)
-                .await?
-                .ok_or_else(|| {
-                    Permanent(format!(
+            let key = previous.storage.relative(&uri)?;
+            let file = match FeatureFile::open_stored(&previous.storage, &key).await {
+                Ok(file) => file,
+                Err(e) if is_not_found(&e) => {
+                    return Err(Permanent(format!(
                         "{uri} is gone: the run to reuse lost the features of a complete shard"
                     ))
-                })?;
-            let file = FeatureFile::open(data)
-                .with_context(|| format!("{uri} is not a readable feature file"))?;
+                    .into());
+                }
+                Err(e) => return Err(e.context(format!("{uri} is not a readable feature file"))),
+            };
             if file.dim != dim {
                 return Err(Permanent(format!(
                     "{uri} holds {}-value features, this run's model gives {dim}",
@@ -301,7 +303,8 @@ impl Reuse {
                 ))
                 .into());
             }
-            for batch in file.batches()? {
+            let mut batches = file.next_batches()?;
+            while let Some(batch) = batches.next().await {
                 let batch = batch.with_context(|| format!("cannot read {uri}"))?;
                 for (i, path) in batch.paths.iter().enumerate() {
                     if let Some(&position) = path.and_then(|p| paths.get(p)) {
@@ -339,6 +342,13 @@ fn dead_letter_paths(data: Bytes) -> anyhow::Result<HashSet<String>> {
         paths.extend(column.iter().flatten().map(str::to_string));
     }
     Ok(paths)
+}
+
+/// Whether `e` says an object is not there.
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<pomona_storage::StorageError>())
+        .any(|s| s.kind() == ErrorKind::NotFound)
 }
 
 async fn get_if_present(storage: &Storage, uri: &str) -> anyhow::Result<Option<Bytes>> {

@@ -637,7 +637,9 @@ async fn project_shards(
         let uri = layout.features(shard);
         let features = match first.take() {
             Some(file) => file,
-            None => FeatureFile::open(get(out, &uri).await?).with_context(|| uri.clone())?,
+            None => FeatureFile::open_stored(out, &out.relative(&uri)?)
+                .await
+                .with_context(|| uri.clone())?,
         };
         if features.origin.model_sha256 != origin.model_sha256
             || features.origin.preprocessing != origin.preprocessing
@@ -650,6 +652,7 @@ async fn project_shards(
             .into());
         }
         let reduced = project::project_file(features, pca, pca_sha256, &mut each)
+            .await
             .with_context(|| uri.clone())?;
         put(out, &layout.reduced(shard), reduced).await?;
     }
@@ -831,8 +834,9 @@ pub async fn reduce(
     // The first complete shard's features tell the run's dimension and provenance; the
     // projection starts with them.
     let first_uri = layout.features(census.complete[0]);
-    let first =
-        FeatureFile::open(get(out, &first_uri).await?).with_context(|| first_uri.clone())?;
+    let first = FeatureFile::open_stored(out, &out.relative(&first_uri)?)
+        .await
+        .with_context(|| first_uri.clone())?;
     let (dim, origin) = (first.dim, first.origin.clone());
     let provenance = Provenance {
         model_sha256: origin.model_sha256.clone(),

@@ -15,14 +15,20 @@ use std::sync::Arc;
 use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderBuilder, ParquetRecordBatchReaderBuilder};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
+use pomona_storage::Storage;
+
 use super::pca::Origin;
+use crate::stored_parquet::StoredParquet;
 
 /// One batch of feature rows of a shard.
 pub struct FeatureRows {
@@ -46,11 +52,57 @@ pub struct FeatureFile {
     /// a feature file.
     pub pca_sha256: String,
     column: &'static str,
-    builder: ParquetRecordBatchReaderBuilder<Bytes>,
+    source: Source,
 }
+
+/// Where a file's row groups are read from.
+enum Source {
+    /// All of it, in memory.
+    Memory(ParquetRecordBatchReaderBuilder<Bytes>),
+    /// A local file, a row group at a time.
+    File(ParquetRecordBatchReaderBuilder<std::fs::File>),
+    /// An object in storage, a row group (one ranged read) at a time.
+    Stored(Box<ParquetRecordBatchStreamBuilder<StoredParquet>>),
+}
+
+/// Rows a batch: the writer's row group ([`crate::parquet_out`] writes 1,024), so that every
+/// source hands the same batches, and the reduced files the same bytes.
+const BATCH_ROWS: usize = 1024;
 
 fn bad(what: &str) -> ParquetError {
     ParquetError::General(format!("not a pomona feature file: {what}"))
+}
+
+/// The dimension, rows, provenance and PCA checksum a file's footer and schema give, for its
+/// vectors in `column`.
+fn describe<T>(
+    builder: &ArrowReaderBuilder<T>,
+    column: &str,
+) -> Result<(usize, u64, Origin, String), ParquetError> {
+    let meta = builder.metadata().file_metadata();
+    let rows = meta.num_rows() as u64;
+    let kv = meta.key_value_metadata().cloned().unwrap_or_default();
+    let get = |key: &str| {
+        kv.iter()
+            .find(|k| k.key == key)
+            .and_then(|k| k.value.clone())
+            .unwrap_or_default()
+    };
+    let origin = Origin {
+        model_sha256: get("pomona.model_sha256"),
+        model_uri: get("pomona.model_uri"),
+        preprocessing: get("pomona.preprocessing"),
+        versions: get("pomona.versions"),
+    };
+    let field = builder
+        .schema()
+        .field_with_name(column)
+        .map_err(|_| bad(&format!("no {column} column")))?;
+    let dim = match field.data_type() {
+        DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Float32 => *n as usize,
+        other => return Err(bad(&format!("{column} is {other}"))),
+    };
+    Ok((dim, rows, origin, get("pomona.pca_sha256")))
 }
 
 impl FeatureFile {
@@ -63,79 +115,112 @@ impl FeatureFile {
     /// `column` (`features`, or `pca` for a reduced file).
     pub fn open_vectors(data: Bytes, column: &'static str) -> Result<Self, ParquetError> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(data)?;
-        let meta = builder.metadata().file_metadata();
-        let rows = meta.num_rows() as u64;
-        let kv = meta.key_value_metadata().cloned().unwrap_or_default();
-        let get = |key: &str| {
-            kv.iter()
-                .find(|k| k.key == key)
-                .and_then(|k| k.value.clone())
-                .unwrap_or_default()
-        };
-        let origin = Origin {
-            model_sha256: get("pomona.model_sha256"),
-            model_uri: get("pomona.model_uri"),
-            preprocessing: get("pomona.preprocessing"),
-            versions: get("pomona.versions"),
-        };
-        let field = builder
-            .schema()
-            .field_with_name(column)
-            .map_err(|_| bad(&format!("no {column} column")))?;
-        let dim = match field.data_type() {
-            DataType::FixedSizeList(item, n) if item.data_type() == &DataType::Float32 => {
-                *n as usize
-            }
-            other => return Err(bad(&format!("{column} is {other}"))),
-        };
+        Self::described(describe(&builder, column)?, column, Source::Memory(builder))
+    }
+
+    /// Opens a local feature file, read a row group at a time.
+    pub fn open_local(path: &std::path::Path) -> Result<Self, ParquetError> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| ParquetError::General(format!("cannot open {}: {e}", path.display())))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        Self::described(
+            describe(&builder, "features")?,
+            "features",
+            Source::File(builder),
+        )
+    }
+
+    /// Opens the feature file `key` of `storage`, read a row group at a time (its footer first,
+    /// then one ranged read a row group), so that memory holds one row group whatever the
+    /// shard's size.
+    pub async fn open_stored(storage: &Storage, key: &str) -> anyhow::Result<Self> {
+        let object = StoredParquet::open(storage, key).await?;
+        let builder = ParquetRecordBatchStreamBuilder::new(object).await?;
+        Ok(Self::described(
+            describe(&builder, "features")?,
+            "features",
+            Source::Stored(Box::new(builder)),
+        )?)
+    }
+
+    fn described(
+        (dim, rows, origin, pca_sha256): (usize, u64, Origin, String),
+        column: &'static str,
+        source: Source,
+    ) -> Result<Self, ParquetError> {
         Ok(Self {
             dim,
             rows,
             origin,
-            pca_sha256: get("pomona.pca_sha256"),
+            pca_sha256,
             column,
-            builder,
+            source,
         })
     }
 
-    /// The rows, a batch at a time.
+    /// The rows, a batch at a time, of a file in memory or on local disk.
+    ///
+    /// # Panics
+    /// On a file opened from storage: its rows are read by [`Self::next_batches`].
     pub fn batches(
         self,
     ) -> Result<impl Iterator<Item = Result<FeatureRows, ParquetError>>, ParquetError> {
         let (dim, name) = (self.dim, self.column);
-        let reader = self.builder.with_batch_size(1024).build()?;
-        Ok(reader.map(move |batch| {
-            let batch = batch?;
-            let column = |name: &str| -> Result<&ArrayRef, ParquetError> {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| bad(&format!("no {name} column")))
-            };
-            let strings = |name: &str| -> Result<StringArray, ParquetError> {
-                column(name)?
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .cloned()
-                    .ok_or_else(|| bad(&format!("{name} is not utf8")))
-            };
-            let features = column(name)?
-                .as_any()
-                .downcast_ref::<FixedSizeListArray>()
-                .ok_or_else(|| bad(&format!("{name} is not a fixed-size list")))?;
-            let items = features
-                .values()
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .ok_or_else(|| bad(&format!("{name} are not float32")))?;
-            let start = features.value_offset_at(0);
-            let values = items.values()[start..start + features.len() * dim].to_vec();
-            Ok(FeatureRows {
-                paths: strings("path")?,
-                labels: strings("label")?,
-                values,
-            })
-        }))
+        let reader = match self.source {
+            Source::Memory(b) => b.with_batch_size(BATCH_ROWS).build()?,
+            Source::File(b) => b.with_batch_size(BATCH_ROWS).build()?,
+            Source::Stored(_) => panic!("a stored feature file is read by next_batches"),
+        };
+        Ok(reader.map(move |batch| rows_of(&batch?, dim, name)))
     }
+
+    /// The rows, a batch at a time, of a file from any source: a file from storage reads one
+    /// row group at a time.
+    pub fn next_batches(
+        self,
+    ) -> Result<BoxStream<'static, Result<FeatureRows, ParquetError>>, ParquetError> {
+        let (dim, name) = (self.dim, self.column);
+        Ok(match self.source {
+            Source::Stored(b) => b
+                .with_batch_size(BATCH_ROWS)
+                .build()?
+                .map(move |batch| rows_of(&batch?, dim, name))
+                .boxed(),
+            Source::Memory(_) | Source::File(_) => futures::stream::iter(self.batches()?).boxed(),
+        })
+    }
+}
+
+/// The paths, labels and vectors (`dim` values each, in `name`) of a batch.
+fn rows_of(batch: &RecordBatch, dim: usize, name: &str) -> Result<FeatureRows, ParquetError> {
+    let column = |name: &str| -> Result<&ArrayRef, ParquetError> {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| bad(&format!("no {name} column")))
+    };
+    let strings = |name: &str| -> Result<StringArray, ParquetError> {
+        column(name)?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| bad(&format!("{name} is not utf8")))
+    };
+    let features = column(name)?
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .ok_or_else(|| bad(&format!("{name} is not a fixed-size list")))?;
+    let items = features
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| bad(&format!("{name} are not float32")))?;
+    let start = features.value_offset_at(0);
+    let values = items.values()[start..start + features.len() * dim].to_vec();
+    Ok(FeatureRows {
+        paths: strings("path")?,
+        labels: strings("label")?,
+        values,
+    })
 }
 
 /// Schema of the reduced files for `k` components.
@@ -213,16 +298,18 @@ impl ReducedWriter {
 
 /// Projects a shard's `features` through `pca` (whose file has sha256 `pca_sha256`) into its
 /// `reduced/part-NNNNN.parquet` bytes, a batch of rows at a time, handing each batch and its
-/// `k` values per row to `each`. The extract step (with a reused PCA) and the reduce step both
-/// make reduced files here, so the two give the same bytes.
-pub fn project_file(
+/// `k` values per row to `each`. The extract step (with a reused PCA), the projection pods and
+/// the reduce step all make reduced files here, so they give the same bytes; a file opened from
+/// storage or local disk is read a row group at a time.
+pub async fn project_file(
     features: FeatureFile,
     pca: &super::pca::Pca,
     pca_sha256: &str,
     mut each: impl FnMut(&FeatureRows, &[f32]) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<u8>> {
     let mut writer = ReducedWriter::new(pca.k(), &features.origin, pca_sha256)?;
-    for rows in features.batches()? {
+    let mut batches = features.next_batches()?;
+    while let Some(rows) = batches.next().await {
         let rows = rows?;
         let reduced = pca.project(&rows.values);
         each(&rows, &reduced)?;

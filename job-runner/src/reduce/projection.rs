@@ -9,13 +9,13 @@
 //! from [`ProjectionGroups`], the one definition the operator sizes the Job with.
 //!
 //! A shard without features is skipped: the fit pod dead-lettered it (its extract pods failed
-//! for good), and its census refused any other missing shard. A retried pod projects its group
-//! again, into the same bytes.
+//! for good), and its census refused any other missing shard. Feature files are read a row
+//! group at a time ([`FeatureFile::open_stored`]), so a pod's memory does not grow with the
+//! shards' size. A retried pod projects its group again, into the same bytes.
 
 use std::time::Instant;
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
 use pomona_crds::contract::{OutputLayout, ProjectionGroups};
 use pomona_storage::Storage;
 
@@ -24,9 +24,6 @@ use super::project::{self, FeatureFile};
 use super::{get, put, secs};
 use crate::infer::sha256_hex;
 use crate::{Permanent, Usage};
-
-/// Feature files fetched ahead of the one being projected.
-const FETCHES_AHEAD: usize = 2;
 
 /// What one projection pod did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,29 +74,23 @@ pub async fn project_group(
         shards.end.saturating_sub(1),
         pca.k()
     );
-    let layout = &layout;
-    let mut files = futures::stream::iter(shards)
-        .map(|shard| async move {
-            let uri = layout.features(shard);
-            if !out.exists(&out.relative(&uri)?).await? {
-                return anyhow::Ok((shard, None));
-            }
-            Ok((shard, Some(get(out, &uri).await?)))
-        })
-        .buffered(FETCHES_AHEAD);
     let mut outcome = GroupOutcome::default();
-    while let Some((shard, data)) = files.try_next().await? {
-        let Some(data) = data else {
+    for shard in shards {
+        let uri = layout.features(shard);
+        let key = out.relative(&uri)?;
+        if !out.exists(&key).await? {
             crate::say!("pomona: project: shard {shard} has no features (dead-lettered): skipped");
             outcome.skipped += 1;
             continue;
-        };
-        let uri = layout.features(shard);
-        let features = FeatureFile::open(data).with_context(|| uri.clone())?;
+        }
+        let features = FeatureFile::open_stored(out, &key)
+            .await
+            .with_context(|| uri.clone())?;
         pca.check_applies_to(features.dim, &features.origin)
             .map_err(|e| Permanent(format!("{uri}: {e}")))?;
         let rows = features.rows;
         let reduced = project::project_file(features, &pca, &pca_sha256, |_, _| Ok(()))
+            .await
             .with_context(|| uri.clone())?;
         put(out, &layout.reduced(shard), reduced).await?;
         outcome.shards += 1;

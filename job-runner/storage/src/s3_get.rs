@@ -38,6 +38,13 @@ impl S3Store {
         if let Some(etag) = options.if_match {
             request = request.if_match(etag);
         }
+        if let Some(range) = options.range {
+            // HTTP ranges are inclusive; an empty one reads nothing and needs no request.
+            if range.end <= range.start {
+                return Ok(Bytes::new());
+            }
+            request = request.range(format!("bytes={}-{}", range.start, range.end - 1));
+        }
         let out = match tokio::time::timeout(timeout, request.send()).await {
             Ok(result) => result.map_err(|e| from_sdk(ctx, e))?,
             Err(_) => return Err(self.timed_out(ctx, "no response", timeout)),

@@ -30,6 +30,27 @@ pub struct GetOptions<'a> {
     /// Fail with [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) rather than read more than
     /// this many bytes.
     pub max_bytes: Option<u64>,
+    /// Read only these bytes of the object (S3: a `Range` request), cut at its end; a range
+    /// that starts at or past the end is an error ([`ErrorKind::Other`](crate::ErrorKind::Other)).
+    pub range: Option<ByteRange>,
+}
+
+/// The bytes `start` up to (not including) `end` of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The first byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl From<std::ops::Range<u64>> for ByteRange {
+    fn from(r: std::ops::Range<u64>) -> Self {
+        Self {
+            start: r.start,
+            end: r.end,
+        }
+    }
 }
 
 /// How to reach S3. Everything unset comes from the default AWS configuration chain.
@@ -221,6 +242,20 @@ impl Storage {
             Backend::S3(s) => s.get_with(key, options).await,
             Backend::Local(l) => l.get_with(key, options).await,
         }
+    }
+
+    /// The bytes `range` of object `key` (one ranged read: how a Parquet file is read a row
+    /// group at a time).
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StorageError> {
+        let options = GetOptions {
+            range: Some(range.into()),
+            ..GetOptions::default()
+        };
+        self.get_with(key, &options).await
     }
 
     /// What this storage's requests (and its clones') went through so far: zero for local

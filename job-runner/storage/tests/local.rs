@@ -187,9 +187,11 @@ async fn local_reads_are_conditioned_on_the_planned_stamp_and_bounded_in_size() 
     let read = GetOptions {
         if_match: Some("planned"),
         max_bytes: None,
+        range: None,
     };
     let missing = s.get_with("b.jpg", &read).await.unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+    testing::assert_ranged_reads(&s).await;
 }
 
 #[tokio::test]

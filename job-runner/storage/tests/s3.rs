@@ -321,4 +321,5 @@ async fn reads_are_conditioned_on_the_planned_etag_and_bounded_in_size() {
     let counts = s.counts();
     assert_eq!((counts.retries, counts.throttled), (0, 0), "{counts:?}");
     assert!(counts.requests >= 6, "{counts:?}");
+    testing::assert_ranged_reads(&s).await;
 }

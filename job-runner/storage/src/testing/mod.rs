@@ -261,6 +261,41 @@ pub async fn copy_all(
     Ok(copied)
 }
 
+/// Checks on `s` the ranged reads every storage answers as S3 does: the bytes asked for, cut
+/// at the object's end, conditioned and bounded like whole reads; an empty range reads
+/// nothing; a range starting past the end is refused.
+///
+/// # Panics
+/// When the contract does not hold.
+pub async fn assert_ranged_reads(s: &Storage) {
+    let text = Bytes::from_static(b"0123456789abcdef");
+    s.put("r.bin", text.clone()).await.unwrap();
+    for (range, want) in [
+        (0..16, &text[..]),
+        (3..7, &text[3..7]),
+        (10..99, &text[10..]),
+        (15..16, &text[15..]),
+        (5..5, &b""[..]),
+    ] {
+        let got = s.get_range("r.bin", range.clone()).await.unwrap();
+        assert_eq!(&got[..], want, "{range:?}");
+    }
+    let planned = s.head("r.bin").await.unwrap().unwrap().etag.unwrap();
+    let conditioned = GetOptions {
+        if_match: Some(&planned),
+        max_bytes: Some(4),
+        range: Some((4..8).into()),
+    };
+    assert_eq!(
+        &s.get_with("r.bin", &conditioned).await.unwrap()[..],
+        b"4567"
+    );
+    let past = s.get_range("r.bin", 16..20).await.unwrap_err();
+    assert!(!past.is_retryable(), "{past}");
+    let missing = s.get_range("nothing.bin", 0..4).await.unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+}
+
 /// Checks on `s` the read contract every storage keeps: a read conditioned on the planned ETag
 /// (or file stamp) and bounded in size returns the object; a bound below its size fails as
 /// `TooLarge`; once the object is rewritten, the conditioned read fails as `Changed`. Returns
@@ -276,6 +311,7 @@ pub async fn assert_conditional_reads(s: &Storage) -> (StorageError, StorageErro
     let read = GetOptions {
         if_match: Some(&planned),
         max_bytes: Some(13),
+        range: None,
     };
     assert_eq!(
         &s.get_with("a.jpg", &read).await.unwrap()[..],
@@ -284,6 +320,7 @@ pub async fn assert_conditional_reads(s: &Storage) -> (StorageError, StorageErro
     let small = GetOptions {
         if_match: None,
         max_bytes: Some(12),
+        range: None,
     };
     let big = s.get_with("a.jpg", &small).await.unwrap_err();
     assert_eq!(big.kind(), ErrorKind::TooLarge, "{big}");
