@@ -383,7 +383,7 @@ fn from_arg<T: Copy>(all: &[T], name: fn(T) -> &'static str, s: &str) -> Result<
 /// Sharding and failure tolerance.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.imagesPerShard == oldSelf.imagesPerShard && self.retriesPerShard == oldSelf.retriesPerShard && self.maxFailedShards == oldSelf.maxFailedShards && self.shardsPerProjectionPod == oldSelf.shardsPerProjectionPod").message("only sharding.parallelism can change after creation: the plan, the Jobs and their failure policy are fixed when the run starts"))]
+#[x_kube(validation = Rule::new("self.imagesPerShard == oldSelf.imagesPerShard && self.retriesPerShard == oldSelf.retriesPerShard && self.maxFailedShards == oldSelf.maxFailedShards && self.shardsPerProjectionPod == oldSelf.shardsPerProjectionPod && self.shardsPerMergePod == oldSelf.shardsPerMergePod").message("only sharding.parallelism can change after creation: the plan, the Jobs and their failure policy are fixed when the run starts"))]
 pub struct ShardingSpec {
     /// Images per shard (the last shard takes the rest). One extractor pod processes one
     /// shard; a retry redoes one shard only.
@@ -416,6 +416,13 @@ pub struct ShardingSpec {
     #[serde(default = "default_shards_per_projection_pod")]
     #[schemars(range(min = 1, max = 100_000))]
     pub shards_per_projection_pod: u32,
+
+    /// Shards whose statistics one merge pod merges: 64, 4096 or 262144 (a block of the merge
+    /// tree, so that the PCA has the bytes of one pod's merge). A run of more shards that fits
+    /// its PCA merges them in a Job of their own, one pod a block, before the fit pod.
+    #[serde(default = "default_shards_per_merge_pod")]
+    #[x_kube(validation = Rule::new("self == 64 || self == 4096 || self == 262144").message("shardsPerMergePod must be 64, 4096 or 262144: a block of the statistics' merge tree"))]
+    pub shards_per_merge_pod: u32,
 }
 
 impl Default for ShardingSpec {
@@ -426,6 +433,7 @@ impl Default for ShardingSpec {
             retries_per_shard: default_retries_per_shard(),
             max_failed_shards: 0,
             shards_per_projection_pod: default_shards_per_projection_pod(),
+            shards_per_merge_pod: default_shards_per_merge_pod(),
         }
     }
 }
@@ -816,6 +824,9 @@ fn default_parallelism() -> u32 {
 }
 fn default_shards_per_projection_pod() -> u32 {
     crate::contract::DEFAULT_SHARDS_PER_PROJECTION_POD
+}
+fn default_shards_per_merge_pod() -> u32 {
+    crate::contract::DEFAULT_SHARDS_PER_MERGE_POD
 }
 fn default_retries_per_shard() -> u32 {
     3

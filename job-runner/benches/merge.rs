@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pomona_crds::contract::OutputLayout;
-use pomona_runner::reduce::{STATS_IN_FLIGHT, merged_moments};
+use pomona_runner::reduce::STATS_IN_FLIGHT;
+use pomona_runner::reduce::merge::merge_shards;
 use pomona_runner::stats::Moments;
 use pomona_storage::Storage;
 use pomona_storage::testing::S3Server;
@@ -181,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let shards: Vec<u32> = (0..o.files).collect();
+    let shards: std::collections::BTreeSet<u32> = (0..o.files).collect();
     let mut reference: Option<Vec<u8>> = None;
     let latency = format!("s3s-fs + {} ms", o.latency.as_millis());
     for (source, storage) in [("s3s-fs", &direct), (latency.as_str(), &far)] {
@@ -191,7 +192,9 @@ async fn main() -> anyhow::Result<()> {
         };
         for in_flight in widths {
             let t = Instant::now();
-            let merged = merged_moments(storage, &layout, &shards, in_flight).await?;
+            let merged = merge_shards(storage, &layout, 0..o.files, &shards, in_flight)
+                .await?
+                .expect("statistics to merge");
             let seconds = t.elapsed().as_secs_f64();
             let bytes = merged.to_bytes();
             match &reference {

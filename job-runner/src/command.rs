@@ -37,6 +37,9 @@ pub enum Command {
     /// Project one group of a run's shards through the PCA its fit pod wrote (a pod of the
     /// projection Job, between `reduce --fit-only` and `reduce --after-projection`).
     Project(ProjectCommand),
+    /// Merge the statistics of one block of a run's shards (a pod of the merge Job, before
+    /// `reduce --merged-blocks`).
+    Merge(MergeCommand),
     /// Run the whole pipeline on this machine: plan, extract every shard not yet done, then
     /// reduce (a PCA of 50 components unless told otherwise).
     Run(RunCommand),
@@ -149,9 +152,41 @@ pub struct ReduceCommand {
     /// again, and the reduced files the Job made.
     #[arg(long, conflicts_with = "pca_from")]
     pub after_projection: bool,
+    /// Fit on the statistics the merge Job merged in blocks of this many shards
+    /// (stats/blocks/), not on every shard's: a block whose shards are not the ones the census
+    /// finds complete is merged again here, from its shards.
+    #[arg(long, value_name = "SHARDS", conflicts_with_all = ["pca_from", "after_projection"], value_parser = crate::reduce::merge::block_size)]
+    pub merged_blocks: Option<u32>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub s3: S3Args,
+}
+
+/// `pomona merge`.
+#[derive(Args, Debug)]
+pub struct MergeCommand {
+    /// The run's output prefix (s3://bucket/prefix/ or a folder).
+    #[arg(long)]
+    pub output: String,
+    /// Shards a block (the merge Job's pod): 64, 4096 or 262144.
+    #[arg(long, value_parser = crate::reduce::merge::block_size)]
+    pub shards_per_pod: u32,
+    /// The block to merge. Default: $JOB_COMPLETION_INDEX (set by an Indexed Job).
+    #[arg(long, env = env::SHARD)]
+    pub block: Option<u32>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub s3: S3Args,
+}
+
+impl From<&MergeCommand> for steps::MergeArgs {
+    fn from(c: &MergeCommand) -> Self {
+        Self {
+            output: c.output.clone(),
+            shards_per_pod: c.shards_per_pod,
+            storage: (&c.s3).into(),
+        }
+    }
 }
 
 /// `pomona project`.
@@ -322,6 +357,7 @@ impl ReduceCommand {
                 None => steps::FailedShards::Listed(self.failed_shards.clone()),
             },
             stage: self.stage(),
+            merged_blocks: self.merged_blocks,
             storage: (&self.s3).into(),
         })
     }
@@ -409,6 +445,9 @@ mod tests {
                 steps::ReduceStage::AfterProjection,
             ),
         ] {
+            let merged_blocks = (stage == steps::ReduceStage::Fit
+                && !matches!(pca, steps::PcaMode::From(_)))
+            .then_some(64);
             let reduce = steps::ReduceArgs {
                 output: "s3://b/runs/1/".into(),
                 pca,
@@ -416,6 +455,7 @@ mod tests {
                 clusters: Some(steps::ClusterCount::Auto),
                 failed_shards: steps::FailedShards::Listed("1,3-5".parse().unwrap()),
                 stage,
+                merged_blocks,
                 storage: storage.clone(),
             };
             let Command::Reduce(parsed) = parse(&reduce.to_args()) else {
@@ -432,6 +472,15 @@ mod tests {
             assert_eq!(parsed.contract(), Some(in_file));
         }
 
+        let merge = steps::MergeArgs {
+            output: "s3://b/runs/1/".into(),
+            shards_per_pod: 4096,
+            storage: storage.clone(),
+        };
+        let Command::Merge(parsed) = parse(&merge.to_args()) else {
+            panic!("not a merge")
+        };
+        assert_eq!(steps::MergeArgs::from(&parsed), merge);
         let project = steps::ProjectArgs {
             output: "s3://b/runs/1/".into(),
             shards_per_pod: 3,

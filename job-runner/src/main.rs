@@ -11,7 +11,8 @@ use pomona_crds::PcaResult;
 use pomona_crds::contract::{PlanTotals, PodSummary, Step};
 use pomona_runner::cli;
 use pomona_runner::command::{
-    Cli, Command, ExtractCommand, PlanCommand, ProjectCommand, ReduceCommand, RunCommand,
+    Cli, Command, ExtractCommand, MergeCommand, PlanCommand, ProjectCommand, ReduceCommand,
+    RunCommand,
 };
 use pomona_runner::reduce::{self, DEFAULT_COMPONENTS, ReduceOutcome, ReduceRequest, ShardList};
 use pomona_runner::report::ReduceSummary;
@@ -141,6 +142,7 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
         Command::Extract(c) => extract(c, outcome).await,
         Command::Run(c) => run(c, outcome).await,
         Command::Project(c) => project(c, outcome).await,
+        Command::Merge(c) => merge(c, outcome).await,
         Command::Sweep(args) => {
             pomona_runner::sweep::sweep(&args).await?;
             Ok(())
@@ -166,6 +168,7 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
                 csv: c.pca.csv,
                 failed_shards: &failed_shards,
                 clusters: c.clusters.clusters,
+                merged_blocks: c.merged_blocks,
             };
             let cost_of = cost_of
                 .as_ref()
@@ -175,6 +178,23 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
             Ok(())
         }
     }
+}
+
+/// `pomona merge`: one block of shards' statistics merged.
+async fn merge(c: MergeCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
+    outcome.step = Some(Step::Merge);
+    let block = c.block.ok_or_else(|| {
+        Usage(
+            "no block: pass --block N, or run as an Indexed Job pod (JOB_COMPLETION_INDEX)".into(),
+        )
+    })?;
+    let config = c.s3.config();
+    let out = Storage::open(&c.output, &config).await?;
+    outcome.storages = vec![out.clone()];
+    let merged = reduce::merge::merge_block(&out, block, c.shards_per_pod).await?;
+    outcome.images = merged.images;
+    outcome.processed = merged.images;
+    Ok(())
 }
 
 /// `pomona project`: one group of shards through the run's fitted PCA.
@@ -396,6 +416,7 @@ async fn run(c: RunCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
         csv: c.pca.csv,
         failed_shards: &ShardList::default(),
         clusters: c.clusters.clusters,
+        merged_blocks: None,
     };
     let reduced = reduce::reduce(&out, &config, &request, Some(&cli::process_cost)).await?;
     let ReduceOutcome::Reduced(summary) = reduced else {

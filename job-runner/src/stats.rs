@@ -32,9 +32,11 @@
 //! Floating-point merges depend on their order, so the order is fixed: [`MergeTree`] merges the
 //! shards' statistics in groups of [`MERGE_FAN_IN`] consecutive shards, left to right, then the
 //! groups' results in groups of [`MERGE_FAN_IN`], and so on. Up to [`MERGE_FAN_IN`] shards this is
-//! one left-to-right merge. Any aligned block of `MERGE_FAN_IN^k` consecutive shards is a subtree:
-//! merged on its own (by another process, in any place) and handed in at level `k`, it gives the
-//! same bytes as merging its shards in one stream. Memory stays at one accumulator per level.
+//! one left-to-right merge. The tree's leaves are the run's shards by number: a shard without
+//! statistics (failed for good) is a hole, which keeps its place and merges nothing. Any aligned
+//! block of `MERGE_FAN_IN^k` consecutive shards is a subtree: merged on its own (by a merge pod)
+//! and handed in as one part of a tree of the blocks, it gives the same bytes as merging its
+//! shards in one stream. Memory stays at one accumulator per level.
 
 use std::collections::HashMap;
 
@@ -240,8 +242,9 @@ pub const MERGE_FAN_IN: usize = 64;
 #[derive(Debug)]
 pub struct MergeTree {
     fan_in: usize,
-    /// Per level (0: the parts pushed): the open group's merged parts and how many.
-    open: Vec<Option<(Moments, usize)>>,
+    /// Per level (0: the parts pushed): the open group's merged parts (`None` while they are
+    /// all holes) and how many.
+    open: Vec<Option<(Option<Moments>, usize)>>,
 }
 
 impl MergeTree {
@@ -263,10 +266,16 @@ impl MergeTree {
 
     /// Adds the next part, in order.
     pub fn push(&mut self, part: Moments) -> Result<(), StatsError> {
+        self.push_at(0, Some(part))
+    }
+
+    /// Adds the next part, or a hole (`None`: a shard without statistics, or a block without
+    /// any), which takes its place in the tree and merges nothing.
+    pub fn push_part(&mut self, part: Option<Moments>) -> Result<(), StatsError> {
         self.push_at(0, part)
     }
 
-    fn push_at(&mut self, level: usize, part: Moments) -> Result<(), StatsError> {
+    fn push_at(&mut self, level: usize, part: Option<Moments>) -> Result<(), StatsError> {
         if self.open.len() <= level {
             self.open.resize_with(level + 1, || None);
         }
@@ -276,7 +285,11 @@ impl MergeTree {
                 1 == self.fan_in
             }
             Some((group, parts)) => {
-                group.merge(&part)?;
+                match (group.as_mut(), part) {
+                    (Some(g), Some(p)) => g.merge(&p)?,
+                    (None, Some(p)) => *group = Some(p),
+                    (_, None) => {}
+                }
                 *parts += 1;
                 *parts == self.fan_in
             }
@@ -288,15 +301,16 @@ impl MergeTree {
         Ok(())
     }
 
-    /// The merge of every part pushed (`None` for none): the open groups close from the lowest
-    /// level up, each handed to the level above; a group of one part is that part, unchanged.
+    /// The merge of every part pushed (`None` for none, or only holes): the open groups close
+    /// from the lowest level up, each handed to the level above; a group of one part is that
+    /// part, unchanged.
     pub fn finish(mut self) -> Result<Option<Moments>, StatsError> {
         let mut level = 0;
         while level < self.open.len() {
             let highest = level + 1 == self.open.len();
             if let Some((group, _)) = self.open[level].take() {
                 if highest {
-                    return Ok(Some(group));
+                    return Ok(group);
                 }
                 self.push_at(level + 1, group)?;
             }
@@ -475,6 +489,34 @@ mod tests {
                 );
             }
         }
+        // With holes (shards that failed for good), blocks merged apart still give the bytes
+        // of one stream, a block of holes only being a hole itself.
+        let holed: Vec<Option<Moments>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i % 7 != 3 && !(9..18).contains(&i)).then(|| m.clone()))
+            .collect();
+        let merge_parts = |parts: &[Option<Moments>]| {
+            let mut tree = MergeTree::with_fan_in(fan_in);
+            for p in parts {
+                tree.push_part(p.clone()).unwrap();
+            }
+            tree.finish().unwrap()
+        };
+        let whole = merge_parts(&holed).unwrap();
+        let present: u64 = holed.iter().flatten().map(Moments::count).sum();
+        assert_eq!(whole.count(), present);
+        for block in [fan_in, fan_in * fan_in, fan_in.pow(3)] {
+            let results: Vec<Option<Moments>> = holed.chunks(block).map(merge_parts).collect();
+            assert!(
+                block != 9 || results[1].is_none(),
+                "shards 9 to 17 are holes"
+            );
+            let merged = merge_parts(&results).unwrap();
+            assert_eq!(merged.to_bytes(), whole.to_bytes(), "blocks of {block}");
+        }
+        assert_eq!(merge_parts(&[None, None]), None);
+
         // Not a tautology: another grouping gives other bytes.
         let shards = &all[..10];
         let mut flat = shards[0].clone();

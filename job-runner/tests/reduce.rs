@@ -860,3 +860,125 @@ fn a_reduce_split_around_a_projection_job_writes_the_bytes_of_one_pod() {
     assert_eq!((s.images, s.processed, s.failed), (n, n - lost, lost));
     assert!(!Path::new(&layout.reduced(1)).exists());
 }
+
+#[test]
+fn statistics_merged_in_blocks_by_merge_pods_give_the_pca_of_one_merge() {
+    common::init_ort();
+    let dir = TempDir::new("reduce-merge-job");
+    // One image a shard: 120 shards, two blocks of 64.
+    let (output, n) = run(
+        dir.path(),
+        "run",
+        &["Pineapple 1", "Tomato 1"],
+        &["--images-per-shard", "1", "--components", "4"],
+    );
+    let layout = OutputLayout::new(&output);
+    assert_eq!(read_json(&layout.plan())["shards"], n);
+    let pca_file = format!("{}pca.safetensors", layout.pca_dir());
+    let reduce = |extra: &[&str]| {
+        let mut args = vec!["reduce", "--output", &output, "--components", "4"];
+        args.extend_from_slice(extra);
+        let out = pomona(&args, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            std::fs::read(&pca_file).unwrap(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let merge = |block: &str| {
+        let args = ["merge", "--output", &output, "--shards-per-pod", "64"];
+        let out = pomona(&args, &[(env::SHARD, block)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        summary(&out)
+    };
+    let (one_merge, _) = reduce(&[]);
+
+    // The merge Job: two pods, then the fit from their blocks.
+    let first = merge("0");
+    assert_eq!(first.step, pomona_crds::contract::Step::Merge);
+    assert_eq!(first.processed, 64);
+    assert_eq!(merge("1").processed, n - 64);
+    let (from_blocks, said) = reduce(&["--fit-only", "--merged-blocks", "64"]);
+    assert!(from_blocks == one_merge, "the bytes of one merge");
+    assert!(
+        said.contains("from the merge Job's blocks of 64 shards (0 merged again here)"),
+        "{said}"
+    );
+
+    // Shard 5 fails for good after the merge: its block no longer matches the census, and the
+    // fit merges it again itself, into the bytes of one merge of the shards left.
+    for uri in [layout.features(5), layout.deadletter(5), layout.stats(5)] {
+        std::fs::remove_file(uri).unwrap();
+    }
+    let (again, said) = reduce(&[
+        "--fit-only",
+        "--merged-blocks",
+        "64",
+        "--failed-shards",
+        "5",
+    ]);
+    assert!(
+        said.contains("block 0 (shards 0 to 63) merged other shards than the census finds complete: merged again here"),
+        "{said}"
+    );
+    let (without_5, _) = reduce(&["--failed-shards", "5"]);
+    assert!(
+        again == without_5,
+        "a failed shard is a hole, however merged"
+    );
+    assert!(without_5 != one_merge);
+    // Merged again by its pod (which sees shard 5 incomplete), block 0 is used as it is.
+    merge("0");
+    let (blocks, said) = reduce(&[
+        "--fit-only",
+        "--merged-blocks",
+        "64",
+        "--failed-shards",
+        "5",
+    ]);
+    assert!(blocks == without_5);
+    assert!(said.contains("(0 merged again here)"), "{said}");
+
+    // A block past the last, and a block that is no subtree of the merge tree, are refused.
+    let past = pomona(
+        &[
+            "merge",
+            "--output",
+            &output,
+            "--shards-per-pod",
+            "64",
+            "--block",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(past.status.code(), Some(exit::USAGE));
+    assert!(
+        summary(&past)
+            .error
+            .unwrap()
+            .contains("past the last of the 2 blocks")
+    );
+    let odd = pomona(
+        &[
+            "merge",
+            "--output",
+            &output,
+            "--shards-per-pod",
+            "100",
+            "--block",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(odd.status.code(), Some(exit::USAGE));
+    assert!(String::from_utf8_lossy(&odd.stderr).contains("not a block of the merge tree"));
+}

@@ -28,12 +28,11 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use pomona_crds::contract::cost::{PodUsage, Usage};
-use pomona_crds::contract::steps::ReduceStage;
-use pomona_crds::contract::{MAX_SHARDS, ProjectionGroups, ShardPlan, shard_plan};
+use pomona_crds::contract::{MAX_SHARDS, ShardPlan, shard_plan};
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec, FeatureExtractionStatus, Phase};
 
 use crate::jobs::{
-    self, extract_job, failed_shards_config_map, fit_job, plan_job, project_job, reduce_job,
+    self, ReduceStepJob, extract_job, failed_shards_config_map, plan_job, reduce_step_job,
 };
 use crate::leader::Leadership;
 use crate::lifecycle::{self, Expiry, MissingSummary};
@@ -267,11 +266,13 @@ struct Run<'a> {
 struct Jobs {
     plan: Option<Job>,
     extract: Option<Job>,
+    merge: Option<Job>,
     fit: Option<Job>,
     project: Option<Job>,
     reduce: Option<Job>,
     plan_pods: Vec<PodObservation>,
     extract_pods: Vec<PodObservation>,
+    merge_pods: Vec<PodObservation>,
     fit_pods: Vec<PodObservation>,
     project_pods: Vec<PodObservation>,
     reduce_pods: Vec<PodObservation>,
@@ -283,17 +284,20 @@ impl Jobs {
         match component {
             Component::Plan => (&mut self.plan, &mut self.plan_pods),
             Component::Extract => (&mut self.extract, &mut self.extract_pods),
+            Component::Merge => (&mut self.merge, &mut self.merge_pods),
             Component::Fit => (&mut self.fit, &mut self.fit_pods),
             Component::Project => (&mut self.project, &mut self.project_pods),
             Component::Reduce => (&mut self.reduce, &mut self.reduce_pods),
         }
     }
 
-    /// What the run's pods used before the reduce pod: plan, extract, fit and projection.
+    /// What the run's pods used before the reduce pod: plan, extract, merge, fit and
+    /// projection.
     fn usage_before_reduce(&self) -> Usage {
         let pods: Vec<PodUsage> = [
             &self.plan_pods,
             &self.extract_pods,
+            &self.merge_pods,
             &self.fit_pods,
             &self.project_pods,
         ]
@@ -429,6 +433,8 @@ impl<'a> Run<'a> {
                     extract: jobs.extract.as_ref().and_then(|j| j.status.as_ref()),
                     plan_pods: &jobs.plan_pods,
                     extract_pods: &jobs.extract_pods,
+                    merge: jobs.merge.as_ref().and_then(|j| j.status.as_ref()),
+                    merge_pods: &jobs.merge_pods,
                     fit: jobs.fit.as_ref().and_then(|j| j.status.as_ref()),
                     fit_pods: &jobs.fit_pods,
                     project: jobs.project.as_ref().and_then(|j| j.status.as_ref()),
@@ -646,8 +652,10 @@ impl<'a> Run<'a> {
                 wrote = true;
             }
         }
-        let reduce_step_started =
-            jobs.fit.is_some() || jobs.project.is_some() || jobs.reduce.is_some();
+        let chain = jobs::reduce_step(self.spec(), plan.shards);
+        let reduce_step_started = chain
+            .iter()
+            .any(|step| jobs.of(step.component()).0.is_some());
         if phase == Phase::Reducing || reduce_step_started {
             let reported = reduce_summary(&jobs.reduce_pods).is_some_and(|s| s.pca.is_some());
             let recorded = status.pca.is_some();
@@ -690,34 +698,10 @@ impl<'a> Run<'a> {
                     .patch(&name, &params, &Patch::Apply(&list))
                     .await?;
             }
-            let (component, desired) = match next_reduce_job(self.fx, plan, jobs) {
-                ReduceJob::Whole => (
-                    Component::Reduce,
-                    reduce_job(
-                        self.fx,
-                        plan.images,
-                        jobs.usage_before_reduce(),
-                        settings,
-                        ReduceStage::Whole,
-                    ),
-                ),
-                ReduceJob::Fit => (Component::Fit, fit_job(self.fx, plan.images, settings)),
-                ReduceJob::Project(groups) => (
-                    Component::Project,
-                    project_job(self.fx, groups, plan.images_per_shard, settings),
-                ),
-                ReduceJob::AfterProjection => (
-                    Component::Reduce,
-                    reduce_job(
-                        self.fx,
-                        plan.images,
-                        jobs.usage_before_reduce(),
-                        settings,
-                        ReduceStage::AfterProjection,
-                    ),
-                ),
-            };
-            let current = jobs.of(component).0;
+            let next = next_reduce_job(&chain, jobs);
+            let earlier = jobs.usage_before_reduce();
+            let desired = reduce_step_job(self.fx, next, plan, earlier, settings);
+            let current = jobs.of(next.component()).0;
             if let Some(applied) = self.sync(current.as_ref(), &desired).await? {
                 *current = Some(applied);
                 wrote = true;
@@ -783,6 +767,7 @@ impl<'a> Run<'a> {
                 let plural = if n == 1 { "" } else { "s" };
                 let unit = match component {
                     Some(Component::Project) => "group",
+                    Some(Component::Merge) => "block",
                     _ => "shard",
                 };
                 format!("created Job {name}: {n} {unit}{plural}")
@@ -883,38 +868,22 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The Job of the reduce step a reconcile brings in line (creating it if missing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReduceJob {
-    /// The reduce Job doing the whole step (no projection Job).
-    Whole,
-    /// The fit Job, first of a run with a projection Job.
-    Fit,
-    /// The projection Job of these groups, once the fit Job completed.
-    Project(ProjectionGroups),
-    /// The reduce Job after the projection Job completed.
-    AfterProjection,
-}
-
-/// Which Job of the reduce step comes next for a run planned as `plan`: a step is taken once
-/// the Job before it completed, and a Job that exists is the one kept in line (a failed one is
-/// left alone, and fails the run). A run that already has its reduce Job keeps it, whatever its
-/// projection now says.
-fn next_reduce_job(fx: &FeatureExtraction, plan: PlanTotals, jobs: &Jobs) -> ReduceJob {
+/// Which Job of the reduce step (`chain`, in order) a reconcile brings in line, creating it if
+/// missing: the last one that exists, or the one after it once it completed; the first when
+/// none does. A failed Job is left alone, and fails the run.
+fn next_reduce_job(chain: &[ReduceStepJob], jobs: &mut Jobs) -> ReduceStepJob {
     let complete = |job: &Option<Job>| {
         job.as_ref()
             .and_then(|j| j.status.as_ref())
             .is_some_and(|s| job_condition(s, "Complete").is_some())
     };
-    let Some(groups) = jobs::projection(&fx.spec, plan.shards) else {
-        return ReduceJob::Whole;
-    };
-    if jobs.reduce.is_some() || complete(&jobs.project) {
-        ReduceJob::AfterProjection
-    } else if jobs.project.is_some() || complete(&jobs.fit) {
-        ReduceJob::Project(groups)
-    } else {
-        ReduceJob::Fit
+    let last = chain
+        .iter()
+        .rposition(|step| jobs.of(step.component()).0.is_some());
+    match last {
+        None => chain[0],
+        Some(i) if i + 1 < chain.len() && complete(jobs.of(chain[i].component()).0) => chain[i + 1],
+        Some(i) => chain[i],
     }
 }
 

@@ -21,11 +21,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pomona_crds::contract::cost::{CostSoFar, Usage};
 use pomona_crds::contract::steps::{
-    self, DEFAULT_COMPONENTS, ExtractArgs, FailedShards, PcaMode, PlanArgs, ProjectArgs,
+    self, DEFAULT_COMPONENTS, ExtractArgs, FailedShards, MergeArgs, PcaMode, PlanArgs, ProjectArgs,
     ReduceArgs, ReduceStage, ShardList, StorageArgs,
 };
 use pomona_crds::contract::{
-    DEFAULT_MAX_IMAGE_BYTES, Preprocessing, ProjectionGroups, ShardPlan, TERMINATION_LOG, env, exit,
+    DEFAULT_MAX_IMAGE_BYTES, PlanTotals, Preprocessing, ShardGroups, ShardPlan, TERMINATION_LOG,
+    env, exit,
 };
 use pomona_crds::{FeatureExtraction, FeatureExtractionSpec};
 
@@ -108,7 +109,7 @@ pub fn extract_args(fx: &FeatureExtraction) -> ExtractArgs {
 pub fn reduce_args(
     fx: &FeatureExtraction,
     failed_shards: FailedShards,
-    stage: ReduceStage,
+    (stage, merged_blocks): (ReduceStage, Option<u32>),
 ) -> ReduceArgs {
     let spec = &fx.spec;
     let pca = &spec.pca;
@@ -128,6 +129,7 @@ pub fn reduce_args(
         clusters: spec.clustering.as_ref().and_then(|c| c.count().ok()),
         failed_shards,
         stage,
+        merged_blocks,
         storage: storage_args(fx),
     }
 }
@@ -135,12 +137,101 @@ pub fn reduce_args(
 /// How the projection of a run of `shards` shards splits over the pods of a projection Job, when
 /// the run has one: it fits its own PCA and has more shards than
 /// `spec.sharding.shardsPerProjectionPod`.
-pub fn projection(spec: &FeatureExtractionSpec, shards: u32) -> Option<ProjectionGroups> {
-    ProjectionGroups::of_run(
+pub fn projection(spec: &FeatureExtractionSpec, shards: u32) -> Option<ShardGroups> {
+    ShardGroups::of_job(
         shards,
         spec.sharding.shards_per_projection_pod,
         spec.pca.from.is_some(),
     )
+}
+
+/// How the merge of the statistics of a run of `shards` shards splits over the pods of a merge
+/// Job, when the run has one: it fits its own PCA and has more shards than
+/// `spec.sharding.shardsPerMergePod`.
+pub fn merge_blocks(spec: &FeatureExtractionSpec, shards: u32) -> Option<ShardGroups> {
+    ShardGroups::of_job(
+        shards,
+        spec.sharding.shards_per_merge_pod,
+        spec.pca.from.is_some(),
+    )
+}
+
+/// A Job of a run's reduce step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceStepJob {
+    /// The merge Job of these blocks of shards.
+    Merge(ShardGroups),
+    /// The fit Job, with the merge Job's blocks of this many shards if there was one.
+    Fit {
+        /// Shards a block of the merge Job.
+        merged_blocks: Option<u32>,
+    },
+    /// The projection Job of these groups of shards.
+    Project(ShardGroups),
+    /// The reduce Job: the whole step, or the part after the projection Job.
+    Reduce {
+        /// Which part.
+        stage: ReduceStage,
+        /// Shards a block of the merge Job, when the reduce Job fits the PCA from them.
+        merged_blocks: Option<u32>,
+    },
+}
+
+impl ReduceStepJob {
+    /// The component (and so the name) of the Job.
+    pub fn component(self) -> Component {
+        match self {
+            Self::Merge(_) => Component::Merge,
+            Self::Fit { .. } => Component::Fit,
+            Self::Project(_) => Component::Project,
+            Self::Reduce { .. } => Component::Reduce,
+        }
+    }
+}
+
+/// The Jobs of the reduce step of a run of `shards` shards, in the order they run, each once
+/// the one before it completed: the reduce Job alone; or, for a run of many shards that fits
+/// its PCA, a merge Job (more shards than `shardsPerMergePod`) and a fit Job, a projection Job
+/// (more than `shardsPerProjectionPod`) and the reduce Job, as many of them as it needs.
+pub fn reduce_step(spec: &FeatureExtractionSpec, shards: u32) -> Vec<ReduceStepJob> {
+    let merge = merge_blocks(spec, shards);
+    let merged_blocks = merge.map(|m| m.shards_per_pod);
+    let mut jobs: Vec<ReduceStepJob> = merge.map(ReduceStepJob::Merge).into_iter().collect();
+    match projection(spec, shards) {
+        None => jobs.push(ReduceStepJob::Reduce {
+            stage: ReduceStage::Whole,
+            merged_blocks,
+        }),
+        Some(groups) => jobs.extend([
+            ReduceStepJob::Fit { merged_blocks },
+            ReduceStepJob::Project(groups),
+            ReduceStepJob::Reduce {
+                stage: ReduceStage::AfterProjection,
+                merged_blocks: None,
+            },
+        ]),
+    }
+    jobs
+}
+
+/// The Job of `step` for a run planned as `plan`; `earlier` is what the run's pods before the
+/// reduce pod used (for [`reduce_job`]).
+pub fn reduce_step_job(
+    fx: &FeatureExtraction,
+    step: ReduceStepJob,
+    plan: PlanTotals,
+    earlier: Usage,
+    settings: &Settings,
+) -> Job {
+    match step {
+        ReduceStepJob::Merge(blocks) => merge_job(fx, blocks, plan.images_per_shard, settings),
+        ReduceStepJob::Fit { merged_blocks } => fit_job(fx, plan.images, merged_blocks, settings),
+        ReduceStepJob::Project(groups) => project_job(fx, groups, plan.images_per_shard, settings),
+        ReduceStepJob::Reduce {
+            stage,
+            merged_blocks,
+        } => reduce_job(fx, plan.images, earlier, settings, (stage, merged_blocks)),
+    }
 }
 
 /// The projection step of a resource (each pod's group comes from its Job index).
@@ -148,6 +239,15 @@ pub fn project_args(fx: &FeatureExtraction) -> ProjectArgs {
     ProjectArgs {
         output: fx.spec.output.uri.clone(),
         shards_per_pod: fx.spec.sharding.shards_per_projection_pod,
+        storage: storage_args(fx),
+    }
+}
+
+/// The merge step of a resource (each pod's block comes from its Job index).
+pub fn merge_args(fx: &FeatureExtraction) -> MergeArgs {
+    MergeArgs {
+        output: fx.spec.output.uri.clone(),
+        shards_per_pod: fx.spec.sharding.shards_per_merge_pod,
         storage: storage_args(fx),
     }
 }
@@ -166,7 +266,8 @@ pub const REDUCE_IMAGES_PER_SECOND: u64 = 100;
 
 /// The `activeDeadlineSeconds` of a step's pods: `spec.runner.activeDeadlineSeconds`, else
 /// derived from the pod's work: `images` is a shard's (as planned, raised or not) for an
-/// extract pod, a group's for a projection pod, the whole run's for the fit and reduce pods.
+/// extract pod, a group's for a projection or merge pod, the whole run's for the fit and reduce
+/// pods.
 pub fn pod_deadline(fx: &FeatureExtraction, component: Component, images: u64) -> i64 {
     if let Some(seconds) = fx.spec.runner.active_deadline_seconds {
         return i64::from(seconds);
@@ -176,7 +277,7 @@ pub fn pod_deadline(fx: &FeatureExtraction, component: Component, images: u64) -
         Component::Extract => {
             u64::from(EXTRACT_BASE_SECONDS) + images * u64::from(EXTRACT_SECONDS_PER_IMAGE)
         }
-        Component::Fit | Component::Project | Component::Reduce => {
+        Component::Merge | Component::Fit | Component::Project | Component::Reduce => {
             u64::from(REDUCE_BASE_SECONDS) + images.div_ceil(REDUCE_IMAGES_PER_SECOND)
         }
     };
@@ -241,14 +342,41 @@ pub fn max_failed_indexes(max_failed_shards: u32, shards: u32) -> u32 {
 /// fails for good fails the Job at once (`maxFailedIndexes` 0): no image may go unprojected.
 pub fn project_job(
     fx: &FeatureExtraction,
-    groups: ProjectionGroups,
+    groups: ShardGroups,
     images_per_shard: u32,
     settings: &Settings,
 ) -> Job {
-    let sharding = &fx.spec.sharding;
     let images = u64::from(groups.shards_per_pod) * u64::from(images_per_shard);
     let args = project_args(fx).to_args();
-    let mut job = job(fx, Component::Project, args, settings, images);
+    groups_job(
+        fx,
+        job(fx, Component::Project, args, settings, images),
+        groups,
+    )
+}
+
+/// The merge Job of a run's `blocks` of shards of `images_per_shard` images: one index per
+/// block, each running `pomona merge` on the block `$JOB_COMPLETION_INDEX`. A block that fails
+/// for good fails the Job at once.
+pub fn merge_job(
+    fx: &FeatureExtraction,
+    blocks: ShardGroups,
+    images_per_shard: u32,
+    settings: &Settings,
+) -> Job {
+    let images = u64::from(blocks.shards_per_pod) * u64::from(images_per_shard);
+    let args = merge_args(fx).to_args();
+    groups_job(
+        fx,
+        job(fx, Component::Merge, args, settings, images),
+        blocks,
+    )
+}
+
+/// `job` as an Indexed Job of one index per group of `groups`, at most `parallelism` at once,
+/// retried per index, and failed as soon as one group fails for good (`maxFailedIndexes` 0).
+fn groups_job(fx: &FeatureExtraction, mut job: Job, groups: ShardGroups) -> Job {
+    let sharding = &fx.spec.sharding;
     let job_spec = job.spec.as_mut().expect("job() sets a spec");
     job_spec.completion_mode = Some("Indexed".into());
     job_spec.completions = Some(to_i32(groups.groups()));
@@ -292,16 +420,16 @@ pub fn failed_shards_config_map(fx: &FeatureExtraction, failed_shards: &[u32]) -
 /// extract, and fit and projection if any): with the pod's own requests and the admin's prices
 /// it reaches the pod in [`env::COST_SO_FAR`], for the run's cost in `report/summary.json`.
 /// (The environment is no part of what makes a runner edit, so a later reconcile's other figure
-/// changes nothing.) `stage` is [`ReduceStage::Whole`], or [`ReduceStage::AfterProjection`]
-/// after a projection Job.
+/// changes nothing.) `stage` is [`ReduceStage::Whole`] (with the merge Job's blocks of that
+/// many shards, if any), or [`ReduceStage::AfterProjection`] after a projection Job.
 pub fn reduce_job(
     fx: &FeatureExtraction,
     images: u64,
     earlier: Usage,
     settings: &Settings,
-    stage: ReduceStage,
+    stage: (ReduceStage, Option<u32>),
 ) -> Job {
-    let mut job = reduce_step_job(fx, Component::Reduce, stage, images, settings);
+    let mut job = one_reduce_pod(fx, Component::Reduce, stage, images, settings);
     if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         let requests = Requests::of_spec(pod);
         let so_far = CostSoFar {
@@ -325,16 +453,24 @@ pub fn reduce_job(
 /// The fit Job of a run with a projection Job: one pod running `pomona reduce --fit-only` over
 /// the run's `images`, which dead-letters the failed shards (from the
 /// [`failed_shards_config_map`]) and writes the PCA the projection pods project through.
-pub fn fit_job(fx: &FeatureExtraction, images: u64, settings: &Settings) -> Job {
-    reduce_step_job(fx, Component::Fit, ReduceStage::Fit, images, settings)
+/// With `merged_blocks`, it fits from the merge Job's blocks of that many shards.
+pub fn fit_job(
+    fx: &FeatureExtraction,
+    images: u64,
+    merged_blocks: Option<u32>,
+    settings: &Settings,
+) -> Job {
+    let stage = (ReduceStage::Fit, merged_blocks);
+    one_reduce_pod(fx, Component::Fit, stage, images, settings)
 }
 
-/// A one-pod Job running `stage` of `pomona reduce` over the run's `images`, reading the failed
-/// shards from the [`failed_shards_config_map`], mounted at [`FAILED_SHARDS_DIR`].
-fn reduce_step_job(
+/// A one-pod Job running `stage` of `pomona reduce` (with the merge Job's blocks, if any) over
+/// the run's `images`, reading the failed shards from the [`failed_shards_config_map`],
+/// mounted at [`FAILED_SHARDS_DIR`].
+fn one_reduce_pod(
     fx: &FeatureExtraction,
     component: Component,
-    stage: ReduceStage,
+    stage: (ReduceStage, Option<u32>),
     images: u64,
     settings: &Settings,
 ) -> Job {
@@ -623,7 +759,7 @@ mod tests {
             gib_seconds: Some(200.0),
         };
         let so_far = |fx: &FeatureExtraction, settings: &Settings| -> CostSoFar {
-            let job = reduce_job(fx, 1000, earlier, settings, ReduceStage::Whole);
+            let job = reduce_job(fx, 1000, earlier, settings, (ReduceStage::Whole, None));
             let pod = job.spec.unwrap().template.spec.unwrap();
             let env = pod.containers[0].env.clone().unwrap();
             let var = env.iter().find(|v| v.name == env::COST_SO_FAR).unwrap();

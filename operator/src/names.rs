@@ -11,13 +11,15 @@ use pomona_crds::FeatureExtraction;
 pub const MAX_JOB_NAME: usize = 63;
 
 /// The Jobs of a run: plan, extract and reduce; between the last two, a run of many shards
-/// also has a fit Job and a projection Job.
+/// also has a merge Job, a fit Job and a projection Job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     /// The one-pod Job that lists the source and writes the plan.
     Plan,
     /// The Indexed Job of extractor pods, one index per shard.
     Extract,
+    /// The Indexed Job that merges the statistics of blocks of shards, before the fit.
+    Merge,
     /// The one-pod Job that fits the PCA of a run whose shards a projection Job projects.
     Fit,
     /// The Indexed Job that projects groups of shards through the fitted PCA.
@@ -46,9 +48,10 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 
 impl Component {
     /// Every component, in the order a run's Jobs run.
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 6] = [
         Component::Plan,
         Component::Extract,
+        Component::Merge,
         Component::Fit,
         Component::Project,
         Component::Reduce,
@@ -66,6 +69,7 @@ impl Component {
         match self {
             Component::Plan => "CreatePlanJob",
             Component::Extract => "CreateExtractJob",
+            Component::Merge => "CreateMergeJob",
             Component::Fit => "CreateFitJob",
             Component::Project => "CreateProjectJob",
             Component::Reduce => "CreateReduceJob",
@@ -77,6 +81,7 @@ impl Component {
         match self {
             Component::Plan => "plan",
             Component::Extract => "extract",
+            Component::Merge => "merge",
             Component::Fit => "fit",
             Component::Project => "project",
             Component::Reduce => "reduce",
@@ -84,9 +89,10 @@ impl Component {
     }
 }
 
-/// The name of a run's Job: `<name>-plan`, `<name>-extract`, `<name>-fit`, `<name>-project` or
-/// `<name>-reduce`. A resource name too long for a Job, or not a DNS label, is cut and given a
-/// stable hash of the full name, so that two resources never share a Job name.
+/// The name of a run's Job: `<name>-plan`, `<name>-extract`, `<name>-merge`, `<name>-fit`,
+/// `<name>-project` or `<name>-reduce`. A resource name too long for a Job, or not a DNS label,
+/// is cut and given a stable hash of the full name, so that two resources never share a Job
+/// name.
 pub fn job_name(fx_name: &str, component: Component) -> String {
     let suffix = component.as_str();
     bounded(fx_name, MAX_JOB_NAME - suffix.len() - 1) + "-" + suffix

@@ -6,12 +6,9 @@ use anyhow::Context;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::cost::Usage;
 
-use crate::jobs::{
-    extract_job, failed_shards_config_map, fit_job, plan_job, project_job, projection, reduce_job,
-};
+use crate::jobs::{extract_job, failed_shards_config_map, plan_job, reduce_step, reduce_step_job};
 use crate::settings::Settings;
-use pomona_crds::contract::shard_plan;
-use pomona_crds::contract::steps::ReduceStage;
+use pomona_crds::contract::{PlanTotals, shard_plan};
 
 use crate::validate::{Invalid, validate};
 
@@ -20,8 +17,8 @@ pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
 /// The namespace of rendered Jobs when the resource names none.
 pub const PLACEHOLDER_NAMESPACE: &str = "default";
 
-/// The Jobs of the resource in `yaml` (plan, extract, then reduce, or fit, projection and
-/// reduce when the run has a projection Job), with the ConfigMap of the failed shards before
+/// The Jobs of the resource in `yaml` (plan, extract, then reduce, or for a run of many
+/// shards merge, fit, projection and reduce, as it needs them), with the ConfigMap of the failed shards before
 /// the reduce step's, as a multi-document YAML stream, for a listing of `images` images (and
 /// `images_per_shard` overriding the resource's, if given).
 pub fn render(
@@ -64,16 +61,14 @@ pub fn render(
     // first of them: here, none failed (and no pod has run, so the cost so far is nothing).
     out.push_str("---\n");
     out.push_str(&serde_yaml::to_string(&failed_shards_config_map(&fx, &[]))?);
-    let reduce = |stage| reduce_job(&fx, images, Usage::default(), settings, stage);
-    let reduce_step = match projection(&fx.spec, shards) {
-        None => vec![reduce(ReduceStage::Whole)],
-        Some(groups) => vec![
-            fit_job(&fx, images, settings),
-            project_job(&fx, groups, sharding.images_per_shard, settings),
-            reduce(ReduceStage::AfterProjection),
-        ],
+    let plan = PlanTotals {
+        images,
+        bytes: 0,
+        shards,
+        images_per_shard: sharding.images_per_shard,
     };
-    for job in reduce_step {
+    for step in reduce_step(&fx.spec, shards) {
+        let job = reduce_step_job(&fx, step, plan, Usage::default(), settings);
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&job)?);
     }

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 pub use pomona_crds::contract::PlanTotals;
 use pomona_crds::contract::cost::{self, CostRates, PodUsage};
-use pomona_crds::contract::{OutputLayout, ProjectionGroups};
+use pomona_crds::contract::{OutputLayout, ShardGroups};
 use pomona_crds::{
     Cost, FeatureExtractionSpec, FeatureExtractionStatus, ImageCounts, Outputs, PcaResult, Phase,
     ShardCounts,
@@ -56,6 +56,10 @@ pub struct Observed<'a> {
     pub plan_pods: &'a [PodObservation],
     /// Pods of the extract Job (every attempt of every index still present).
     pub extract_pods: &'a [PodObservation],
+    /// Status of the merge Job, if it exists (a run of many shards).
+    pub merge: Option<&'a JobStatus>,
+    /// Pods of the merge Job.
+    pub merge_pods: &'a [PodObservation],
     /// Status of the fit Job, if it exists (a run with a projection Job).
     pub fit: Option<&'a JobStatus>,
     /// Pods of the fit Job.
@@ -155,7 +159,6 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
         return verdict(Phase::Failed, invalid.reason(), invalid.to_string());
     }
     let suspend = obs.spec.suspend;
-    let suspended = || verdict(Phase::Suspended, "Suspended", "spec.suspend is true");
     if let Some(reduce) = obs.reduce {
         if job_condition(reduce, "Complete").is_some() {
             // The run's final counts and PCA come from the reduce pod's summary: until it is
@@ -193,62 +196,76 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
         return verdict(Phase::Reducing, "Reducing", doing);
     }
     if let Some(project) = obs.project {
-        if job_condition(project, "Complete").is_some() {
-            return verdict(
+        let groups = projection(obs);
+        let (done, _) = job_indexes(project);
+        return step_verdict(
+            project,
+            suspend,
+            verdict(
                 Phase::Reducing,
                 "Projected",
                 "every shard is projected; the reduce pod writes the report",
-            );
-        }
-        if let Some(reason) = job_condition(project, "Failed") {
-            return verdict(
-                Phase::Failed,
-                "ReduceFailed",
+            ),
+            |reason| group_failure("projecting", groups, project, obs.project_pods, reason),
+            verdict(
+                Phase::Reducing,
+                "Projecting",
                 format!(
-                    "reduce failed: {}",
-                    projection_failure(obs, project, reason)
+                    "{} of {} groups of shards projected through the PCA, {} running",
+                    done.len(),
+                    groups.map_or(0, |g| g.groups()),
+                    project.active.unwrap_or(0)
                 ),
-            );
-        }
-        if suspend {
-            return suspended();
-        }
-        let groups = projection(obs).map_or(0, |g| g.groups());
-        let (done, _) = job_indexes(project);
-        return verdict(
-            Phase::Reducing,
-            "Projecting",
-            format!(
-                "{} of {groups} groups of shards projected through the PCA, {} running",
-                done.len(),
-                project.active.unwrap_or(0)
             ),
         );
     }
     if let Some(fit) = obs.fit {
-        if job_condition(fit, "Complete").is_some() {
-            return verdict(
+        let doing = if obs.merge.is_some() {
+            "merging the merge Job's blocks and fitting the PCA"
+        } else {
+            "merging the shards' statistics and fitting the PCA"
+        };
+        return step_verdict(
+            fit,
+            suspend,
+            verdict(
                 Phase::Reducing,
                 "Fitted",
                 "the PCA is fitted; the projection Job projects the shards through it",
-            );
-        }
-        if let Some(reason) = job_condition(fit, "Failed") {
-            let why = latest_failure(obs.fit_pods, None)
-                .map_or_else(|| format!("the fit Job failed ({reason})"), |p| p.explain());
-            return verdict(
-                Phase::Failed,
-                "ReduceFailed",
-                format!("reduce failed: fitting the PCA: {why}"),
-            );
-        }
-        if suspend {
-            return suspended();
-        }
-        return verdict(
-            Phase::Reducing,
-            "Fitting",
-            "merging the shards' statistics and fitting the PCA",
+            ),
+            |reason| {
+                let why = latest_failure(obs.fit_pods, None)
+                    .map_or_else(|| format!("the fit Job failed ({reason})"), |p| p.explain());
+                format!("fitting the PCA: {why}")
+            },
+            verdict(Phase::Reducing, "Fitting", doing),
+        );
+    }
+    if let Some(merge) = obs.merge {
+        let blocks = merge_blocks(obs);
+        let count = blocks.map_or(0, |b| b.groups());
+        let (done, _) = job_indexes(merge);
+        return step_verdict(
+            merge,
+            suspend,
+            verdict(
+                Phase::Reducing,
+                "Merged",
+                format!("the statistics are merged in {count} blocks; the PCA is fitted next"),
+            ),
+            |reason| {
+                let doing = "merging the statistics of";
+                group_failure(doing, blocks, merge, obs.merge_pods, reason)
+            },
+            verdict(
+                Phase::Reducing,
+                "Merging",
+                format!(
+                    "{} of {count} blocks of statistics merged, {} running",
+                    done.len(),
+                    merge.active.unwrap_or(0)
+                ),
+            ),
         );
     }
     if let Some(extract) = obs.extract {
@@ -325,6 +342,38 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
     }
 }
 
+/// The verdict of a Job of the reduce step before the reduce Job: `done` once it is Complete,
+/// `ReduceFailed` with `failure(reason)` once it failed, `Suspended` while the run is, else
+/// `running`.
+fn step_verdict(
+    job: &JobStatus,
+    suspend: bool,
+    done: Verdict,
+    failure: impl FnOnce(&str) -> String,
+    running: Verdict,
+) -> Verdict {
+    if job_condition(job, "Complete").is_some() {
+        return done;
+    }
+    if let Some(reason) = job_condition(job, "Failed") {
+        let why = failure(reason);
+        return verdict(
+            Phase::Failed,
+            "ReduceFailed",
+            format!("reduce failed: {why}"),
+        );
+    }
+    if suspend {
+        return suspended();
+    }
+    running
+}
+
+/// The verdict of a suspended run.
+fn suspended() -> Verdict {
+    verdict(Phase::Suspended, "Suspended", "spec.suspend is true")
+}
+
 /// `status` with an error that stops the run's progress: the `Progressing` condition False with
 /// `reason` and the message, which is also the status message. The next reconcile that gets
 /// through computes the status afresh.
@@ -384,32 +433,50 @@ fn shard_failures(obs: &Observed<'_>, failed: &[u32], reason: &str) -> String {
 }
 
 /// The projection of the run, when it has a projection Job.
-fn projection(obs: &Observed<'_>) -> Option<ProjectionGroups> {
+fn projection(obs: &Observed<'_>) -> Option<ShardGroups> {
     match obs.plan {
         PlanState::Ready(plan) => crate::jobs::projection(obs.spec, plan.shards),
         PlanState::NotStarted | PlanState::Running => None,
     }
 }
 
-/// "projecting group 3 (shards 192 to 255): …" of a failed projection Job.
-fn projection_failure(obs: &Observed<'_>, project: &JobStatus, reason: &str) -> String {
-    let (_, failed) = job_indexes(project);
+/// The merge Job's blocks of the run, when it has a merge Job.
+fn merge_blocks(obs: &Observed<'_>) -> Option<ShardGroups> {
+    match obs.plan {
+        PlanState::Ready(plan) => crate::jobs::merge_blocks(obs.spec, plan.shards),
+        PlanState::NotStarted | PlanState::Running => None,
+    }
+}
+
+/// "projecting group 3 (shards 192 to 255): …" of a failed Job of `groups` of shards (`doing`
+/// them): its first failed index and the last failed pod's reason.
+fn group_failure(
+    doing: &str,
+    groups: Option<ShardGroups>,
+    job: &JobStatus,
+    pods: &[PodObservation],
+    reason: &str,
+) -> String {
+    let (_, failed) = job_indexes(job);
     let Some(&group) = failed.first() else {
-        return format!("the projection Job failed ({reason})");
+        return format!("{doing} a group of shards failed ({reason})");
     };
-    let shards = projection(obs).map(|g| g.shards_of(group));
-    let mut out = match shards {
+    let what = if doing == "projecting" {
+        "group"
+    } else {
+        "block"
+    };
+    let mut out = match groups.map(|g| g.shards_of(group)) {
         Some(s) if !s.is_empty() => format!(
-            "projecting group {group} (shards {} to {})",
+            "{doing} {what} {group} (shards {} to {})",
             s.start,
             s.end - 1
         ),
-        _ => format!("projecting group {group}"),
+        _ => format!("{doing} {what} {group}"),
     };
-    if let Some(pod) = latest_failure(obs.project_pods, Some(group)) {
-        out.push_str(&format!(": {}", pod.explain()));
-    } else {
-        out.push_str(&format!(" ({reason})"));
+    match latest_failure(pods, Some(group)) {
+        Some(pod) => out.push_str(&format!(": {}", pod.explain())),
+        None => out.push_str(&format!(" ({reason})")),
     }
     out
 }
@@ -519,6 +586,7 @@ fn cost(obs: &Observed<'_>, processed: u64, old: Option<&Cost>) -> Option<Cost> 
         .plan_pods
         .iter()
         .chain(obs.extract_pods)
+        .chain(obs.merge_pods)
         .chain(obs.fit_pods)
         .chain(obs.project_pods)
         .chain(obs.reduce_pods)

@@ -6,9 +6,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::cost::Usage;
 use pomona_crds::contract::steps::ReduceStage;
-use pomona_crds::contract::{ProjectionGroups, ShardPlan};
+use pomona_crds::contract::{ShardGroups, ShardPlan};
 use pomona_operator::jobs::{
-    CONTAINER, SCRATCH_DIR, extract_job, fit_job, plan_job, project_job, projection, reduce_job,
+    CONTAINER, ReduceStepJob, SCRATCH_DIR, extract_job, fit_job, merge_job, plan_job, project_job,
+    projection, reduce_job, reduce_step,
 };
 use pomona_operator::settings::{DEFAULT_RUNNER_IMAGE, Settings};
 
@@ -108,7 +109,7 @@ fn extract_job_is_an_indexed_job_with_the_failure_policy() {
 #[test]
 fn every_job_shares_metadata_pod_security_env_and_scheduling() {
     let fx = fx(|fx| fx.spec.runner.active_deadline_seconds = None);
-    let groups = ProjectionGroups {
+    let groups = ShardGroups {
         shards: 130,
         shards_per_pod: 64,
     };
@@ -116,14 +117,21 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
     for (job, component, step) in [
         (plan_job(&fx, &settings), "plan", "plan"),
         (extract_job(&fx, shards(3), &settings), "extract", "extract"),
-        (fit_job(&fx, 1260, &settings), "fit", "reduce"),
+        (fit_job(&fx, 1260, None, &settings), "fit", "reduce"),
+        (merge_job(&fx, groups, 500, &settings), "merge", "merge"),
         (
             project_job(&fx, groups, 500, &settings),
             "project",
             "project",
         ),
         (
-            reduce_job(&fx, 1260, Usage::default(), &settings, ReduceStage::Whole),
+            reduce_job(
+                &fx,
+                1260,
+                Usage::default(),
+                &settings,
+                (ReduceStage::Whole, None),
+            ),
             "reduce",
             "reduce",
         ),
@@ -159,7 +167,7 @@ fn every_job_shares_metadata_pod_security_env_and_scheduling() {
         let deadline = match component {
             "plan" => 3600,
             "extract" => 900 + 500,
-            "project" => 1800 + 320,
+            "project" | "merge" => 1800 + 320,
             _ => 1800 + 13,
         };
         assert_eq!(p["activeDeadlineSeconds"], deadline, "{component}");
@@ -253,7 +261,7 @@ fn reduce_job_runs_one_pod_with_the_pca_mode() {
             1260,
             Usage::default(),
             &Settings::default(),
-            ReduceStage::Whole,
+            (ReduceStage::Whole, None),
         );
         let mut want = vec!["reduce", "--output=s3://fruits/runs/fruits-360/"];
         want.extend(mode);
@@ -293,7 +301,7 @@ fn a_run_of_many_shards_splits_its_reduce_step_around_a_projection_job() {
     );
 
     let file = "--failed-shards-file=/etc/pomona/failed-shards/shards";
-    let fit = fit_job(&many, 5000, &settings);
+    let fit = fit_job(&many, 5000, None, &settings);
     let args = container(&fit).args.clone().unwrap();
     assert_eq!(args[0], "reduce");
     assert!(args.contains(&"--fit-only".to_string()), "{args:?}");
@@ -332,12 +340,92 @@ fn a_run_of_many_shards_splits_its_reduce_step_around_a_projection_job() {
         5000,
         Usage::default(),
         &settings,
-        ReduceStage::AfterProjection,
+        (ReduceStage::AfterProjection, None),
     );
     let args = container(&last).args.clone().unwrap();
     assert!(args.contains(&"--after-projection".to_string()), "{args:?}");
     assert!(args.contains(&file.to_string()), "{args:?}");
     assert!(env(&last, "POMONA_COST_SO_FAR").is_some());
+}
+
+#[test]
+fn a_run_of_very_many_shards_merges_its_statistics_in_blocks_first() {
+    use ReduceStepJob::{Fit, Merge, Project, Reduce};
+    let settings = Settings::default();
+    let spec = fx(|_| {}).spec;
+    let whole = Reduce {
+        stage: ReduceStage::Whole,
+        merged_blocks: None,
+    };
+    let after = Reduce {
+        stage: ReduceStage::AfterProjection,
+        merged_blocks: None,
+    };
+    let groups = |shards, shards_per_pod| ShardGroups {
+        shards,
+        shards_per_pod,
+    };
+    assert_eq!(reduce_step(&spec, 64), [whole]);
+    assert_eq!(
+        reduce_step(&spec, 65),
+        [
+            Fit {
+                merged_blocks: None
+            },
+            Project(groups(65, 64)),
+            after
+        ]
+    );
+    assert_eq!(
+        reduce_step(&spec, 5000),
+        [
+            Merge(groups(5000, 4096)),
+            Fit {
+                merged_blocks: Some(4096)
+            },
+            Project(groups(5000, 64)),
+            after
+        ]
+    );
+    let one_projection_pod = fx(|fx| fx.spec.sharding.shards_per_projection_pod = 100_000).spec;
+    assert_eq!(
+        reduce_step(&one_projection_pod, 5000),
+        [
+            Merge(groups(5000, 4096)),
+            Reduce {
+                stage: ReduceStage::Whole,
+                merged_blocks: Some(4096)
+            }
+        ]
+    );
+    let reused = fx(|fx| {
+        fx.spec.pca.variance_to_keep = None;
+        fx.spec.pca.from = Some("s3://fruits/runs/old/pca/".into());
+    })
+    .spec;
+    assert_eq!(reduce_step(&reused, 5000), [whole], "nothing to fit");
+
+    let fx = fx(|_| {});
+    let merge = merge_job(&fx, groups(5000, 4096), 2000, &settings);
+    assert_eq!(
+        container(&merge).args.clone().unwrap(),
+        [
+            "merge",
+            "--output=s3://fruits/runs/fruits-360/",
+            "--shards-per-pod=4096",
+            "--path-style=true"
+        ]
+    );
+    let spec = merge.spec.as_ref().unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism), (Some(2), Some(2)));
+    assert_eq!(spec.max_failed_indexes, Some(0));
+    let fit = fit_job(&fx, 10_000_000, Some(4096), &settings);
+    let args = container(&fit).args.clone().unwrap();
+    assert_eq!(
+        args[args.len() - 3..],
+        ["--fit-only", "--merged-blocks=4096", "--path-style=true"]
+    );
 }
 
 #[test]
@@ -388,7 +476,7 @@ fn the_spec_overrides_every_pod_deadline() {
             1260,
             Usage::default(),
             &Settings::default(),
-            ReduceStage::Whole,
+            (ReduceStage::Whole, None),
         ),
     ] {
         let pod = job.spec.unwrap().template.spec.unwrap();

@@ -28,6 +28,7 @@ fn settings() -> Settings {
 fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
     // Three Jobs and the reduce Job's ConfigMap of failed shards; in 126 shards of 10, more
     // than a projection pod takes, a fit Job and a projection Job of two groups too.
+    // (The projection Job of 10,000 shards has 157 groups of 64.)
     let one_pod_reduce = [
         "fruits-360-plan",
         "fruits-360-extract",
@@ -42,11 +43,22 @@ fn rendered_fruits_360_jobs_pass_strict_validation_for_1_33() {
         "fruits-360-project",
         "fruits-360-reduce",
     ];
-    for (per_shard, objects, completions) in [
-        (None, &one_pod_reduce[..], "completions: 3"),
-        (Some(10), &split_reduce[..], "completions: 2"),
+    // In 10,000 shards of 1, more than a merge pod takes: a merge Job of three blocks first.
+    let merged_reduce = [
+        "fruits-360-plan",
+        "fruits-360-extract",
+        "fruits-360-reduce-failed-shards",
+        "fruits-360-merge",
+        "fruits-360-fit",
+        "fruits-360-project",
+        "fruits-360-reduce",
+    ];
+    for (images, per_shard, objects, completions) in [
+        (1260, None, &one_pod_reduce[..], "completions: 3"),
+        (1260, Some(10), &split_reduce[..], "completions: 2"),
+        (10_000, Some(1), &merged_reduce[..], "completions: 157"),
     ] {
-        let yaml = render(&example(), 1260, per_shard, &settings()).unwrap();
+        let yaml = render(&example(), images, per_shard, &settings()).unwrap();
         assert_eq!(yaml.matches("\n---\n").count(), objects.len(), "{yaml}");
         assert!(yaml.starts_with("# Rendered by pomona-operator without a cluster"));
         assert!(yaml.contains(PLACEHOLDER_UID));

@@ -616,6 +616,105 @@ async fn a_run_of_many_shards_fits_then_projects_in_groups_then_reduces() {
 }
 
 #[tokio::test]
+async fn a_run_of_very_many_shards_merges_in_blocks_then_fits_projects_and_reduces() {
+    let h = Harness::new(|fx| fx.spec.sharding.shards_per_merge_pod = 64);
+    h.step().await;
+    // 520 images in 130 shards of 4: three blocks of 64 shards to merge, three groups to
+    // project.
+    h.planned_as(pomona_crds::contract::PlanTotals {
+        images: 520,
+        bytes: 0,
+        shards: 130,
+        images_per_shard: 4,
+    });
+    h.step().await;
+    assert_eq!(h.job(EXTRACT)["spec"]["completions"], 130);
+    h.job_status(
+        EXTRACT,
+        complete(json!({"succeeded": 130, "completedIndexes": "0-129"})),
+    );
+    h.step().await;
+
+    // 1. The merge Job first, with the ConfigMap of failed shards before it.
+    let job = h.job(MERGE);
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 3);
+    assert_eq!(
+        h.args(MERGE),
+        [
+            "merge",
+            "--output=s3://fruits/runs/fruits-360/",
+            "--shards-per-pod=64",
+            "--path-style=true"
+        ]
+    );
+    assert!(
+        h.api
+            .object("/api/v1/namespaces/fruits/configmaps/fruits-360-reduce-failed-shards")
+            .is_some()
+    );
+    for later in [FIT, PROJECT, REDUCE] {
+        assert!(h.api.object(later).is_none(), "{later} before the merge");
+    }
+    h.job_status(MERGE, json!({"active": 2, "completedIndexes": "1"}));
+    h.step().await;
+    assert_eq!(
+        h.status().message.as_deref(),
+        Some("1 of 3 blocks of statistics merged, 2 running")
+    );
+
+    // 2. Merged: the fit Job reads the blocks.
+    h.job_status(
+        MERGE,
+        complete(json!({"succeeded": 3, "completedIndexes": "0-2"})),
+    );
+    h.step().await;
+    let args = h.args(FIT);
+    for arg in ["--fit-only", "--merged-blocks=64"] {
+        assert!(args.contains(&arg.to_string()), "{arg} in {args:?}");
+    }
+
+    // 3. Then the projection Job and the reduce Job, as for a run of fewer shards.
+    h.pod(FIT, 0, 0, "Succeeded", 0, "");
+    h.job_status(FIT, complete(json!({"succeeded": 1})));
+    h.step().await;
+    assert_eq!(h.job(PROJECT)["spec"]["completions"], 3);
+    h.job_status(
+        PROJECT,
+        complete(json!({"succeeded": 3, "completedIndexes": "0-2"})),
+    );
+    h.step().await;
+    let args = h.args(REDUCE);
+    assert!(args.contains(&"--after-projection".to_string()), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--merged-blocks")),
+        "{args:?}"
+    );
+    let pca = PcaResult {
+        components: 5,
+        explained_variance: 0.95,
+        reused: false,
+    };
+    let summary = PodSummary {
+        images: 520,
+        processed: 520,
+        pca: Some(pca.clone()),
+        ..PodSummary::new(Step::Reduce)
+    };
+    h.pod(REDUCE, 0, 0, "Succeeded", 0, &summary.to_line());
+    h.job_status(REDUCE, complete(json!({"succeeded": 1})));
+    h.step().await;
+    assert_eq!(h.status().phase, Some(Phase::Succeeded));
+    assert_eq!(h.status().pca, Some(pca));
+    h.api
+        .edit(FX, json!({"spec": {"ttlSecondsAfterFinished": 0}}));
+    h.step().await;
+    for job in [PLAN, EXTRACT, MERGE, FIT, PROJECT, REDUCE] {
+        assert!(h.api.object(job).is_none(), "{job} removed");
+    }
+}
+
+#[tokio::test]
 async fn a_failed_projection_group_fails_the_run_with_its_shards() {
     let h = Harness::new(|fx| {
         fx.spec.sharding.max_failed_shards = 1;

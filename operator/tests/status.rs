@@ -80,6 +80,7 @@ struct Case {
     plan: PlanState,
     extract: Option<JobStatus>,
     pods: Vec<PodObservation>,
+    merge: Option<JobStatus>,
     fit: Option<JobStatus>,
     project: Option<JobStatus>,
     project_pods: Vec<PodObservation>,
@@ -102,6 +103,7 @@ fn base(name: &'static str, phase: Phase) -> Case {
         plan: PlanState::Ready(PLAN),
         extract: None,
         pods: vec![],
+        merge: None,
         fit: None,
         project: None,
         project_pods: vec![],
@@ -338,6 +340,45 @@ fn cases() -> Vec<Case> {
             message: "reading the projected shards and writing the report",
             ..base("reducing after the projection", Phase::Reducing)
         },
+        // A run with a merge Job too (one shard a block here, by the spec of the test).
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            merge: Some(job(None, "0-1", "", 1)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "2 of 3 blocks of statistics merged, 1 running",
+            ..base("merging", Phase::Reducing)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            merge: Some(job(Some(("Complete", "CompletionsReached")), "0-2", "", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "the statistics are merged in 3 blocks; the PCA is fitted next",
+            ..base("merged", Phase::Reducing)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            merge: Some(job(Some(("Failed", "FailedIndexes")), "0-1", "2", 0)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "reduce failed: merging the statistics of block 2 (shards 2 to 2) \
+                      (FailedIndexes)",
+            ..base("merge failed", Phase::Failed)
+        },
+        Case {
+            extract: Some(complete()),
+            pods: ok3(),
+            merge: Some(job(Some(("Complete", "CompletionsReached")), "0-2", "", 0)),
+            fit: Some(job(None, "", "", 1)),
+            images: Some((1260, 1259, 1)),
+            shards: Some((3, 3, 0, 0)),
+            message: "merging the merge Job's blocks and fitting the PCA",
+            ..base("fitting from the blocks", Phase::Reducing)
+        },
     ]
 }
 
@@ -351,6 +392,8 @@ fn observe(c: &Case, spec: &FeatureExtractionSpec) -> FeatureExtractionStatus {
         extract: c.extract.as_ref(),
         plan_pods: &[],
         extract_pods: &c.pods,
+        merge: c.merge.as_ref(),
+        merge_pods: &[],
         fit: c.fit.as_ref(),
         fit_pods: &[],
         project: c.project.as_ref(),
@@ -372,6 +415,7 @@ fn job_and_pod_states_give_phase_conditions_and_counts() {
         spec.suspend = c.suspend;
         spec.sharding.max_failed_shards = c.max_failed;
         spec.sharding.shards_per_projection_pod = 1;
+        spec.sharding.shards_per_merge_pod = 1;
         let s = observe(&c, &spec);
         let name = c.name;
         assert_eq!(s.phase, Some(c.phase), "{name}: {s:?}");
@@ -445,6 +489,8 @@ fn extracting<'a>(
         extract: Some(extract),
         plan_pods: &[],
         extract_pods: pods,
+        merge: None,
+        merge_pods: &[],
         fit: None,
         fit_pods: &[],
         project: None,
@@ -534,6 +580,8 @@ fn invalid_resources_fail_with_the_reason_and_messages_stay_bounded() {
         extract: None,
         plan_pods: &[],
         extract_pods: &[],
+        merge: None,
+        merge_pods: &[],
         fit: None,
         fit_pods: &[],
         project: None,

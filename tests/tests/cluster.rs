@@ -262,13 +262,74 @@ async fn cluster_a_run_of_many_shards_projects_in_a_job_of_its_own() {
         .as_ref()
         .and_then(|s| s.cost.clone())
         .expect("status.cost");
-    assert!(
-        cost.pods >= 1 + expected_shards + 1 + groups + 1,
-        "{cost:?}"
-    );
+    let pods: u32 = [1, expected_shards, 1, groups, 1].iter().sum();
+    assert!(cost.pods >= pods, "{cost:?}");
     let reported: pomona_crds::Cost =
         serde_json::from_value(report["cost"].clone()).expect("a cost in report/summary.json");
     assert_eq!(reported.pods, cost.pods, "{reported:?} against {cost:?}");
+    assert_no_forbidden(&run.client, &run.settings).await;
+}
+
+/// A run of more shards than `shardsPerMergePod` merges its statistics in a Job of its own, one
+/// pod a block of 64 shards, before the fit pod, which fits on the blocks: the run succeeds
+/// with every image in the PCA, and each block's record names the shards it merged.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "cluster test: scripts/local-cluster.sh up, then scripts/test.sh runs it"]
+async fn cluster_a_run_of_very_many_shards_merges_its_statistics_in_blocks() {
+    let cluster = cluster().await;
+    let images = pick_images(&cluster.settings.images, 3, 24);
+    let run = Run::new(cluster, "merge", images).await;
+    let n = run.images.len();
+    let fx = run.resource(
+        "blocks",
+        json!({ "imagesPerShard": 1, "parallelism": 8, "shardsPerMergePod": 64 }),
+    );
+    let api = run.apply(&fx).await;
+    let done = run.wait_finished(&api, "blocks").await;
+    let expected_shards = n as u32;
+    assert_succeeded(&done, n, 0, expected_shards);
+
+    let jobs: Api<Job> = Api::namespaced(run.client.clone(), &run.ns.name);
+    let merge = jobs.get("blocks-merge").await.expect("the merge Job");
+    let blocks = expected_shards.div_ceil(64) as i32;
+    assert_eq!(
+        merge.spec.as_ref().and_then(|s| s.completions),
+        Some(blocks)
+    );
+    assert_eq!(
+        merge.status.as_ref().and_then(|s| s.succeeded),
+        Some(blocks)
+    );
+    let fit = jobs.get("blocks-fit").await.expect("the fit Job");
+    let args = fit
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(args.contains(&"--merged-blocks=64".to_string()), "{args:?}");
+    run.assert_event(
+        "blocks",
+        "Normal",
+        "JobCreated",
+        &format!("created Job blocks-merge: {blocks} blocks"),
+    )
+    .await;
+
+    let out = run.output().await;
+    assert_outputs(&out, expected_shards).await;
+    for (block, merged) in [(0, "0-63".to_string()), (1, format!("64-{}", n - 1))] {
+        let key = format!("stats/blocks/block-{block:05}.json");
+        let record: serde_json::Value =
+            serde_json::from_slice(&out.get(&key).await.expect("a block's record")).expect("JSON");
+        assert_eq!(record["merged"], merged, "{key}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(
+        &out.get("report/summary.json")
+            .await
+            .expect("report/summary.json"),
+    )
+    .expect("a JSON summary");
+    assert_eq!(report["fittedOn"].as_u64(), Some(n as u64));
     assert_no_forbidden(&run.client, &run.settings).await;
 }
 

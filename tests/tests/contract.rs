@@ -10,11 +10,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use pomona_crds::FeatureExtraction;
 use pomona_crds::contract::steps::{
-    self, ExtractArgs, FailedShards, ProjectArgs, ReduceStage, ShardList,
+    self, ExtractArgs, FailedShards, MergeArgs, ProjectArgs, ReduceStage, ShardList,
 };
 use pomona_operator::jobs::{
-    CONTAINER, FAILED_SHARDS_DIR, FAILED_SHARDS_KEY, extract_args, plan_args, project_args,
-    projection, reduce_args,
+    CONTAINER, FAILED_SHARDS_DIR, FAILED_SHARDS_KEY, ReduceStepJob, extract_args, merge_args,
+    plan_args, project_args, reduce_args, reduce_step,
 };
 use pomona_operator::render::render;
 use pomona_operator::settings::{List, Settings};
@@ -52,18 +52,18 @@ fn every_rendered_job_parses_with_the_runner_s_parser_into_its_contract() {
         }
         examples += 1;
         let yaml = std::fs::read_to_string(&path).unwrap();
-        // The run as written, and split into 126 shards: more than a projection pod takes,
-        // so a run that fits its PCA has a fit Job and a projection Job too.
-        for images_per_shard in [None, Some(10)] {
-            check_rendered(&path, &yaml, images_per_shard);
+        // The run as written; in 126 shards, more than a projection pod takes; in 10,000,
+        // more than a merge pod takes: a run that fits its PCA has those Jobs too.
+        for (images, images_per_shard) in [(1260, None), (1260, Some(10)), (10_000, Some(1))] {
+            check_rendered(&path, &yaml, images, images_per_shard);
         }
     }
     assert!(examples >= 3, "the examples in {}", dir.display());
 }
 
-/// Checks the Jobs `render` makes of the example at `path` for 1,260 images.
-fn check_rendered(path: &Path, yaml: &str, images_per_shard: Option<u32>) {
-    let rendered = render(yaml, 1260, images_per_shard, &settings())
+/// Checks the Jobs `render` makes of the example at `path` for `images` images.
+fn check_rendered(path: &Path, yaml: &str, images: u64, images_per_shard: Option<u32>) {
+    let rendered = render(yaml, images, images_per_shard, &settings())
         .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     let docs: Vec<serde_yaml::Value> = rendered
         .split("\n---\n")
@@ -79,16 +79,19 @@ fn check_rendered(path: &Path, yaml: &str, images_per_shard: Option<u32>) {
     if let Some(per_shard) = images_per_shard {
         fx.spec.sharding.images_per_shard = per_shard;
     }
-    let shards = 1260u32.div_ceil(fx.spec.sharding.images_per_shard);
-    let split = projection(&fx.spec, shards).is_some();
-    assert_eq!(
-        split,
-        images_per_shard.is_some() && fx.spec.pca.from.is_none(),
-        "{}",
-        path.display()
-    );
-    assert_eq!(jobs.len(), if split { 5 } else { 3 }, "{}", path.display());
-    // The reduce pod's file of failed shards, as the runner reads it: none here.
+    let shards =
+        u32::try_from(images.div_ceil(u64::from(fx.spec.sharding.images_per_shard))).unwrap();
+    // Plan and extract, then the reduce step's Jobs in order.
+    let steps = reduce_step(&fx.spec, shards);
+    let fits = fx.spec.pca.from.is_none();
+    let expected_steps = match (images_per_shard, fits) {
+        (None, _) | (_, false) => 1,
+        (Some(10), true) => 3,
+        (_, true) => 4,
+    };
+    assert_eq!(steps.len(), expected_steps, "{}", path.display());
+    assert_eq!(jobs.len(), 2 + steps.len(), "{}", path.display());
+    // The reduce step's file of failed shards, as the runner reads it: none here.
     let lists: Vec<ConfigMap> = of_kind("ConfigMap")
         .map(|d| serde_yaml::from_value(d).unwrap())
         .collect();
@@ -98,32 +101,40 @@ fn check_rendered(path: &Path, yaml: &str, images_per_shard: Option<u32>) {
         Ok(ShardList::default())
     );
     // What the operator built each Job from (render stamps a placeholder uid).
-    let file = format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}");
-    for job in &jobs {
+    let file = FailedShards::File(format!("{FAILED_SHARDS_DIR}/{FAILED_SHARDS_KEY}"));
+    for (i, job) in jobs.iter().enumerate() {
         let argv = command_line(job);
         assert_eq!(argv[0], steps::PROGRAM);
         let parsed = Cli::try_parse_from(&argv)
             .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()))
             .command;
-        match parsed {
-            Command::Plan(c) => assert_eq!(c.contract(), Some(plan_args(&fx))),
-            Command::Extract(c) => assert_eq!(ExtractArgs::from(&c), extract_args(&fx)),
-            Command::Reduce(c) => {
-                let stage = match (split, job.metadata.name.as_deref()) {
-                    (false, _) => ReduceStage::Whole,
-                    (true, Some(name)) if name.ends_with("-fit") => ReduceStage::Fit,
-                    (true, _) => ReduceStage::AfterProjection,
-                };
-                let expected = reduce_args(&fx, FailedShards::File(file.clone()), stage);
-                assert_eq!(c.contract(), Some(expected))
+        let step = i.checked_sub(2).map(|s| steps[s]);
+        match (parsed, step) {
+            (Command::Plan(c), None) => assert_eq!(c.contract(), Some(plan_args(&fx))),
+            (Command::Extract(c), None) => {
+                assert_eq!(ExtractArgs::from(&c), extract_args(&fx))
             }
-            Command::Project(c) => {
-                assert!(split);
+            (Command::Merge(c), Some(ReduceStepJob::Merge(_))) => {
+                assert_eq!(MergeArgs::from(&c), merge_args(&fx))
+            }
+            (Command::Reduce(c), Some(ReduceStepJob::Fit { merged_blocks })) => {
+                let stage = (ReduceStage::Fit, merged_blocks);
+                assert_eq!(c.contract(), Some(reduce_args(&fx, file.clone(), stage)))
+            }
+            (Command::Project(c), Some(ReduceStepJob::Project(_))) => {
                 assert_eq!(ProjectArgs::from(&c), project_args(&fx))
             }
-            Command::Run(_) | Command::Sweep(_) => {
-                panic!("the operator runs only plan, extract, project and reduce")
+            (
+                Command::Reduce(c),
+                Some(ReduceStepJob::Reduce {
+                    stage,
+                    merged_blocks,
+                }),
+            ) => {
+                let stage = (stage, merged_blocks);
+                assert_eq!(c.contract(), Some(reduce_args(&fx, file.clone(), stage)))
             }
+            (command, step) => panic!("{}: {command:?} for {step:?}", path.display()),
         }
     }
 }

@@ -94,24 +94,30 @@ pub fn shard_plan(images: u64, asked: u32) -> Result<ShardPlan, ShardPlanError> 
 /// so 640 MB read a pod.
 pub const DEFAULT_SHARDS_PER_PROJECTION_POD: u32 = 64;
 
-/// How the projection of a run's shards splits over the pods of its projection Job: group `g`
-/// projects the shards `g·shards_per_pod` up to the next group's first (the last takes the
-/// rest). The only definition of the grouping: the operator sizes the Job with it, and each
-/// `pomona project` pod finds its shards with it.
+/// Shards whose statistics one merge pod merges unless the resource says otherwise
+/// (`spec.sharding.shardsPerMergePod`): 4,096 = 64², a block of the statistics' merge tree,
+/// about 54 GB of statistics files at 1,280 values.
+pub const DEFAULT_SHARDS_PER_MERGE_POD: u32 = 4096;
+
+/// How the shards of a run split over the pods of an Indexed Job that works on groups of
+/// shards (the projection Job, the merge Job): group `g` takes the shards `g·shards_per_pod` up
+/// to the next group's first (the last takes the rest). The only definition of the grouping:
+/// the operator sizes the Job with it, and each pod finds its shards with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProjectionGroups {
+pub struct ShardGroups {
     /// Shards of the run.
     pub shards: u32,
     /// Shards a group (a pod).
     pub shards_per_pod: u32,
 }
 
-impl ProjectionGroups {
-    /// The projection of a run of `shards` shards at `shards_per_pod` a pod, when it needs a
-    /// Job of its own: `None` when the PCA is reused (the extract pods projected each shard as
-    /// they wrote it) or when one pod projects everything (the reduce pod does, as it reads
-    /// the reduced vectors anyway).
-    pub fn of_run(shards: u32, shards_per_pod: u32, pca_reused: bool) -> Option<Self> {
+impl ShardGroups {
+    /// The groups of a Job of a run of `shards` shards at `shards_per_pod` a pod (for the merge
+    /// Job a power of 64, so that each group is a block of the statistics' merge tree), when the
+    /// run needs that Job: `None` when the PCA is reused (nothing is fitted, and the extract pods
+    /// projected each shard as they wrote it) or when one group holds every shard (one pod, the
+    /// fit or the reduce pod, does the work).
+    pub fn of_job(shards: u32, shards_per_pod: u32, pca_reused: bool) -> Option<Self> {
         let groups = Self {
             shards,
             shards_per_pod: shards_per_pod.max(1),
@@ -130,6 +136,26 @@ impl ProjectionGroups {
         let start = group.saturating_mul(per).min(self.shards);
         start..start.saturating_add(per).min(self.shards)
     }
+}
+
+/// What a merge pod merged: the block's shards, and those of them whose statistics it merged
+/// (every complete shard: statistics, features and dead letters written), as
+/// [`steps::ShardList`]s. The fit step merges a block's statistics file only when the block's
+/// complete shards are these.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MergedBlock {
+    /// `pomona-merge/1`.
+    pub format: String,
+    /// The block's shards, `first-last`.
+    pub shards: String,
+    /// The shards whose statistics were merged.
+    pub merged: String,
+}
+
+impl MergedBlock {
+    /// The format written.
+    pub const FORMAT: &'static str = "pomona-merge/1";
 }
 
 /// Where the runner writes the one-line summary for Kubernetes to pick up as the container's
@@ -418,6 +444,8 @@ pub enum Step {
     Reduce,
     /// `pomona project`: one group of shards projected through the run's fitted PCA.
     Project,
+    /// `pomona merge`: one block of shards' statistics merged.
+    Merge,
 }
 
 /// What a step's requests to storage went through, added to its summary line as `"storage"`
@@ -589,6 +617,18 @@ impl OutputLayout {
     /// The partial PCA statistics of one shard.
     pub fn stats(&self, shard: u32) -> String {
         self.part("stats", shard, "safetensors")
+    }
+    /// The statistics of one block of shards, merged by a pod of the merge Job (absent when no
+    /// shard of the block has statistics).
+    pub fn merged_stats(&self, block: u32) -> String {
+        self.join(&format!(
+            "stats/blocks/block-{block:0SHARD_DIGITS$}.safetensors"
+        ))
+    }
+    /// What the merge pod of one block merged: a [`MergedBlock`] (JSON), written after the
+    /// statistics.
+    pub fn merged_record(&self, block: u32) -> String {
+        self.join(&format!("stats/blocks/block-{block:0SHARD_DIGITS$}.json"))
     }
     /// Prefix of the fitted PCA.
     pub fn pca_dir(&self) -> String {
@@ -953,14 +993,23 @@ mod tests {
     }
 
     #[test]
-    fn projection_groups_cover_every_shard_once() {
+    fn shard_groups_cover_every_shard_once() {
         assert_eq!(
-            ProjectionGroups::of_run(64, 64, false),
+            ShardGroups::of_job(64, 64, false),
             None,
             "one group: the reduce pod projects"
         );
-        assert_eq!(ProjectionGroups::of_run(65, 64, true), None, "a reused PCA");
-        let g = ProjectionGroups::of_run(130, 64, false).expect("three groups");
+        assert_eq!(ShardGroups::of_job(65, 64, true), None, "a reused PCA");
+        assert_eq!(
+            ShardGroups::of_job(4096, 4096, false),
+            None,
+            "one pod merges"
+        );
+        assert_eq!(
+            ShardGroups::of_job(4097, 4096, false).map(|g| g.groups()),
+            Some(2)
+        );
+        let g = ShardGroups::of_job(130, 64, false).expect("three groups");
         assert_eq!(g.groups(), 3);
         assert_eq!(
             [
@@ -972,7 +1021,7 @@ mod tests {
             [0..64, 64..128, 128..130, 130..130]
         );
         for (shards, per) in [(1, 1), (7, 2), (100_000, 64), (99_999, 1), (5, 0)] {
-            let g = ProjectionGroups {
+            let g = ShardGroups {
                 shards,
                 shards_per_pod: per,
             };

@@ -221,12 +221,15 @@ pub struct ReduceArgs {
     pub failed_shards: FailedShards,
     /// The whole step, or the part before or after a projection Job.
     pub stage: ReduceStage,
+    /// Shards a block of the merge Job (`--merged-blocks`), when one merged the statistics:
+    /// the fit reads the blocks' statistics rather than every shard's.
+    pub merged_blocks: Option<u32>,
     /// Storage options.
     pub storage: StorageArgs,
 }
 
 /// Which part of the reduce step a pod runs. A run with a projection Job
-/// ([`super::ProjectionGroups`]) runs it in two pods around that Job.
+/// ([`super::ShardGroups`]) runs it in two pods around that Job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReduceStage {
     /// Census, fit (or reuse), projection, report and `_SUCCESS`, in one pod.
@@ -240,9 +243,34 @@ pub enum ReduceStage {
     AfterProjection,
 }
 
+/// `pomona merge`: the statistics of one block of shards merged (the block comes from
+/// `JOB_COMPLETION_INDEX`; its shards from [`super::ShardGroups`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeArgs {
+    /// The run's output prefix.
+    pub output: String,
+    /// Shards a block: a power of 64.
+    pub shards_per_pod: u32,
+    /// Storage options.
+    pub storage: StorageArgs,
+}
+
+impl MergeArgs {
+    /// The arguments after the program name.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "merge".to_string(),
+            format!("--output={}", self.output),
+            format!("--shards-per-pod={}", self.shards_per_pod),
+        ];
+        self.storage.push(&mut args);
+        args
+    }
+}
+
 /// `pomona project`: one group of shards projected through the PCA the run's fit pod wrote
 /// (the group comes from `JOB_COMPLETION_INDEX`; its shards from
-/// [`super::ProjectionGroups`]).
+/// [`super::ShardGroups`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProjectArgs {
     /// The run's output prefix.
@@ -307,6 +335,9 @@ impl ReduceArgs {
             ReduceStage::Whole => {}
             ReduceStage::Fit => args.push("--fit-only".into()),
             ReduceStage::AfterProjection => args.push("--after-projection".into()),
+        }
+        if let Some(block) = self.merged_blocks {
+            args.push(format!("--merged-blocks={block}"));
         }
         self.storage.push(&mut args);
         args
@@ -469,6 +500,7 @@ mod tests {
             clusters: None,
             failed_shards: FailedShards::Listed("2,3,9".parse().unwrap()),
             stage: ReduceStage::Whole,
+            merged_blocks: None,
             storage: StorageArgs::default(),
         };
         assert_eq!(
@@ -499,6 +531,24 @@ mod tests {
             };
             assert_eq!(staged.to_args().last().map(String::as_str), Some(flag));
         }
+        let merged = ReduceArgs {
+            stage: ReduceStage::Fit,
+            merged_blocks: Some(4096),
+            ..from_file.clone()
+        };
+        assert_eq!(
+            merged.to_args()[merged.to_args().len() - 2..],
+            ["--fit-only", "--merged-blocks=4096"]
+        );
+        let merge = MergeArgs {
+            output: "s3://b/out/".into(),
+            shards_per_pod: 64,
+            storage: StorageArgs::default(),
+        };
+        assert_eq!(
+            merge.to_args(),
+            ["merge", "--output=s3://b/out/", "--shards-per-pod=64"]
+        );
         let project = ProjectArgs {
             output: "s3://b/out/".into(),
             shards_per_pod: 16,

@@ -9,11 +9,12 @@
 //!    manifest goes to its `deadletter/part-NNNNN.parquet`, with the reason, and the rest of
 //!    the step skips it. The first complete shard's feature file gives the run's dimension and
 //!    provenance; it is read once, and projected first.
-//! 2. Fit (`fit`; `--components k` or `--variance-to-keep f`): the shards' [`Moments`] merge
-//!    in the fixed tree of [`MergeTree`] (its order gives the bytes; any aligned block of
-//!    shards can be merged apart and handed in), [`STATS_IN_FLIGHT`] files read at a time, and
-//!    the covariance is eigen-decomposed ([`pca`]); memory and time do not depend on the number
-//!    of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it was
+//! 2. Fit (`fit`; `--components k` or `--variance-to-keep f`): the shards'
+//!    [`Moments`](crate::stats::Moments) merge in the fixed tree of
+//!    [`MergeTree`](crate::stats::MergeTree) (its order gives the bytes; the failed shards are
+//!    holes), [`STATS_IN_FLIGHT`] files read at a time, or with `--merged-blocks` from the
+//!    blocks a merge Job merged ([`merge`]), and the covariance is eigen-decomposed ([`pca`]);
+//!    memory and time do not depend on the number of images. Or reuse (`--pca-from URI`): a saved PCA is read and refused when it was
 //!    fitted on features of another model, preprocessing or dimension. `pca/pca.safetensors`
 //!    is written (a reused PCA is copied there unchanged).
 //! 3. Project (`project_shards`), shard by shard: `reduced/part-NNNNN.parquet`, and with
@@ -35,6 +36,7 @@
 pub mod agreement;
 pub mod grouping;
 pub mod kmeans;
+pub mod merge;
 pub mod pca;
 pub mod project;
 pub mod projection;
@@ -60,7 +62,6 @@ use crate::extract::dead_letter_shard;
 use crate::infer::sha256_hex;
 use crate::parquet_out::Provenance;
 use crate::report::{self, ReduceSummary, Scatter, Timings};
-use crate::stats::{MergeTree, Moments};
 use crate::{Permanent, Usage};
 use grouping::ClusterCount;
 use pca::{Keep, Pca, PcaError};
@@ -162,6 +163,8 @@ pub struct ReduceRequest<'a> {
     pub failed_shards: &'a ShardList,
     /// Group the reduced vectors by k-means.
     pub clusters: Option<ClusterCount>,
+    /// Shards a block of the merge Job, when one merged the statistics (`--merged-blocks`).
+    pub merged_blocks: Option<u32>,
 }
 
 /// What the fit pod (`--fit-only`) did.
@@ -247,13 +250,13 @@ struct ShardOutputs {
 /// Shards whose outputs are looked at once.
 const SHARD_CHECKS_IN_FLIGHT: usize = 32;
 
-/// Looks at every shard's outputs, [`SHARD_CHECKS_IN_FLIGHT`] at a time, in shard order.
+/// Looks at the outputs of `shards`, [`SHARD_CHECKS_IN_FLIGHT`] at a time, in shard order.
 async fn shard_outputs(
     out: &Storage,
     layout: &OutputLayout,
-    shards: u32,
+    shards: std::ops::Range<u32>,
 ) -> anyhow::Result<Vec<ShardOutputs>> {
-    futures::stream::iter(0..shards)
+    futures::stream::iter(shards)
         .map(|shard| async move {
             let mut complete = true;
             for uri in [layout.stats(shard), layout.features(shard)] {
@@ -376,32 +379,6 @@ async fn dead_letter_failed(
 /// so this bounds the merge's memory to about this many files beyond the tree's accumulators.
 pub const STATS_IN_FLIGHT: usize = 8;
 
-/// Merges the statistics of `shards` in the fixed order of [`MergeTree`], reading up to
-/// `in_flight` files at once (the reduce step reads [`STATS_IN_FLIGHT`]).
-pub async fn merged_moments(
-    out: &Storage,
-    layout: &OutputLayout,
-    shards: &[u32],
-    in_flight: usize,
-) -> anyhow::Result<Moments> {
-    let mut parts = futures::stream::iter(shards)
-        .map(|&shard| async move {
-            let uri = layout.stats(shard);
-            let bytes = get(out, &uri).await?;
-            let part = Moments::from_bytes(&bytes).map_err(|e| Permanent(format!("{uri}: {e}")))?;
-            anyhow::Ok((uri, part))
-        })
-        .buffered(in_flight.max(1));
-    let mut tree = MergeTree::new();
-    while let Some((uri, part)) = parts.try_next().await? {
-        tree.push(part)
-            .map_err(|e| Permanent(format!("{uri}: {e}")))?;
-    }
-    tree.finish()
-        .map_err(|e| Permanent(e.to_string()))?
-        .ok_or_else(|| Permanent("no shard to merge".into()).into())
-}
-
 /// Reads the PCA at `uri`: a pomona PCA (its folder or its file), or a Spark ML PCAModel's
 /// folder ([`spark`]), converted to pomona's format.
 async fn read_pca(uri: &str, s3: &S3Config) -> anyhow::Result<(Pca, Vec<u8>)> {
@@ -463,6 +440,17 @@ fn permanent(e: PcaError) -> anyhow::Error {
     Permanent(e.to_string()).into()
 }
 
+/// Where the fit finds the shards' statistics.
+#[derive(Clone, Copy, Debug)]
+struct Statistics<'a> {
+    /// Shards of the run (the merge tree's leaves).
+    shards: u32,
+    /// The complete ones, whose statistics are merged (the others are holes).
+    complete: &'a [u32],
+    /// Shards a block of the merge Job, when one merged them.
+    merged_blocks: Option<u32>,
+}
+
 /// The PCA the fit step fitted or read.
 struct Fitted {
     pca: Pca,
@@ -481,7 +469,7 @@ async fn fit(
     s3: &S3Config,
     layout: &OutputLayout,
     (mode, stage): (&Mode, ReduceStage),
-    complete: &[u32],
+    statistics: Statistics<'_>,
     (dim, origin): (usize, &pca::Origin),
     timings: &mut Timings,
 ) -> anyhow::Result<Fitted> {
@@ -507,10 +495,29 @@ async fn fit(
             }
         }
         Mode::Fit { keep, default } => {
-            let moments = merged_moments(out, layout, complete, STATS_IN_FLIGHT).await?;
+            let complete: BTreeSet<u32> = statistics.complete.iter().copied().collect();
+            let (moments, how) = match statistics.merged_blocks {
+                Some(per_block) => {
+                    let (moments, again) =
+                        merge::merge_blocks(out, layout, statistics.shards, per_block, &complete)
+                            .await?;
+                    let how = format!(
+                        " from the merge Job's blocks of {per_block} shards ({again} merged \
+                         again here)"
+                    );
+                    (moments, how)
+                }
+                None => {
+                    let all = 0..statistics.shards;
+                    let moments =
+                        merge::merge_shards(out, layout, all, &complete, STATS_IN_FLIGHT).await?;
+                    (moments, String::new())
+                }
+            };
+            let moments = moments.ok_or_else(|| Permanent("no shard to merge".into()))?;
             timings.statistics = secs(t);
             crate::say!(
-                "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s",
+                "pomona: reduce: merged the statistics of {} shard(s), {} images, in {:.3} s{how}",
                 complete.len(),
                 moments.count(),
                 timings.statistics
@@ -799,6 +806,7 @@ pub async fn reduce(
         csv,
         failed_shards,
         clusters,
+        merged_blocks,
     } = *request;
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
@@ -823,7 +831,7 @@ pub async fn reduce(
     out.delete_prefix(&out.relative(&layout.success())?).await?;
 
     // Census.
-    let outputs = shard_outputs(out, &layout, plan.shards).await?;
+    let outputs = shard_outputs(out, &layout, 0..plan.shards).await?;
     let census = census(&outputs, &failed_shards.0, &plan, layout.root())?;
     for shard in &census.named_but_complete {
         crate::say!(
@@ -854,7 +862,11 @@ pub async fn reduce(
         s3,
         &layout,
         (mode, stage),
-        &census.complete,
+        Statistics {
+            shards: plan.shards,
+            complete: &census.complete,
+            merged_blocks,
+        },
         (dim, &origin),
         &mut timings,
     )

@@ -6,7 +6,7 @@
 //! (each pod reads its group's feature files and writes their `reduced/part-NNNNN.parquet`,
 //! through the same [`project::project_file`] as the reduce step), and the reduce pod, which
 //! reads those reduced files (`k` values an image instead of 1,280) for the report. Groups come
-//! from [`ProjectionGroups`], the one definition the operator sizes the Job with.
+//! from [`ShardGroups`], the one definition the operator sizes the Job with.
 //!
 //! A shard without features is skipped: the fit pod dead-lettered it (its extract pods failed
 //! for good), and its census refused any other missing shard. Feature files are read a row
@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use pomona_crds::contract::{OutputLayout, ProjectionGroups};
+use pomona_crds::contract::{OutputLayout, ShardGroups};
 use pomona_storage::Storage;
 
 use super::pca::{self, Pca};
@@ -46,7 +46,7 @@ pub async fn project_group(
     let started = Instant::now();
     let layout = OutputLayout::new(&out.uri());
     let plan = pomona_storage::plan::read_plan(out).await?;
-    let groups = ProjectionGroups {
+    let groups = ShardGroups {
         shards: plan.shards,
         shards_per_pod,
     };

@@ -259,6 +259,7 @@ async fn run_setting(
         csv: false,
         failed_shards: &ShardList::default(),
         clusters: None,
+        merged_blocks: None,
     };
     let reduced = reduce::reduce(&out, &config, &request, None)
         .await

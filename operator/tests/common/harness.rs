@@ -22,6 +22,7 @@ pub const NS: &str = "fruits";
 pub const FX: &str = "/apis/pomona.dev/v1alpha1/namespaces/fruits/featureextractions/fruits-360";
 pub const PLAN: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-plan";
 pub const EXTRACT: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-extract";
+pub const MERGE: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-merge";
 pub const FIT: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-fit";
 pub const PROJECT: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-project";
 pub const REDUCE: &str = "/apis/batch/v1/namespaces/fruits/jobs/fruits-360-reduce";
@@ -177,9 +178,14 @@ impl Harness {
     /// Plays the plan pod, its kubelet and the Job controller: the plan is written, the pod
     /// reported `TOTALS` and the plan Job is complete.
     pub fn planned(&self) {
+        self.planned_as(TOTALS);
+    }
+
+    /// [`Self::planned`], with these totals.
+    pub fn planned_as(&self, totals: PlanTotals) {
         let summary = PodSummary {
-            images: TOTALS.images,
-            plan: Some(TOTALS),
+            images: totals.images,
+            plan: Some(totals),
             ..PodSummary::new(Step::Plan)
         };
         self.pod(PLAN, 0, 0, "Succeeded", 0, &summary.to_line());
