@@ -198,8 +198,20 @@ fn cel_cases() -> Vec<Case> {
     let model_rule = "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$') || self.matches('^file:///.+$')";
     let one_pca = "(has(self.components) ? 1 : 0) + (has(self.varianceToKeep) ? 1 : 0) + (has(self.from) ? 1 : 0) == 1";
     let inside = "!((self.output.uri + '/').startsWith(self.source.uri.endsWith('/') ? self.source.uri : self.source.uri + '/'))";
-    let sharding = "self.imagesPerShard == oldSelf.imagesPerShard && self.retriesPerShard == oldSelf.retriesPerShard && self.maxFailedShards == oldSelf.maxFailedShards";
+    let sharding = "self.imagesPerShard == oldSelf.imagesPerShard && self.retriesPerShard == oldSelf.retriesPerShard && self.maxFailedShards == oldSelf.maxFailedShards && self.shardsPerProjectionPod == oldSelf.shardsPerProjectionPod && self.shardsPerMergePod == oldSelf.shardsPerMergePod";
+    let merge_block = "self == 64 || self == 4096 || self == 262144";
     vec![
+        // Merge blocks: subtrees of the merge tree only.
+        create(
+            "merge block of 100 shards",
+            set("spec.sharding.shardsPerMergePod", json!(100)),
+            Some(merge_block),
+        ),
+        create(
+            "merge block of 64 shards",
+            set("spec.sharding.shardsPerMergePod", json!(64)),
+            None,
+        ),
         // URIs
         create(
             "source on http",
@@ -402,6 +414,20 @@ fn cel_cases() -> Vec<Case> {
             &full,
             "spec.sharding.retriesPerShard",
             json!(5),
+            Some(sharding),
+        ),
+        update(
+            "projection pods edited",
+            &full,
+            "spec.sharding.shardsPerProjectionPod",
+            json!(16),
+            Some(sharding),
+        ),
+        update(
+            "merge pods edited",
+            &full,
+            "spec.sharding.shardsPerMergePod",
+            json!(64),
             Some(sharding),
         ),
         update(
