@@ -28,6 +28,9 @@ pub struct Cluster {
     pub settings: E2eSettings,
 }
 
+/// How long [`Run::assert_event`] waits for an Event to appear.
+pub const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The cluster and settings of a cluster test.
 ///
 /// # Panics
@@ -386,15 +389,25 @@ impl Run {
             .collect()
     }
 
-    /// Asserts that the resource `name` has an Event of `reason` whose message contains `part`.
+    /// Asserts that the resource `name` has an Event of `reason` whose message contains `part`,
+    /// within [`EVENT_WAIT`]: the operator publishes a phase's Event just after writing the
+    /// status that a test may have seen first.
     pub async fn assert_event(&self, name: &str, kind: &str, reason: &str, part: &str) {
-        let events = self.events(name).await;
-        assert!(
-            events
+        let deadline = std::time::Instant::now() + EVENT_WAIT;
+        loop {
+            let events = self.events(name).await;
+            let found = events
                 .iter()
-                .any(|(t, r, m)| t == kind && r == reason && m.contains(part)),
-            "{name}: a {kind} Event {reason} saying {part:?} among {events:#?}"
-        );
+                .any(|(t, r, m)| t == kind && r == reason && m.contains(part));
+            if found {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: a {kind} Event {reason} saying {part:?} among {events:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// The run's pods of `component` (`extract`, `reduce`).

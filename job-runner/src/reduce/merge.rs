@@ -109,7 +109,8 @@ pub async fn merge_block(
         .filter(|o| o.complete_with_dead_letters.is_some())
         .map(|o| o.shard)
         .collect();
-    // The record goes last, so that one is never read beside another block's statistics.
+    // The old record goes first and the new one last: a record always describes the
+    // statistics beside it.
     out.delete_prefix(&out.relative(&layout.merged_record(block))?)
         .await?;
     let merged = merge_shards(out, &layout, shards.clone(), &complete, STATS_IN_FLIGHT).await?;
