@@ -179,11 +179,7 @@ fn decide(obs: &Observed<'_>, shards: Option<&ShardCounts>) -> Verdict {
                 || format!("the reduce Job failed ({reason})"),
                 |p| p.explain(),
             );
-            return verdict(
-                Phase::Failed,
-                "ReduceFailed",
-                format!("reduce failed: {why}"),
-            );
+            return reduce_failed(&why);
         }
         if suspend {
             return suspended();
@@ -356,17 +352,21 @@ fn step_verdict(
         return done;
     }
     if let Some(reason) = job_condition(job, "Failed") {
-        let why = failure(reason);
-        return verdict(
-            Phase::Failed,
-            "ReduceFailed",
-            format!("reduce failed: {why}"),
-        );
+        return reduce_failed(&failure(reason));
     }
     if suspend {
         return suspended();
     }
     running
+}
+
+/// The verdict of a run whose reduce step failed, for `why`.
+fn reduce_failed(why: &str) -> Verdict {
+    verdict(
+        Phase::Failed,
+        "ReduceFailed",
+        format!("reduce failed: {why}"),
+    )
 }
 
 /// The verdict of a suspended run.
