@@ -180,14 +180,20 @@ async fn execute(command: Command, started: Instant, outcome: &mut Outcome) -> a
     }
 }
 
+/// The `what` (shard, group, block) of a step run by an Indexed Job's pod: `--<what> N`, else
+/// `JOB_COMPLETION_INDEX` (which clap read into it); a usage error without either.
+fn job_index(index: Option<u32>, what: &str) -> Result<u32, Usage> {
+    index.ok_or_else(|| {
+        Usage(format!(
+            "no {what}: pass --{what} N, or run as an Indexed Job pod (JOB_COMPLETION_INDEX)"
+        ))
+    })
+}
+
 /// `pomona merge`: one block of shards' statistics merged.
 async fn merge(c: MergeCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     outcome.step = Some(Step::Merge);
-    let block = c.block.ok_or_else(|| {
-        Usage(
-            "no block: pass --block N, or run as an Indexed Job pod (JOB_COMPLETION_INDEX)".into(),
-        )
-    })?;
+    let block = job_index(c.block, "block")?;
     let config = c.s3.config();
     let out = Storage::open(&c.output, &config).await?;
     outcome.storages = vec![out.clone()];
@@ -200,11 +206,7 @@ async fn merge(c: MergeCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
 /// `pomona project`: one group of shards through the run's fitted PCA.
 async fn project(c: ProjectCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     outcome.step = Some(Step::Project);
-    let group = c.group.ok_or_else(|| {
-        Usage(
-            "no group: pass --group N, or run as an Indexed Job pod (JOB_COMPLETION_INDEX)".into(),
-        )
-    })?;
+    let group = job_index(c.group, "group")?;
     let config = c.s3.config();
     let out = Storage::open(&c.output, &config).await?;
     outcome.storages = vec![out.clone()];
@@ -268,11 +270,7 @@ async fn plan(c: PlanCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
 /// `pomona extract`: one shard of the plan under the output prefix.
 async fn extract(c: ExtractCommand, outcome: &mut Outcome) -> anyhow::Result<()> {
     outcome.step = Some(Step::Extract);
-    let shard = c.shard.ok_or_else(|| {
-        Usage(
-            "no shard: pass --shard N, or run as an Indexed Job pod (JOB_COMPLETION_INDEX)".into(),
-        )
-    })?;
+    let shard = job_index(c.shard, "shard")?;
     outcome.shard = Some(shard);
     let config = c.s3.config();
     let plan_root = match &c.manifest {

@@ -288,7 +288,7 @@ impl Reuse {
             let key = previous.storage.relative(&uri)?;
             let file = match FeatureFile::open_stored(&previous.storage, &key).await {
                 Ok(file) => file,
-                Err(e) if is_not_found(&e) => {
+                Err(e) if crate::stored_parquet::is_not_found(&e) => {
                     return Err(Permanent(format!(
                         "{uri} is gone: the run to reuse lost the features of a complete shard"
                     ))
@@ -342,13 +342,6 @@ fn dead_letter_paths(data: Bytes) -> anyhow::Result<HashSet<String>> {
         paths.extend(column.iter().flatten().map(str::to_string));
     }
     Ok(paths)
-}
-
-/// Whether `e` says an object is not there.
-fn is_not_found(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<pomona_storage::StorageError>())
-        .any(|s| s.kind() == ErrorKind::NotFound)
 }
 
 async fn get_if_present(storage: &Storage, uri: &str) -> anyhow::Result<Option<Bytes>> {

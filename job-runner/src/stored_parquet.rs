@@ -49,6 +49,13 @@ impl StoredParquet {
     }
 }
 
+/// Whether `e` says the object is not there (a storage error anywhere in its chain).
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<StorageError>())
+        .any(|s| s.kind() == pomona_storage::ErrorKind::NotFound)
+}
+
 fn external(e: StorageError) -> ParquetError {
     ParquetError::External(Box::new(e))
 }

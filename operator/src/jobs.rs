@@ -346,12 +346,13 @@ pub fn project_job(
     images_per_shard: u32,
     settings: &Settings,
 ) -> Job {
-    let images = u64::from(groups.shards_per_pod) * u64::from(images_per_shard);
     let args = project_args(fx).to_args();
     groups_job(
         fx,
-        job(fx, Component::Project, args, settings, images),
-        groups,
+        Component::Project,
+        args,
+        (groups, images_per_shard),
+        settings,
     )
 }
 
@@ -364,18 +365,29 @@ pub fn merge_job(
     images_per_shard: u32,
     settings: &Settings,
 ) -> Job {
-    let images = u64::from(blocks.shards_per_pod) * u64::from(images_per_shard);
     let args = merge_args(fx).to_args();
     groups_job(
         fx,
-        job(fx, Component::Merge, args, settings, images),
-        blocks,
+        Component::Merge,
+        args,
+        (blocks, images_per_shard),
+        settings,
     )
 }
 
-/// `job` as an Indexed Job of one index per group of `groups`, at most `parallelism` at once,
-/// retried per index, and failed as soon as one group fails for good (`maxFailedIndexes` 0).
-fn groups_job(fx: &FeatureExtraction, mut job: Job, groups: ShardGroups) -> Job {
+/// The Job of `component` running `args` as an Indexed Job of one index per group of `groups`
+/// (of shards of `images_per_shard` images, for its pods' deadline), at most `parallelism` at
+/// once, retried per index, and failed as soon as one group fails for good
+/// (`maxFailedIndexes` 0).
+fn groups_job(
+    fx: &FeatureExtraction,
+    component: Component,
+    args: Vec<String>,
+    (groups, images_per_shard): (ShardGroups, u32),
+    settings: &Settings,
+) -> Job {
+    let images = u64::from(groups.shards_per_pod) * u64::from(images_per_shard);
+    let mut job = job(fx, component, args, settings, images);
     let sharding = &fx.spec.sharding;
     let job_spec = job.spec.as_mut().expect("job() sets a spec");
     job_spec.completion_mode = Some("Indexed".into());

@@ -19,9 +19,9 @@ use futures::{StreamExt, TryStreamExt};
 use pomona_crds::contract::{MergedBlock, OutputLayout, ShardGroups};
 use pomona_storage::Storage;
 
-use super::{STATS_IN_FLIGHT, ShardList, get, put, secs, shard_outputs};
+use super::{STATS_IN_FLIGHT, ShardList, get, group_of_run, put, secs, shard_outputs};
+use crate::Permanent;
 use crate::stats::{MERGE_FAN_IN, MergeTree, Moments};
-use crate::{Permanent, Usage};
 
 /// `--shards-per-pod` of `pomona merge` and `--merged-blocks` of `pomona reduce`: a power of
 /// [`MERGE_FAN_IN`] from 64 to 262,144 (the resource schema's values).
@@ -86,23 +86,7 @@ pub async fn merge_block(
     shards_per_pod: u32,
 ) -> anyhow::Result<BlockOutcome> {
     let started = std::time::Instant::now();
-    let layout = OutputLayout::new(&out.uri());
-    let plan = pomona_storage::plan::read_plan(out).await?;
-    let blocks = ShardGroups {
-        shards: plan.shards,
-        shards_per_pod,
-    };
-    if block >= blocks.groups() {
-        return Err(Usage(format!(
-            "block {block} is past the last of the {} blocks of {} ({} shards at {} a block)",
-            blocks.groups(),
-            layout.root(),
-            plan.shards,
-            shards_per_pod
-        ))
-        .into());
-    }
-    let shards = blocks.shards_of(block);
+    let (layout, blocks, shards) = group_of_run(out, block, shards_per_pod, "blocks").await?;
     let complete: BTreeSet<u32> = shard_outputs(out, &layout, shards.clone())
         .await?
         .into_iter()

@@ -54,7 +54,7 @@ use clap::Args;
 use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 pub use pomona_crds::contract::steps::ShardList;
-use pomona_crds::contract::{OutputLayout, Plan};
+use pomona_crds::contract::{OutputLayout, Plan, ShardGroups};
 use pomona_storage::{S3Config, Storage};
 
 use crate::cli::split_object_uri;
@@ -249,6 +249,35 @@ struct ShardOutputs {
 
 /// Shards whose outputs are looked at once.
 const SHARD_CHECKS_IN_FLIGHT: usize = 32;
+
+/// The run at `out`, its plan's shards in groups of `shards_per_pod`, and the shards of group
+/// `index`: what a pod of the projection or merge Job works on. An index past the last group
+/// is a usage error, which calls the groups `groups` ("groups", "blocks").
+async fn group_of_run(
+    out: &Storage,
+    index: u32,
+    shards_per_pod: u32,
+    groups_are: &str,
+) -> anyhow::Result<(OutputLayout, ShardGroups, std::ops::Range<u32>)> {
+    let layout = OutputLayout::new(&out.uri());
+    let plan = pomona_storage::plan::read_plan(out).await?;
+    let groups = ShardGroups {
+        shards: plan.shards,
+        shards_per_pod,
+    };
+    if index >= groups.groups() {
+        return Err(Usage(format!(
+            "index {index} is past the last of the {} {groups_are} of {} ({} shards at \
+             {shards_per_pod} a group)",
+            groups.groups(),
+            layout.root(),
+            plan.shards,
+        ))
+        .into());
+    }
+    let shards = groups.shards_of(index);
+    Ok((layout, groups, shards))
+}
 
 /// Looks at the outputs of `shards`, [`SHARD_CHECKS_IN_FLIGHT`] at a time, in shard order.
 async fn shard_outputs(

@@ -6,7 +6,7 @@
 //! (each pod reads its group's feature files and writes their `reduced/part-NNNNN.parquet`,
 //! through the same [`project::project_file`] as the reduce step), and the reduce pod, which
 //! reads those reduced files (`k` values an image instead of 1,280) for the report. Groups come
-//! from [`ShardGroups`], the one definition the operator sizes the Job with.
+//! from [`ShardGroups`](pomona_crds::contract::ShardGroups), the one definition the operator sizes the Job with.
 //!
 //! A shard without features is skipped: the fit pod dead-lettered it (its extract pods failed
 //! for good), and its census refused any other missing shard. Feature files are read a row
@@ -16,14 +16,14 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use pomona_crds::contract::{OutputLayout, ShardGroups};
 use pomona_storage::Storage;
 
 use super::pca::{self, Pca};
 use super::project::{self, FeatureFile};
-use super::{get, put, secs};
+use super::{get, group_of_run, put, secs};
+use crate::Permanent;
 use crate::infer::sha256_hex;
-use crate::{Permanent, Usage};
+use crate::stored_parquet::is_not_found;
 
 /// What one projection pod did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,29 +44,13 @@ pub async fn project_group(
     shards_per_pod: u32,
 ) -> anyhow::Result<GroupOutcome> {
     let started = Instant::now();
-    let layout = OutputLayout::new(&out.uri());
-    let plan = pomona_storage::plan::read_plan(out).await?;
-    let groups = ShardGroups {
-        shards: plan.shards,
-        shards_per_pod,
-    };
-    if group >= groups.groups() {
-        return Err(Usage(format!(
-            "group {group} is past the last of the {} groups of {} ({} shards at {} a group)",
-            groups.groups(),
-            layout.root(),
-            plan.shards,
-            shards_per_pod
-        ))
-        .into());
-    }
+    let (layout, groups, shards) = group_of_run(out, group, shards_per_pod, "groups").await?;
     let pca_uri = format!("{}{}", layout.pca_dir(), pca::FILE_NAME);
     let bytes = get(out, &pca_uri)
         .await
         .context("the run's fit pod writes its PCA before the projection Job starts")?;
     let pca = Pca::from_bytes(&bytes).map_err(|e| Permanent(format!("{pca_uri}: {e}")))?;
     let pca_sha256 = sha256_hex(&bytes);
-    let shards = groups.shards_of(group);
     crate::say!(
         "pomona: project: group {group} of {}: shards {} to {} through {pca_uri} ({} components)",
         groups.groups(),
@@ -77,15 +61,17 @@ pub async fn project_group(
     let mut outcome = GroupOutcome::default();
     for shard in shards {
         let uri = layout.features(shard);
-        let key = out.relative(&uri)?;
-        if !out.exists(&key).await? {
-            crate::say!("pomona: project: shard {shard} has no features (dead-lettered): skipped");
-            outcome.skipped += 1;
-            continue;
-        }
-        let features = FeatureFile::open_stored(out, &key)
-            .await
-            .with_context(|| uri.clone())?;
+        let features = match FeatureFile::open_stored(out, &out.relative(&uri)?).await {
+            Ok(features) => features,
+            Err(e) if is_not_found(&e) => {
+                crate::say!(
+                    "pomona: project: shard {shard} has no features (dead-lettered): skipped"
+                );
+                outcome.skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e.context(uri)),
+        };
         pca.check_applies_to(features.dim, &features.origin)
             .map_err(|e| Permanent(format!("{uri}: {e}")))?;
         let rows = features.rows;
